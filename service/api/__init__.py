@@ -1,0 +1,1 @@
+"""HTTP API v1: flask-smorest blueprints over the service functions."""

@@ -1,0 +1,127 @@
+"""/v1/jobs: submit, read (ETag), list, cancel, download artifacts."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+from flask import Response, g, redirect, request, stream_with_context
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from sqlalchemy import select
+
+from service import jobs, models
+from service.api.schemas import JobListQuery, JobListSchema, JobRequestSchema, JobSchema
+from service.app import runtime
+from service.db import Artifact
+from service.errors import not_found
+from service.queue import send_job
+from service.storage import ObjectNotFound
+from service.validation import check_request
+
+log = logging.getLogger("lantern.api")
+blp = Blueprint("jobs", __name__, url_prefix="/v1/jobs", description="Explanation jobs: submit, poll, cancel")
+
+
+@blp.route("")
+class Jobs(MethodView):
+    @blp.arguments(JobRequestSchema)
+    @blp.response(202, JobSchema)
+    @blp.alt_response(409, description="Idempotency-Key reused with a different body")
+    @blp.alt_response(429, description="over the tenant's rate or in-flight limit")
+    def post(self, body: dict):
+        """Submit one explanation job. Answers 202 at once; poll the Location."""
+        rt, caller = runtime(), g.caller
+        key = request.headers.get("Idempotency-Key")
+        digest = jobs.request_hash(body)
+        with rt.db.session() as s:
+            replay = jobs.find_idempotent(s, caller.tenant_id, key, digest)
+            if replay is not None:
+                return _accepted(jobs.document(replay, jobs.artifacts_of(s, replay.id)))
+            ref = models.resolve(s, caller.tenant_id, body["model"])
+            checked = check_request(rt.adapters.get(ref), body, rt.settings)
+            compare = {}
+            for other in body["compare_with"]:
+                other_ref = models.resolve(s, caller.tenant_id, other)
+                check_request(rt.adapters.get(other_ref), {**body, "model": other}, rt.settings)
+                compare[other] = other_ref.revision
+            jobs.check_limits(s, caller.tenant_id, rt.settings)
+            job = jobs.create(s, caller.tenant_id, {**checked, "compare_revisions": compare}, ref.revision,
+                              rt.settings.job_queue, key, digest)
+            doc = jobs.document(job, [])
+        try:
+            send_job(rt.celery, job.id, job.queue)
+            jobs.mark_enqueued(rt.db, job.id)
+        except Exception:  # the row is the truth: the reaper sends it when the broker is back
+            log.warning("broker unavailable; job %s stays queued for the reaper", job.id)
+        return _accepted(doc)
+
+    @blp.arguments(JobListQuery, location="query")
+    @blp.response(200, JobListSchema)
+    def get(self, query: dict):
+        """The caller's jobs, newest first (without results)."""
+        with runtime().db.session() as s:
+            items, cursor = jobs.listing(s, g.caller.tenant_id, query["limit"], query.get("cursor"),
+                                         query.get("status"), query.get("model"))
+            return {"items": [jobs.document(j, jobs.artifacts_of(s, j.id), with_result=False) for j in items],
+                    "next_cursor": cursor}
+
+
+def _accepted(doc: dict):
+    rt = runtime()
+    return doc, 202, {"Location": f"/v1/jobs/{doc['id']}", "Retry-After": str(rt.settings.retry_after)}
+
+
+@blp.route("/<job_id>")
+class JobById(MethodView):
+    @blp.response(200, JobSchema)
+    @blp.alt_response(304, description="not modified since the ETag given in If-None-Match")
+    def get(self, job_id: str):
+        """The job document: status, progress, timings, attempts, error, result, artifacts."""
+        with runtime().db.session() as s:
+            job = jobs.get(s, g.caller.tenant_id, job_id)
+            doc = jobs.document(job, jobs.artifacts_of(s, job.id))
+        body = json.dumps(doc, sort_keys=True).encode()
+        etag = hashlib.sha256(body).hexdigest()[:32]
+        if request.if_none_match.contains(etag):
+            return Response(status=304, headers={"ETag": f'"{etag}"'})
+        headers = {"ETag": f'"{etag}"', "Cache-Control": "no-cache"}
+        if doc["status"] in ("queued", "running"):
+            headers["Retry-After"] = str(runtime().settings.retry_after)
+        return Response(body, status=200, mimetype="application/json", headers=headers)
+
+    @blp.response(202, JobSchema)
+    @blp.alt_response(409, description="the job already finished")
+    def delete(self, job_id: str):
+        """Cancel: a queued job at once, a running one at its next step."""
+        with runtime().db.session() as s:
+            job = jobs.cancel(s, g.caller.tenant_id, job_id)
+            return jobs.document(job, jobs.artifacts_of(s, job.id))
+
+
+@blp.route("/<job_id>/artifacts/<name>")
+@blp.response(200, description="the artifact's bytes, or a 302 to a presigned URL (S3)")
+def artifact(job_id: str, name: str):
+    """Download one artifact of a job."""
+    rt = runtime()
+    with rt.db.session() as s:
+        job = jobs.get(s, g.caller.tenant_id, job_id)
+        row = s.scalars(select(Artifact).where(Artifact.job_id == job.id, Artifact.name == name)).first()
+        if row is None:
+            raise not_found(f"artifact {name!r} of job {job_id}")
+    url = rt.store.presigned_url(row.storage_key, row.name, rt.settings.presign_seconds)
+    if url:
+        return redirect(url, 302)
+    try:
+        chunks = rt.store.stream(row.storage_key)
+        first = next(chunks, b"")
+    except ObjectNotFound:
+        raise not_found(f"the stored bytes of artifact {name!r}") from None
+
+    def body():
+        yield first
+        yield from chunks
+
+    return Response(stream_with_context(body()), mimetype=row.content_type, headers={
+        "Content-Length": str(row.bytes), "Content-Disposition": f'attachment; filename="{row.name}"',
+        "ETag": f'"{row.sha256}"'})

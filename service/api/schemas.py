@@ -1,0 +1,122 @@
+"""Marshmallow schemas of the HTTP contract (DESIGN §6, §9)."""
+from __future__ import annotations
+
+import marshmallow as ma
+from marshmallow import validate
+
+SCORES = ("logit", "probability", "log_probability")
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+class Strict(ma.Schema):
+    class Meta:
+        unknown = ma.RAISE
+
+
+class InputsSchema(Strict):
+    text = ma.fields.String(metadata={"description": "a single text"})
+    premise = ma.fields.String()
+    hypothesis = ma.fields.String()
+
+    @ma.validates_schema
+    def one_shape(self, data: dict, **_: object) -> None:
+        if "text" in data:
+            if "premise" in data or "hypothesis" in data:
+                raise ma.ValidationError("give either text or premise + hypothesis, not both")
+            if not data["text"].strip():
+                raise ma.ValidationError("must not be empty", "text")
+        elif "premise" in data and "hypothesis" in data:
+            for name in ("premise", "hypothesis"):
+                if not data[name].strip():
+                    raise ma.ValidationError("must not be empty", name)
+        else:
+            raise ma.ValidationError("give text, or premise and hypothesis")
+
+
+class JobRequestSchema(Strict):
+    model = ma.fields.String(required=True, validate=validate.Length(1, 100))
+    compare_with = ma.fields.List(ma.fields.String(validate=validate.Length(1, 100)),
+                                  validate=validate.Length(max=3), load_default=list)
+    inputs = ma.fields.Nested(InputsSchema, required=True)
+    methods = ma.fields.List(ma.fields.String(validate=validate.Length(1, 50)), required=True,
+                             validate=validate.Length(1, 8))
+    layers = ma.fields.List(ma.fields.String(validate=validate.Length(1, 100)), validate=validate.Length(1, 64),
+                            load_default=None)
+    target = ma.fields.String(load_default="predicted", validate=validate.Length(1, 100))
+    score = ma.fields.String(load_default="logit", validate=validate.OneOf(SCORES))
+    params = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.Dict(), load_default=dict)
+    seed = ma.fields.Integer(load_default=0, validate=validate.Range(0, 2**31 - 1), strict=True)
+
+    @ma.validates_schema
+    def distinct_methods(self, data: dict, **_: object) -> None:
+        if len(set(data.get("methods", []))) != len(data.get("methods", [])):
+            raise ma.ValidationError("each method may appear once", "methods")
+
+
+class ArtifactSchema(ma.Schema):
+    name = ma.fields.String()
+    content_type = ma.fields.String()
+    bytes = ma.fields.Integer()
+    sha256 = ma.fields.String()
+    url = ma.fields.String()
+
+
+class JobSchema(ma.Schema):
+    id = ma.fields.String()
+    status = ma.fields.String(validate=validate.OneOf(STATUSES))
+    progress = ma.fields.Float()
+    attempts = ma.fields.Integer()
+    cancel_requested = ma.fields.Boolean()
+    created_at = ma.fields.String()
+    started_at = ma.fields.String(allow_none=True)
+    finished_at = ma.fields.String(allow_none=True)
+    timings = ma.fields.Dict()
+    device = ma.fields.String(allow_none=True)
+    error = ma.fields.Dict(allow_none=True, metadata={"description": "an RFC 9457 problem"})
+    model = ma.fields.Dict()
+    request = ma.fields.Dict()
+    result = ma.fields.Raw(allow_none=True, metadata={"description": "DESIGN §9 result document"})
+    compare = ma.fields.Raw()
+    artifacts = ma.fields.List(ma.fields.Nested(ArtifactSchema))
+
+
+class JobListQuery(Strict):
+    limit = ma.fields.Integer(load_default=20, validate=validate.Range(1, 100))
+    cursor = ma.fields.String()
+    status = ma.fields.String(validate=validate.OneOf(STATUSES))
+    model = ma.fields.String()
+
+
+class JobListSchema(ma.Schema):
+    items = ma.fields.List(ma.fields.Nested(JobSchema))
+    next_cursor = ma.fields.String(allow_none=True)
+
+
+class MethodSchema(ma.Schema):
+    name = ma.fields.String()
+    summary = ma.fields.String()
+    params = ma.fields.Dict()
+    needs_head = ma.fields.Boolean()
+    takes_layers = ma.fields.Boolean()
+    tensors = ma.fields.List(ma.fields.String())
+    sanity = ma.fields.Dict()
+
+
+class MethodListSchema(ma.Schema):
+    methods = ma.fields.List(ma.fields.Nested(MethodSchema))
+
+
+class ModelSchema(ma.Schema):
+    name = ma.fields.String()
+    revision = ma.fields.String()
+    zoo = ma.fields.Boolean()
+    created_at = ma.fields.String()
+    labels = ma.fields.List(ma.fields.String(), allow_none=True)
+    layers = ma.fields.List(ma.fields.String())
+    attention = ma.fields.List(ma.fields.String())
+    gates = ma.fields.List(ma.fields.String())
+    methods = ma.fields.List(ma.fields.String())
+
+
+class ModelListSchema(ma.Schema):
+    models = ma.fields.List(ma.fields.Nested(ModelSchema))

@@ -1,0 +1,92 @@
+"""Tenants and bearer keys. Keys are `lt_<key id>_<secret>`; only the sha256 of the whole key is stored."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from service.db import ApiKey, Tenant, utcnow
+from service.errors import Problem, not_found
+
+PREFIX = "lt_"
+
+
+@dataclass(frozen=True)
+class Caller:
+    tenant_id: str
+    tenant: str
+    key_id: str
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def ensure_tenant(session: Session, name: str) -> Tenant:
+    tenant = session.scalars(select(Tenant).where(Tenant.name == name)).first()
+    if tenant is None:
+        tenant = Tenant(name=name)
+        session.add(tenant)
+        session.flush()
+    return tenant
+
+
+def create_key(session: Session, tenant_name: str, expires_days: float | None = None) -> tuple[ApiKey, str]:
+    """Make a key for the tenant (created if needed). The plain key is returned once and never stored."""
+    tenant = ensure_tenant(session, tenant_name)
+    key_id = secrets.token_hex(6)
+    plain = f"{PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+    expires = utcnow() + timedelta(days=expires_days) if expires_days else None
+    row = ApiKey(id=key_id, tenant_id=tenant.id, secret_hash=_digest(plain), expires_at=expires)
+    session.add(row)
+    session.flush()
+    return row, plain
+
+
+def list_keys(session: Session) -> list[tuple[ApiKey, str]]:
+    rows = session.execute(select(ApiKey, Tenant.name).join(Tenant).order_by(Tenant.name, ApiKey.created_at))
+    return [(k, name) for k, name in rows]
+
+
+def revoke_key(session: Session, key_id: str) -> None:
+    done = session.execute(update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+                           .values(revoked_at=utcnow())).rowcount
+    if not done and session.get(ApiKey, key_id) is None:
+        raise not_found(f"key {key_id}")
+
+
+def authenticate(session: Session, header: str | None) -> Caller:
+    """401 for a missing, malformed, unknown, expired or revoked key."""
+    if not header or not header.startswith("Bearer "):
+        raise unauthorized("send an API key as 'Authorization: Bearer <key>'")
+    plain = header[len("Bearer "):].strip()
+    parts = plain[len(PREFIX):].split("_", 1) if plain.startswith(PREFIX) else []
+    row = session.get(ApiKey, parts[0]) if len(parts) == 2 else None
+    if row is None or not hmac.compare_digest(row.secret_hash, _digest(plain)):
+        raise unauthorized("unknown API key")
+    now = utcnow()
+    if row.revoked_at is not None:
+        raise unauthorized("this API key was revoked")
+    if row.expires_at is not None and row.expires_at <= now:
+        raise unauthorized("this API key has expired")
+    if row.last_used_at is None or now - row.last_used_at > timedelta(minutes=1):  # cheap, coarse bookkeeping
+        row.last_used_at = now
+    tenant = session.get(Tenant, row.tenant_id)
+    return Caller(tenant.id, tenant.name, row.id)
+
+
+def unauthorized(detail: str) -> Problem:
+    return Problem(401, "Unauthorized", detail, headers={"WWW-Authenticate": 'Bearer realm="lantern"'})
+
+
+def describe_key(key: ApiKey, tenant: str, now: datetime | None = None) -> dict:
+    now = now or utcnow()
+    state = "revoked" if key.revoked_at else "expired" if key.expires_at and key.expires_at <= now else "active"
+    return {"id": key.id, "tenant": tenant, "state": state, "created_at": key.created_at.isoformat(),
+            "expires_at": key.expires_at.isoformat() if key.expires_at else None,
+            "last_used_at": key.last_used_at.isoformat() if key.last_used_at else None}

@@ -1,0 +1,387 @@
+"""The `lantern` command (DESIGN §9): embedded stack, production processes, keys, jobs, zoo, demo."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from service.config import Settings
+
+
+def _settings(data_dir: str | None) -> Settings:
+    return Settings.from_env(data_dir=data_dir)
+
+
+def _export(data_dir: str | None) -> None:
+    """Child processes and modules that read the environment see --data-dir too."""
+    if data_dir:
+        os.environ["LANTERN_DATA_DIR"] = str(Path(data_dir).resolve())
+
+
+def setup_logging(settings: Settings) -> None:
+    from service.logs import configure
+
+    configure(settings.log_level, settings.log_json)
+
+
+@click.group()
+def main() -> None:
+    """Lantern: explanations for PyTorch NLP models, as a service."""
+
+
+# --- processes -------------------------------------------------------------------------------------------
+
+data_dir_option = click.option("--data-dir", default=None, help="data directory (default $LANTERN_DATA_DIR)")
+
+
+@main.command()
+@data_dir_option
+def migrate(data_dir: str | None) -> None:
+    """Create or upgrade the database schema."""
+    from service.migrate import upgrade
+
+    settings = _settings(data_dir)
+    settings.data_path.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.db_url)
+    click.echo("database at head")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1")
+@click.option("--port", default=8000, type=int)
+@data_dir_option
+def up(host: str, port: int, data_dir: str | None) -> None:
+    """Embedded default: migrations, then the API and one worker on this machine."""
+    from werkzeug.serving import make_server
+
+    from service.app import create_app
+    from service.auth import create_key
+    from service.migrate import upgrade
+    from service.runtime import Runtime
+
+    _export(data_dir)
+    settings = _settings(data_dir)
+    setup_logging(settings)
+    settings.data_path.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.db_url)
+    runtime = Runtime(settings)
+    with runtime.db.session() as s:
+        _, key = create_key(s, "default")
+    worker = subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], env=dict(os.environ))
+    server = make_server(host, port, create_app(runtime=runtime), threaded=True)
+    click.echo(f"Lantern is up at http://{host}:{server.server_port} (data in {settings.data_path})")
+    click.echo("Development key for tenant 'default':")
+    click.echo(key, color=False)
+    sys.stdout.flush()
+
+    def stop(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        _stop_process(worker)
+        runtime.close()
+        click.echo("Lantern stopped")
+
+
+def _stop_process(proc: subprocess.Popen, grace: float = 30.0) -> None:
+    """Warm shutdown: SIGTERM lets Celery finish or hand back its task; SIGKILL after the grace period."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@main.command()
+@click.option("--bind", default="127.0.0.1:8000")
+@click.option("--workers", default=2, type=int)
+def serve(bind: str, workers: int) -> None:
+    """Production API under gunicorn (settings from the environment)."""
+    os.execvp(sys.executable, [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(workers),
+                               "--graceful-timeout", "30", "--timeout", "60", "--access-logfile", "-",
+                               "service.wsgi:app"])
+
+
+@main.command()
+@click.option("--queues", default=None, help="comma-separated queues (default: the job and cpu queues)")
+@click.option("--concurrency", default=1, type=int, help="processes; keep 1 per GPU")
+@data_dir_option
+def worker(queues: str | None, concurrency: int, data_dir: str | None) -> None:
+    """A Celery worker (settings from the environment)."""
+    _export(data_dir)
+    settings = _settings(data_dir)
+    setup_logging(settings)
+    from worker.celery_app import app
+
+    queues = queues or f"{settings.job_queue},{settings.cpu_queue}"
+    app.worker_main(["worker", "-Q", queues, "-c", str(concurrency), "-P", "prefork",
+                     "--loglevel", settings.log_level, "-n", f"lantern-{os.getpid()}@%h", "--without-gossip",
+                     "--without-mingle", "--without-heartbeat"])
+
+
+# --- keys ------------------------------------------------------------------------------------------------
+
+
+@main.group()
+def keys() -> None:
+    """API keys: create, list, revoke."""
+
+
+def _db(data_dir: str | None):
+    from service.db import Database
+    from service.migrate import upgrade
+
+    settings = _settings(data_dir)
+    settings.data_path.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.db_url)
+    return Database(settings.db_url)
+
+
+@keys.command("create")
+@click.option("--tenant", required=True)
+@click.option("--expires", type=float, default=None, help="days until the key expires")
+@data_dir_option
+def keys_create(tenant: str, expires: float | None, data_dir: str | None) -> None:
+    """Make a key (and the tenant if needed). The key is printed alone on the last line."""
+    from service.auth import create_key
+
+    db = _db(data_dir)
+    with db.session() as s:
+        row, plain = create_key(s, tenant, expires)
+    click.echo(f"key id {row.id} for tenant {tenant}" + (f", expires {row.expires_at:%Y-%m-%d %H:%M}Z"
+                                                          if row.expires_at else ""), err=False)
+    click.echo(plain)
+
+
+@keys.command("list")
+@data_dir_option
+def keys_list(data_dir: str | None) -> None:
+    from service.auth import describe_key, list_keys
+
+    db = _db(data_dir)
+    with db.session() as s:
+        for key, tenant in list_keys(s):
+            d = describe_key(key, tenant)
+            click.echo(f"{d['id']}  {d['tenant']:<20} {d['state']:<8} created {d['created_at'][:19]}"
+                       f"  expires {(d['expires_at'] or '-')[:19]}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@data_dir_option
+def keys_revoke(key_id: str, data_dir: str | None) -> None:
+    from service.auth import revoke_key
+    from service.errors import Problem
+
+    db = _db(data_dir)
+    try:
+        with db.session() as s:
+            revoke_key(s, key_id)
+    except Problem as e:
+        raise click.ClickException(e.detail) from None
+    click.echo(f"revoked {key_id}")
+
+
+# --- jobs ------------------------------------------------------------------------------------------------
+
+
+def _client():
+    from service.client import Client
+
+    return Client()
+
+
+def _param(values: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    params: dict[str, dict[str, Any]] = {}
+    for item in values:
+        name, _, raw = item.partition("=")
+        method, _, key = name.partition(".")
+        if not (method and key and _):
+            raise click.BadParameter(f"{item!r}: use METHOD.KEY=VALUE", param_hint="--param")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        params.setdefault(method, {})[key] = value
+    return params
+
+
+@main.command()
+@click.option("--model", required=True)
+@click.option("--text")
+@click.option("--premise")
+@click.option("--hypothesis")
+@click.option("--method", "methods", multiple=True, required=True)
+@click.option("--layer", "layers", multiple=True)
+@click.option("--target", default="predicted")
+@click.option("--param", "params", multiple=True, help="METHOD.KEY=VALUE (JSON values)")
+@click.option("--seed", default=0, type=int)
+@click.option("--compare-with", "compare", multiple=True)
+@click.option("--wait", is_flag=True, help="poll until the job finishes, with a progress bar")
+@click.option("--json", "as_json", is_flag=True)
+def submit(model: str, text: str | None, premise: str | None, hypothesis: str | None, methods: tuple[str, ...],
+           layers: tuple[str, ...], target: str, params: tuple[str, ...], seed: int, compare: tuple[str, ...],
+           wait: bool, as_json: bool) -> None:
+    """Submit an explanation job."""
+    from service.client import ApiError
+
+    if text is not None:
+        inputs = {"text": text}
+    elif premise is not None and hypothesis is not None:
+        inputs = {"premise": premise, "hypothesis": hypothesis}
+    else:
+        raise click.UsageError("give --text, or --premise and --hypothesis")
+    request: dict[str, Any] = {"model": model, "inputs": inputs, "methods": list(methods), "target": target,
+                               "params": _param(params), "seed": seed}
+    if layers:
+        request["layers"] = list(layers)
+    if compare:
+        request["compare_with"] = list(compare)
+    client = _client()
+    try:
+        job = client.submit(request)
+        if wait:
+            job = wait_with_progress(client, job, quiet=as_json)
+    except ApiError as e:
+        raise click.ClickException(_problem_text(e)) from None
+    click.echo(json.dumps(job, indent=2) if as_json else summary(job))
+    if job["status"] in ("failed", "cancelled"):
+        sys.exit(1)
+
+
+def _problem_text(e) -> str:
+    text = str(e)
+    if e.problem.get("errors"):
+        text += "\n" + json.dumps(e.problem["errors"], indent=2)
+    return text
+
+
+def wait_with_progress(client, job: dict[str, Any], quiet: bool = False) -> dict[str, Any]:
+    bar = click.progressbar(length=100, label=f"job {job['id'][:8]}", file=sys.stderr) if not quiet else None
+    shown = [0]
+
+    def update(doc: dict[str, Any]) -> None:
+        if bar is not None:
+            pct = int(doc["progress"] * 100)
+            bar.label = f"job {doc['id'][:8]} {doc['status']:<9}"
+            bar.update(pct - shown[0])
+            shown[0] = pct
+
+    try:
+        return client.wait(job, on_update=update)
+    finally:
+        if bar is not None:
+            bar.render_finish()
+
+
+def summary(job: dict[str, Any]) -> str:
+    lines = [f"job {job['id']}: {job['status']} (attempts {job['attempts']}, device {job.get('device')})"]
+    if job.get("error"):
+        lines.append(f"error: {job['error'].get('title')}: {job['error'].get('detail', '')}")
+    result = job.get("result")
+    if result:
+        if result.get("prediction"):
+            p = result["prediction"]
+            lines.append(f"prediction: {p['label']} ({p['probabilities'][p['label']]:.3f})")
+        words = result.get("word_strings") or []
+        for method, part in result["methods"].items():
+            scores = part.get("word_scores")
+            if scores and words:
+                top = sorted(zip(words, scores), key=lambda ws: -ws[1])[:5]
+                lines.append(f"{method}: top words " + ", ".join(f"{w} ({s:.3g})" for w, s in top))
+    for a in job.get("artifacts", []):
+        lines.append(f"artifact {a['name']:<28} {a['bytes']:>9} B  {a['url']}")
+    return "\n".join(lines)
+
+
+@main.group()
+def jobs() -> None:
+    """Read jobs."""
+
+
+@jobs.command("get")
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True)
+def jobs_get(job_id: str, as_json: bool) -> None:
+    from service.client import ApiError
+
+    try:
+        job = _client().get(job_id)
+    except ApiError as e:
+        raise click.ClickException(_problem_text(e)) from None
+    click.echo(json.dumps(job, indent=2) if as_json else summary(job))
+
+
+@jobs.command("list")
+@click.option("--status", default=None)
+@click.option("--limit", default=20, type=int)
+def jobs_list(status: str | None, limit: int) -> None:
+    params = {"limit": limit} | ({"status": status} if status else {})
+    for job in _client().list(**params)["items"]:
+        click.echo(f"{job['id']}  {job['status']:<10} {job['model']['name']:<18} {job['created_at'][:19]}")
+
+
+# --- models and zoo --------------------------------------------------------------------------------------
+
+
+@main.group()
+def models() -> None:
+    """Models known to the service."""
+
+
+@models.command("list")
+def models_list() -> None:
+    for m in _client().models():
+        click.echo(f"{m['name']:<20} {m['revision'][:12]}  {'zoo' if m['zoo'] else 'registered'}")
+
+
+@main.group()
+def zoo() -> None:
+    """Train and register the bundled zoo models."""
+
+
+@zoo.command("train")
+@click.argument("name")
+@click.option("--out", default=None, help="bundle directory (default: the zoo's own)")
+@click.option("--seed", default=0, type=int)
+def zoo_train(name: str, out: str | None, seed: int) -> None:
+    """Train a zoo model reproducibly on this machine and write its bundle."""
+    from worker.zoo.train import train
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    metrics = train(name, out, seed=seed)
+    click.echo(json.dumps(metrics, indent=2))
+
+
+# --- demo ------------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--data-dir", default="./lantern-data/demo")
+@click.option("--out", default="./demo-output")
+@click.option("--text", default="A gripping, beautifully acted film that never lets go.")
+def demo(data_dir: str, out: str, text: str) -> None:
+    """Start the embedded stack, explain one sentence with minilm-rt, print the result, shut down."""
+    from service.demo import run_demo
+
+    sys.exit(run_demo(Path(data_dir), Path(out), text))
+
+
+if __name__ == "__main__":
+    main()

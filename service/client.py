@@ -1,0 +1,91 @@
+"""A small Python client for the Lantern API: submit, get, wait, download.
+
+    from service.client import Client
+    c = Client("http://127.0.0.1:8000", "lt_...")
+    job = c.wait(c.submit({"model": "minilm-rt", "inputs": {"text": "A fine film."}, "methods": ["gradient"]}))
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import requests
+
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, problem: dict[str, Any]) -> None:
+        self.status, self.problem = status, problem
+        detail = problem.get("detail") or problem.get("title") or ""
+        super().__init__(f"{status} {problem.get('title', '')}: {detail}".strip())
+
+
+class Client:
+    def __init__(self, url: str | None = None, key: str | None = None, timeout: float = 30.0) -> None:
+        self.url = (url or os.environ.get("LANTERN_URL", "http://127.0.0.1:8000")).rstrip("/")
+        self.session = requests.Session()
+        key = key or os.environ.get("LANTERN_API_KEY")
+        if key:
+            self.session.headers["Authorization"] = f"Bearer {key}"
+        self.timeout = timeout
+
+    def _call(self, method: str, path: str, **kw: Any) -> requests.Response:
+        resp = self.session.request(method, f"{self.url}{path}", timeout=self.timeout, **kw)
+        if resp.status_code >= 400:
+            try:
+                problem = resp.json()
+            except ValueError:
+                problem = {"title": resp.reason, "detail": resp.text[:200]}
+            raise ApiError(resp.status_code, problem)
+        return resp
+
+    def submit(self, request: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._call("POST", "/v1/jobs", json=request, headers=headers).json()
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/jobs/{job_id}").json()
+
+    def list(self, **filters: Any) -> dict[str, Any]:
+        return self._call("GET", "/v1/jobs", params=filters).json()
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._call("DELETE", f"/v1/jobs/{job_id}").json()
+
+    def methods(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/v1/methods").json()["methods"]
+
+    def models(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/v1/models").json()["models"]
+
+    def wait(self, job: dict[str, Any] | str, timeout: float = 600.0, poll: float = 0.5,
+             on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Poll until the job finishes (ETag-aware); on_update sees every new state."""
+        job_id = job if isinstance(job, str) else job["id"]
+        deadline, etag, doc = time.monotonic() + timeout, None, None
+        while True:
+            headers = {"If-None-Match": etag} if etag else {}
+            resp = self._call("GET", f"/v1/jobs/{job_id}", headers=headers)
+            if resp.status_code == 200:
+                doc, etag = resp.json(), resp.headers.get("ETag")
+                if on_update:
+                    on_update(doc)
+                if doc["status"] in FINISHED:
+                    return doc
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {doc['status'] if doc else 'unknown'} after {timeout}s")
+            time.sleep(poll)
+
+    def download(self, job_id: str, name: str, dest: str | Path) -> Path:
+        """Save one artifact (following a presigned-URL redirect) and return its path."""
+        dest = Path(dest)
+        if dest.is_dir():
+            dest = dest / name
+        with self._call("GET", f"/v1/jobs/{job_id}/artifacts/{name}", stream=True) as resp:
+            with open(dest, "wb") as f:
+                for chunk in resp.iter_content(1 << 16):
+                    f.write(chunk)
+        return dest

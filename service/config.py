@@ -1,0 +1,110 @@
+"""The one settings object. Every setting is an environment variable with the LANTERN_ prefix (DESIGN §9).
+
+Explicit URLs win over the data dir; `--data-dir` (passed as `data_dir=`) wins over LANTERN_DATA_DIR.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+
+def _bool(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: str = "./lantern-data"
+    database_url: str = ""  # default: sqlite under data_dir
+    broker_url: str = ""  # default: kombu's server-less SQLAlchemy transport under data_dir
+    storage_url: str = ""  # file:///path or s3://bucket/prefix; default: data_dir/objects
+    s3_endpoint_url: str = ""
+    s3_region: str = "us-east-1"
+    presign_seconds: int = 900
+
+    # queue
+    job_queue: str = "gpu"  # explanation jobs; CPU-only workers consume it too (`lantern worker` default)
+    cpu_queue: str = "cpu"  # rendering, aggregation, housekeeping
+    soft_time_limit: int = 1800
+    hard_time_limit: int = 1900
+    visibility_timeout: int = 3600  # must exceed hard_time_limit (checked below)
+    max_attempts: int = 3  # deliveries before a job is dead-lettered to `failed`
+    lease_seconds: int = 60  # a running job's lease; heartbeat every third of it
+    reaper_interval: int = 15
+    requeue_after: int = 120  # a queued job not started after this long is sent again
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    # limits (enforced before enqueueing)
+    max_tokens: int = 512
+    max_body_bytes: int = 1_000_000
+    max_methods: int = 8
+    max_in_flight: int = 20  # queued + running jobs per tenant
+    rate_per_minute: int = 120  # job submissions per tenant per minute
+    max_upload_bytes: int = 200_000_000
+    max_audit_items: int = 10_000
+    model_root: str = ""  # server-side bundle paths must lie under this root (empty: none allowed)
+
+    # HTTP
+    log_level: str = "INFO"
+    log_json: bool = False
+    retry_after: int = 1  # seconds a client should wait before polling
+
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name == "extra":
+                continue
+            raw = env.get(f"LANTERN_{f.name.upper()}")
+            if raw is None:
+                continue
+            values[f.name] = _convert(f.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    @classmethod
+    def env_names(cls) -> set[str]:
+        return {f"LANTERN_{f.name.upper()}" for f in fields(cls) if f.name != "extra"}
+
+    def check(self) -> None:
+        if self.visibility_timeout <= self.hard_time_limit:
+            raise ValueError("LANTERN_VISIBILITY_TIMEOUT must exceed LANTERN_HARD_TIME_LIMIT")
+        if self.soft_time_limit >= self.hard_time_limit:
+            raise ValueError("LANTERN_SOFT_TIME_LIMIT must be below LANTERN_HARD_TIME_LIMIT")
+
+    # --- derived -----------------------------------------------------------------------------------------
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser().resolve()
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_path / 'lantern.db'}"
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{self.data_path / 'broker.db'}"
+
+    @property
+    def storage(self) -> str:
+        return self.storage_url or (self.data_path / "objects").as_uri()
+
+    @property
+    def embedded(self) -> bool:
+        return self.db_url.startswith("sqlite")
+
+
+def _convert(kind: Any, raw: str) -> Any:
+    kind = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+    if kind == "int":
+        return int(raw)
+    if kind == "bool":
+        return _bool(raw)
+    return raw

@@ -1,0 +1,284 @@
+"""Job lifecycle: the row is the truth. API side: submit, read, list, cancel. Worker side: claim, heartbeat,
+progress, finish, fail. Housekeeping: the reaper. Every transition is one conditional UPDATE, so two workers or
+a worker and the reaper can never both win."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Callable
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.config import Settings
+from service.db import FINISHED, IN_FLIGHT, Artifact, Database, Job, utcnow
+from service.errors import Problem, conflict, not_found, too_many
+
+# --- API side --------------------------------------------------------------------------------------------
+
+
+def request_hash(request: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(request, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def find_idempotent(session: Session, tenant_id: str, key: str | None, digest: str) -> Job | None:
+    """The job an Idempotency-Key already made (replayed), or None; the same key with another body is 409."""
+    if not key:
+        return None
+    job = session.scalars(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key)).first()
+    if job is not None and job.request_hash != digest:
+        raise conflict("this Idempotency-Key was used with a different request body")
+    return job
+
+
+def check_limits(session: Session, tenant_id: str, settings: Settings) -> None:
+    """429 over the tenant's in-flight or per-minute limit. Counted from the jobs table: exact across replicas."""
+    in_flight = session.scalar(
+        select(func.count()).select_from(Job).where(Job.tenant_id == tenant_id, Job.status.in_(IN_FLIGHT),
+                                                    Job.audit_id.is_(None)))
+    if in_flight >= settings.max_in_flight:
+        raise too_many(f"{in_flight} jobs in flight; the limit is {settings.max_in_flight}", settings.retry_after * 5)
+    since = utcnow() - timedelta(minutes=1)
+    recent = session.scalars(
+        select(Job.created_at).where(Job.tenant_id == tenant_id, Job.created_at >= since)
+        .order_by(Job.created_at).limit(settings.rate_per_minute)).all()
+    if len(recent) >= settings.rate_per_minute:
+        wait = 60 - (utcnow() - recent[0]).total_seconds()
+        raise too_many(f"more than {settings.rate_per_minute} jobs a minute", int(wait) + 1)
+
+
+def create(session: Session, tenant_id: str, request: dict[str, Any], revision: str, queue: str,
+           idempotency_key: str | None, digest: str) -> Job:
+    """A queued job row. `digest` is the hash of the body as sent, for Idempotency-Key replays."""
+    job = Job(tenant_id=tenant_id, model_name=request["model"], model_revision=revision, request=request,
+              request_hash=digest, idempotency_key=idempotency_key, queue=queue)
+    session.add(job)
+    try:
+        session.flush()
+    except IntegrityError as e:  # a concurrent request with the same Idempotency-Key won the race
+        raise conflict("a request with this Idempotency-Key is being processed; retry to replay it") from e
+    return job
+
+
+def mark_enqueued(db: Database, job_id: str) -> None:
+    with db.session() as s:
+        s.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
+
+
+def get(session: Session, tenant_id: str, job_id: str) -> Job:
+    job = session.get(Job, job_id) if _is_uuid(job_id) else None
+    if job is None or job.tenant_id != tenant_id:
+        raise not_found(f"job {job_id}")
+    return job
+
+
+def listing(session: Session, tenant_id: str, limit: int, cursor: str | None, status: str | None,
+            model: str | None) -> tuple[list[Job], str | None]:
+    """Newest first; the cursor is the (created_at, id) of the last item seen."""
+    q = select(Job).where(Job.tenant_id == tenant_id, Job.audit_id.is_(None))
+    if status:
+        q = q.where(Job.status == status)
+    if model:
+        q = q.where(Job.model_name == model)
+    if cursor:
+        at, last_id = _decode_cursor(cursor)
+        q = q.where(or_(Job.created_at < at, and_(Job.created_at == at, Job.id < last_id)))
+    jobs = session.scalars(q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)).all()
+    more = len(jobs) > limit
+    jobs = jobs[:limit]
+    return jobs, (_encode_cursor(jobs[-1]) if more else None)
+
+
+def cancel(session: Session, tenant_id: str, job_id: str) -> Job:
+    """queued -> cancelled at once; running -> flagged (the worker stops at its next step); finished -> 409."""
+    job = get(session, tenant_id, job_id)
+    now = utcnow()
+    done = session.execute(update(Job).where(Job.id == job.id, Job.status == "queued").values(
+        status="cancelled", finished_at=now, cancel_requested=True)).rowcount
+    if not done:
+        session.execute(update(Job).where(Job.id == job.id, Job.status == "running").values(cancel_requested=True))
+    session.refresh(job)
+    if job.status in FINISHED and not (job.status == "cancelled" and done):
+        raise conflict(f"job {job.id} already {job.status}")
+    return job
+
+
+def document(job: Job, artifacts: list[Artifact], with_result: bool = True) -> dict[str, Any]:
+    """The job document of DESIGN §9."""
+    doc: dict[str, Any] = {
+        "id": job.id,
+        "status": job.status,
+        "progress": round(job.progress, 4),
+        "attempts": job.attempts,
+        "cancel_requested": job.cancel_requested,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+        "timings": _timings(job),
+        "device": job.device,
+        "error": job.error,
+        "model": {"name": job.model_name, "revision": job.model_revision},
+        "request": job.request,
+        "artifacts": [{"name": a.name, "content_type": a.content_type, "bytes": a.bytes, "sha256": a.sha256,
+                       "url": f"/v1/jobs/{job.id}/artifacts/{a.name}"} for a in artifacts],
+    }
+    if with_result:
+        result = job.result or {}
+        doc["result"] = result.get("result")
+        if "compare" in result:
+            doc["compare"] = result["compare"]
+    return doc
+
+
+def artifacts_of(session: Session, job_id: str) -> list[Artifact]:
+    return list(session.scalars(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.name)))
+
+
+# --- worker side -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Claim:
+    job: Job
+    attempt: int
+
+
+def claim(db: Database, job_id: str, worker: str, settings: Settings, device: str) -> Claim | None:
+    """Take a queued job (or one whose lease expired) for this worker; None if someone else has it or it ended.
+
+    A job delivered more than max_attempts times is dead-lettered to `failed` instead."""
+    now = utcnow()
+    with db.session() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            return None
+        if job.attempts >= settings.max_attempts and job.status in IN_FLIGHT:
+            s.execute(update(Job).where(Job.id == job_id, Job.status.in_(IN_FLIGHT)).values(
+                status="failed", finished_at=now, lease_owner=None, lease_expires_at=None,
+                error=dead_letter(job.attempts)))
+            return None
+        claimable = or_(Job.status == "queued",
+                        and_(Job.status == "running", Job.lease_expires_at < now))
+        won = s.execute(update(Job).where(Job.id == job_id, claimable, Job.cancel_requested.is_(False)).values(
+            status="running", attempts=Job.attempts + 1, lease_owner=worker, device=device,
+            lease_expires_at=now + timedelta(seconds=settings.lease_seconds), progress=0.0,
+            started_at=func.coalesce(Job.started_at, now))).rowcount
+        if not won:
+            return None
+        s.flush()
+        s.refresh(job)
+        return Claim(job, job.attempts)
+
+
+def heartbeat(db: Database, job_id: str, worker: str, settings: Settings, progress: float | None = None) -> bool:
+    """Extend the lease (and write progress). Returns False when this worker no longer owns the job."""
+    values: dict[str, Any] = {"lease_expires_at": utcnow() + timedelta(seconds=settings.lease_seconds)}
+    if progress is not None:
+        values["progress"] = progress
+    with db.session() as s:
+        owned = s.execute(update(Job).where(Job.id == job_id, Job.status == "running",
+                                            Job.lease_owner == worker).values(**values)).rowcount
+        return bool(owned)
+
+
+def cancel_requested(db: Database, job_id: str) -> bool:
+    with db.session() as s:
+        return bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
+def finish(db: Database, job_id: str, worker: str, status: str, *, result: dict | None = None,
+           error: dict | None = None, artifacts: list[Artifact] = ()) -> bool:
+    """Record the outcome, fenced by the lease: a worker that lost its job cannot overwrite it."""
+    with db.session() as s:
+        won = s.execute(update(Job).where(Job.id == job_id, Job.status == "running", Job.lease_owner == worker)
+                        .values(status=status, result=result, error=error, finished_at=utcnow(),
+                                progress=1.0 if status == "succeeded" else Job.progress,
+                                lease_owner=None, lease_expires_at=None)).rowcount
+        if won:
+            for old in s.scalars(select(Artifact).where(Artifact.job_id == job_id)):
+                s.delete(old)
+            s.flush()
+            for a in artifacts:
+                s.add(a)
+        return bool(won)
+
+
+def dead_letter(attempts: int) -> dict[str, Any]:
+    return Problem(500, "Job dead-lettered", f"the job was delivered {attempts} times without finishing "
+                   "(its worker died or timed out each time); it will not be retried").body()
+
+
+# --- housekeeping ----------------------------------------------------------------------------------------
+
+
+def reap(db: Database, settings: Settings, send: Callable[[str, str], None]) -> dict[str, int]:
+    """Re-queue jobs whose lease expired, dead-letter those out of attempts, re-send queued jobs the broker lost."""
+    now = utcnow()
+    counts = {"requeued": 0, "dead": 0, "resent": 0}
+    with db.session() as s:
+        expired = s.scalars(select(Job).where(Job.status == "running", Job.lease_expires_at < now)).all()
+        for job in expired:
+            lost = and_(Job.id == job.id, Job.status == "running", Job.lease_expires_at < now)
+            if job.attempts >= settings.max_attempts:
+                counts["dead"] += s.execute(update(Job).where(lost).values(
+                    status="failed", finished_at=now, lease_owner=None, lease_expires_at=None,
+                    error=dead_letter(job.attempts))).rowcount
+            elif job.cancel_requested:
+                s.execute(update(Job).where(lost).values(status="cancelled", finished_at=now, lease_owner=None,
+                                                         lease_expires_at=None))
+            else:
+                counts["requeued"] += s.execute(update(Job).where(lost).values(
+                    status="queued", lease_owner=None, lease_expires_at=None, enqueued_at=None)).rowcount
+    stale = now - timedelta(seconds=settings.requeue_after)
+    with db.session() as s:
+        lost = s.execute(select(Job.id, Job.queue).where(
+            Job.status == "queued", or_(Job.enqueued_at.is_(None), Job.enqueued_at < stale))).all()
+    for job_id, queue in lost:
+        send(job_id, queue)
+        mark_enqueued(db, job_id)
+        counts["resent"] += 1
+    return counts
+
+
+# --- helpers ---------------------------------------------------------------------------------------------
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat() if at else None
+
+
+def _timings(job: Job) -> dict[str, float | None]:
+    def seconds(a: datetime | None, b: datetime | None) -> float | None:
+        return round((b - a).total_seconds(), 3) if a and b else None
+
+    return {"queued_seconds": seconds(job.created_at, job.started_at),
+            "run_seconds": seconds(job.started_at, job.finished_at),
+            "total_seconds": seconds(job.created_at, job.finished_at)}
+
+
+def _is_uuid(value: str) -> bool:
+    import uuid
+
+    try:
+        return str(uuid.UUID(value)) == value.lower()
+    except ValueError:
+        return False
+
+
+def _encode_cursor(job: Job) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(f"{job.created_at.isoformat()}|{job.id}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    import base64
+
+    try:
+        at, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        return datetime.fromisoformat(at), job_id
+    except Exception as e:
+        raise Problem(400, "Bad cursor", "the cursor is not one this API returned") from e

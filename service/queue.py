@@ -1,0 +1,47 @@
+"""The Celery app, shared by the API (which only sends job ids) and the workers (worker/tasks.py).
+
+Redis in production, kombu's server-less SQLAlchemy transport in the embedded default: the same task code.
+"""
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from service.config import Settings
+
+RUN_JOB = "lantern.run_job"
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("lantern", broker=settings.broker, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_backend=None,  # the job row is the truth, not a result backend
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.soft_time_limit,
+        task_time_limit=settings.hard_time_limit,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_connection_retry_on_startup=True,
+        task_queues=[Queue(settings.job_queue), Queue(settings.cpu_queue)],
+        task_default_queue=settings.cpu_queue,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+    )
+    app.conf.lantern_settings = settings
+    return app
+
+
+def send_job(app: Celery, job_id: str, queue: str) -> None:
+    """The message carries the job id only."""
+    app.send_task(RUN_JOB, args=[job_id], queue=queue)
+
+
+def broker_ok(app: Celery) -> None:
+    """Raise if the broker cannot be reached (readiness)."""
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=3)

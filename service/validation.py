@@ -1,0 +1,65 @@
+"""Checks a job request against its model before anything is stored or enqueued (DESIGN §5, §6)."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import marshmallow as ma
+
+from service.config import Settings
+from service.errors import Problem, invalid
+
+
+def check_request(adapter: Any, request: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """Raise a 4xx Problem for anything the worker would refuse; return the request with defaults filled in."""
+    from worker.methods import registry
+    from worker.models.base import InputError
+
+    methods = registry()
+    errors: dict[str, Any] = {}
+    unknown = [m for m in request["methods"] if m not in methods]
+    if unknown:
+        raise invalid(f"unknown method(s) {unknown}; see GET /v1/methods", "methods")
+    if not adapter.has_head:
+        headful = [m for m in request["methods"] if methods[m].needs_head]
+        if headful:
+            raise invalid(f"{headful} need a model with an output head; {adapter.name} has none "
+                          f"(methods that apply: {[m for m in methods if not methods[m].needs_head]})", "methods")
+    elif request["target"] != "predicted" and request["target"] not in adapter.labels:
+        raise invalid(f"unknown target {request['target']!r}; labels are {adapter.labels}", "target")
+
+    layers = request.get("layers")
+    if layers is not None:
+        bad = [layer for layer in layers if layer not in adapter.layer_names]
+        if bad:
+            raise invalid(f"unknown layer(s) {bad}; {adapter.name} has {adapter.layer_names}", "layers")
+
+    params = dict(request.get("params") or {})
+    for name in params:
+        if name not in request["methods"]:
+            errors.setdefault("params", {})[name] = [f"parameters for {name!r}, which is not in methods"]
+    filled = {}
+    for name in request["methods"]:
+        try:
+            filled[name] = methods[name].params().load(params.get(name) or {})
+            _finite(filled[name], f"params.{name}")
+        except ma.ValidationError as e:
+            errors.setdefault("params", {})[name] = e.messages
+        except ValueError as e:
+            errors.setdefault("params", {})[name] = [str(e)]
+    if errors:
+        raise Problem(422, "Invalid request", "some method parameters are invalid", errors)
+
+    try:
+        n_tokens = adapter.count_tokens(request["inputs"])
+    except InputError as e:
+        raise invalid(str(e), "inputs") from e
+    if n_tokens > settings.max_tokens:
+        raise invalid(f"the input has {n_tokens} tokens; the limit is {settings.max_tokens}", "inputs")
+    return {**request, "params": filled}
+
+
+def _finite(values: dict[str, Any], where: str) -> None:
+    for key, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{where}.{key} must be a finite number")

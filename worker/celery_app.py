@@ -1,0 +1,88 @@
+"""The worker process: the Celery app with Lantern's tasks, a per-process Runtime, and the reaper thread.
+
+`celery -A worker.celery_app worker` and `lantern worker` both use this module; settings come from the
+environment (LANTERN_*), so production and the embedded default run the same code.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+
+from celery import signals
+
+from service.config import Settings
+from service.queue import make_celery
+from service.runtime import Runtime
+
+log = logging.getLogger("lantern.worker")
+
+app = make_celery(Settings.from_env())
+_runtimes: dict[int, Runtime] = {}
+
+
+def pick_device(wanted: str) -> str:
+    import torch
+
+    if wanted == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return wanted
+
+
+def runtime() -> Runtime:
+    """One Runtime per process: engines and model caches must not cross a fork."""
+    pid = os.getpid()
+    if pid not in _runtimes:
+        settings = app.conf.lantern_settings
+        _runtimes[pid] = Runtime(settings, device=pick_device(settings.device))
+    return _runtimes[pid]
+
+
+_names: dict[int, str] = {}
+
+
+def worker_name() -> str:
+    """This process's lease owner id (per pid: a replaced pool child is a different owner)."""
+    pid = os.getpid()
+    return _names.setdefault(pid, f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex[:6]}")
+
+
+class Reaper(threading.Thread):
+    """Re-queues jobs whose worker died and re-sends queued jobs the broker lost. Every worker runs one:
+    each transition is a conditional UPDATE, so reapers on many machines do not step on each other."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True, name="reaper")
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        from service import jobs
+        from service.queue import send_job
+
+        rt = Runtime(app.conf.lantern_settings)
+        while not self.stopped.wait(rt.settings.reaper_interval):
+            try:
+                counts = jobs.reap(rt.db, rt.settings, lambda job_id, queue: send_job(app, job_id, queue))
+                if any(counts.values()):
+                    log.info("reaper: %s", counts)
+            except Exception:
+                log.exception("reaper pass failed")
+
+
+_reaper = Reaper()
+
+
+@signals.worker_ready.connect
+def _start_reaper(**_: object) -> None:
+    if not _reaper.is_alive():
+        _reaper.start()
+
+
+@signals.worker_shutdown.connect
+def _stop_reaper(**_: object) -> None:
+    _reaper.stopped.set()
+
+
+import worker.tasks  # noqa: E402,F401  (registers the tasks on `app`)

@@ -1,0 +1,175 @@
+"""One job, start to end: claim the row → load the model → explain → store artifacts → record the outcome.
+
+Thin by design (DESIGN §10): the engine (worker.methods.explain) knows nothing of rows, queues or storage.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+from service import jobs
+from service.db import Artifact
+from service.errors import Problem
+from service.models import ModelRef
+from service.runtime import Runtime
+from service.storage import sha256
+
+log = logging.getLogger("lantern.worker")
+
+
+class LeaseLost(Exception):
+    """Another worker (or the reaper) took this job: stop without writing anything."""
+
+
+class Heartbeat(threading.Thread):
+    """Keeps the lease alive while the engine computes, and carries the latest progress to the row."""
+
+    def __init__(self, rt: Runtime, job_id: str, worker: str) -> None:
+        super().__init__(daemon=True, name=f"heartbeat-{job_id[:8]}")
+        self.rt, self.job_id, self.worker = rt, job_id, worker
+        self.progress: float | None = None
+        self.owned = True
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        interval = max(self.rt.settings.lease_seconds / 3, 0.2)
+        while not self.stopped.wait(interval):
+            try:
+                self.owned = jobs.heartbeat(self.rt.db, self.job_id, self.worker, self.rt.settings, self.progress)
+            except Exception:  # a blip in the database: the lease has slack for two more beats
+                log.warning("heartbeat failed for job %s", self.job_id)
+            if not self.owned:
+                return
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+def run_job(rt: Runtime, job_id: str, worker: str) -> str:
+    """Run a job if this worker can claim it. Returns the final status, or 'skipped'."""
+    from worker.methods import Cancelled
+
+    claim = jobs.claim(rt.db, job_id, worker, rt.settings, rt.device)
+    if claim is None:
+        log.info("job %s not claimable here (taken, finished, cancelled or dead-lettered)", job_id)
+        return "skipped"
+    job = claim.job
+    log.info("job %s attempt %d on %s", job_id, claim.attempt, rt.device)
+    beat = Heartbeat(rt, job_id, worker)
+    beat.start()
+    last_check = [0.0]
+
+    def progress(fraction: float) -> None:
+        beat.progress = round(fraction, 4)
+        if not beat.owned:
+            raise LeaseLost(job_id)
+        now = time.monotonic()
+        if now - last_check[0] >= 0.5:
+            last_check[0] = now
+            if jobs.cancel_requested(rt.db, job_id):
+                raise Cancelled(job_id)
+
+    status = "failed"
+    try:
+        result, files = explain_job(rt, job.request, job.model_revision, progress)
+        artifacts = store_artifacts(rt, job_id, files)
+        status = "succeeded"
+        finished = jobs.finish(rt.db, job_id, worker, status, result=result, artifacts=artifacts)
+    except Cancelled:
+        status = "cancelled"
+        finished = jobs.finish(rt.db, job_id, worker, status)
+    except LeaseLost:
+        log.warning("job %s: lease lost; another worker owns it now", job_id)
+        return "skipped"
+    except Exception as e:
+        finished = jobs.finish(rt.db, job_id, worker, status, error=problem_of(e))
+        if not isinstance(e, Problem) and not _is_input_error(e):
+            log.exception("job %s failed", job_id)
+        if _is_time_limit(e):
+            raise  # Celery records the soft time limit too (Superset's pattern)
+    finally:
+        beat.stop()
+    return status if finished else "skipped"
+
+
+def explain_job(rt: Runtime, request: dict[str, Any], revision: str, progress) -> tuple[dict, dict]:
+    """The engine call for one job request (and each model it is compared with)."""
+    from worker.methods import explain
+
+    models = [(request["model"], revision)] + list(request.get("compare_revisions", {}).items())
+    outcome: dict[str, Any] = {}
+    files: dict[str, tuple[bytes, str]] = {}
+    for n, (name, rev) in enumerate(models):
+        adapter = rt.adapters.get(_ref(rt, name, rev))
+
+        def step(fraction: float, n: int = n) -> None:
+            progress((n + fraction) / len(models))
+
+        ex = explain(adapter, request["inputs"], request["methods"], request.get("layers"), request["target"],
+                     request["score"], request["params"], request["seed"], step)
+        ex.result["model"] = {"name": name, "revision": rev}
+        prefix = "" if n == 0 else f"compare-{name}-"
+        for method, tensors in ex.tensors.items():
+            if tensors:
+                files[f"{prefix}{method}.safetensors"] = (_safetensors(tensors), "application/octet-stream")
+        for fig, png in ex.figures.items():
+            files[f"{prefix}{fig}"] = (png, "image/png")
+        if n == 0:
+            outcome["result"] = ex.result
+        else:
+            outcome.setdefault("compare", {})[name] = ex.result
+    files["result.json"] = (json.dumps(outcome, indent=1).encode(), "application/json")
+    return outcome, files
+
+
+def _ref(rt: Runtime, name: str, revision: str) -> ModelRef:
+    from sqlalchemy import select
+
+    from service.db import Model
+
+    with rt.db.session() as s:
+        key = s.scalar(select(Model.storage_key).where(Model.name == name, Model.revision == revision))
+    return ModelRef(name, revision, key is None, key)
+
+
+def store_artifacts(rt: Runtime, job_id: str, files: dict[str, tuple[bytes, str]]) -> list[Artifact]:
+    rows = []
+    for name, (data, content_type) in files.items():
+        key = f"jobs/{job_id}/{name}"
+        rt.store.put(key, data, content_type)
+        rows.append(Artifact(job_id=job_id, name=name, content_type=content_type, bytes=len(data),
+                             sha256=sha256(data), storage_key=key))
+    return rows
+
+
+def _safetensors(tensors: dict) -> bytes:
+    from safetensors.torch import save
+
+    return save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()})
+
+
+def problem_of(error: Exception) -> dict[str, Any]:
+    if isinstance(error, Problem):
+        return error.body()
+    if _is_input_error(error):
+        return Problem(422, "Cannot explain this input", str(error)).body()
+    if _is_time_limit(error):
+        return Problem(504, "Time limit", "the job ran past its time limit").body()
+    return Problem(500, "Job failed", f"{type(error).__name__}: {str(error)[:500]}").body()
+
+
+def _is_input_error(error: Exception) -> bool:
+    from worker.models.base import InputError
+
+    return isinstance(error, InputError)
+
+
+def _is_time_limit(error: Exception) -> bool:
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    return isinstance(error, SoftTimeLimitExceeded)
+
+
