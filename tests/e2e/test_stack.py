@@ -1,0 +1,179 @@
+"""End to end, with real processes: gunicorn API (2 workers) + 2 Celery worker processes + PostgreSQL + Redis +
+an S3 server (moto) — the production shape; and the embedded default (`lantern demo`)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+from sqlalchemy import select
+
+from service.client import Client
+from service.db import Database, Job
+from tests.conftest import free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis, pytest.mark.s3]
+LANTERN = [sys.executable, "-m", "service.cli"]
+
+
+def _wait_for(check, timeout: float, what: str, every: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Stack:
+    def __init__(self, env: dict[str, str], tmp: Path) -> None:
+        self.env, self.tmp, self.procs = env, tmp, []
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def spawn(self, *args: str, name: str) -> subprocess.Popen:
+        log = open(self.tmp / f"{name}.log", "wb")
+        proc = subprocess.Popen(LANTERN + list(args), env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # own process group: a SIGKILL takes its pool children
+        proc.name = name
+        self.procs.append(proc)
+        return proc
+
+    def key(self, tenant: str) -> str:
+        out = subprocess.run(LANTERN + ["keys", "create", "--tenant", tenant], env=self.env, check=True,
+                             capture_output=True, text=True).stdout
+        return out.strip().splitlines()[-1]
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n" + (self.tmp / f"{p.name}.log").read_text(errors="replace")[-3000:]
+                         for p in self.procs)
+
+
+@pytest.fixture(scope="module")
+def stack(pg_url, redis_url, tmp_path_factory):
+    from moto.server import ThreadedMotoServer
+
+    tmp = tmp_path_factory.mktemp("stack")
+    s3_port = free_port()
+    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port, verbose=False)
+    s3.start()
+    tag = uuid.uuid4().hex[:8]
+    env = dict(os.environ, LANTERN_DATABASE_URL=pg_url, LANTERN_BROKER_URL=redis_url,
+               LANTERN_STORAGE_URL=f"s3://lantern-{tag}/objects", LANTERN_S3_ENDPOINT_URL=f"http://127.0.0.1:{s3_port}",
+               LANTERN_DATA_DIR=str(tmp / "data"), LANTERN_JOB_QUEUE=f"gpu-{tag}", LANTERN_CPU_QUEUE=f"cpu-{tag}",
+               LANTERN_LEASE_SECONDS="3", LANTERN_REAPER_INTERVAL="1", LANTERN_REQUEUE_AFTER="600",
+               AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    import boto3
+
+    boto3.client("s3", endpoint_url=env["LANTERN_S3_ENDPOINT_URL"], region_name="us-east-1",
+                 aws_access_key_id="test", aws_secret_access_key="test").create_bucket(Bucket=f"lantern-{tag}")
+    st = Stack(env, tmp)
+    st.spawn("serve", "--bind", f"127.0.0.1:{st.port}", "--workers", "2", name="api")
+    st.workers = [st.spawn("worker", name=f"worker{n}") for n in range(2)]
+    try:
+        _wait_for(lambda: _ready(st.url), 60, "the API to be ready")
+        st.client = Client(st.url, st.key("e2e"))
+        st.db = Database(pg_url)
+        yield st
+    except Exception:
+        print(st.logs())
+        raise
+    finally:
+        st.stop()
+        s3.stop()
+
+
+def _ready(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/readyz", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def test_a_job_runs_end_to_end(stack, tmp_path):
+    request = {"model": "minilm-rt", "inputs": {"text": "A gripping, beautifully acted film."},
+               "methods": ["gradient"]}
+    job = stack.client.wait(stack.client.submit(request), timeout=240)
+    assert job["status"] == "succeeded", (job, stack.logs())
+    assert job["attempts"] == 1 and job["progress"] == 1.0 and job["device"] == "cpu"
+    result = job["result"]
+    assert result["prediction"]["label"] == "positive"
+    assert len(result["methods"]["gradient"]["scores"]) == len(result["tokens"])
+    names = {a["name"] for a in job["artifacts"]}
+    assert {"gradient.png", "gradient.safetensors", "result.json"} <= names
+    resp = stack.client.session.get(f"{stack.url}/v1/jobs/{job['id']}/artifacts/gradient.png",
+                                    allow_redirects=False)
+    assert resp.status_code == 302 and resp.headers["Location"].startswith(stack.env["LANTERN_S3_ENDPOINT_URL"])
+    png = stack.client.download(job["id"], "gradient.png", tmp_path)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from safetensors.torch import load_file
+
+    tensors = load_file(stack.client.download(job["id"], "gradient.safetensors", tmp_path))
+    assert tensors["scores"].shape[0] == len(result["tokens"])
+
+
+def test_a_killed_worker_s_job_finishes_once_on_another(stack):
+    request = {"model": "minilm-rt", "inputs": {"text": "Slow and steady, the film wins us over."},
+               "methods": ["smoothgrad"], "params": {"smoothgrad": {"samples": 2000, "batch_size": 8}}}
+    job_id = stack.client.submit(request)["id"]
+
+    def running_owner():
+        with stack.db.session() as s:
+            job = s.get(Job, job_id)
+            return job.lease_owner if job.status == "running" and job.progress > 0 else None
+
+    owner = _wait_for(running_owner, 180, "the job to run")
+    child_pid = int(owner.split(":")[1])
+    victim = next(w for w in stack.workers if _is_ancestor(w.pid, child_pid))
+    os.killpg(victim.pid, signal.SIGKILL)  # the machine is gone: main process and pool child, no goodbye
+    victim.wait(10)
+
+    job = stack.client.wait(job_id, timeout=300)
+    assert job["status"] == "succeeded", (job, stack.logs())
+    assert job["attempts"] == 2
+    with stack.db.session() as s:
+        row = s.scalars(select(Job).where(Job.id == job_id)).one()
+    assert row.lease_owner is None and row.status == "succeeded"
+    assert len({a["name"] for a in job["artifacts"]}) == len(job["artifacts"])
+    survivor = next(w for w in stack.workers if w is not victim)
+    assert survivor.poll() is None
+    assert f"job {job_id} attempt 2" in (stack.tmp / f"{survivor.name}.log").read_text()
+    assert f"job {job_id} attempt 2" not in (stack.tmp / f"{victim.name}.log").read_text()
+
+
+def _is_ancestor(pid: int, child: int) -> bool:
+    while child > 1:
+        if child == pid:
+            return True
+        stat = Path(f"/proc/{child}/stat").read_text()
+        child = int(stat.rsplit(")", 1)[1].split()[1])
+    return False
+
+
+def test_embedded_demo_runs_and_shuts_down(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    for var in [v for v in env if v.startswith("LANTERN_")]:
+        env.pop(var)
+    out = subprocess.run(LANTERN + ["demo", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out")],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "prediction: positive" in out.stdout and "embedded stack shut down" in out.stdout
+    files = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"gradient.png", "gradient.safetensors", "result.json"} <= files

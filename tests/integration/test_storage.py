@@ -1,0 +1,84 @@
+"""Object storage: the local directory store, and the S3 store over HTTP against a local S3 server (moto)."""
+from __future__ import annotations
+
+import pytest
+import requests
+
+from service.storage import LocalStore, ObjectNotFound, S3Store, open_store
+from tests.conftest import free_port
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_store(s3_endpoint, monkeypatch):
+    import uuid
+
+    for var, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test")):
+        monkeypatch.setenv(var, value)
+    bucket = f"lantern-{uuid.uuid4().hex[:8]}"
+    store = open_store(f"s3://{bucket}/prefix", s3_endpoint)
+    store.client.create_bucket(Bucket=bucket)
+    return store
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path):
+    if request.param == "local":
+        return LocalStore(tmp_path / "objects")
+    return request.getfixturevalue("s3_store")
+
+
+@pytest.mark.s3
+def test_round_trip_list_stream_delete(store):
+    data = bytes(range(256)) * 1000
+    store.put("jobs/a/x.bin", data, "application/octet-stream")
+    store.put("jobs/a/y.png", b"\x89PNG", "image/png")
+    store.put("jobs/b/z.json", b"{}", "application/json")
+    assert store.get("jobs/a/x.bin") == data
+    assert b"".join(store.stream("jobs/a/x.bin", chunk=4096)) == data
+    assert store.list("jobs/a") == ["jobs/a/x.bin", "jobs/a/y.png"]
+    store.delete("jobs/a/x.bin")
+    with pytest.raises(ObjectNotFound):
+        store.get("jobs/a/x.bin")
+    store.check()
+
+
+@pytest.mark.parametrize("key", ["", "/abs", "a/../b", "a//b", "./a"])
+def test_bad_keys_are_refused(tmp_path, key):
+    with pytest.raises(ValueError):
+        LocalStore(tmp_path).put(key, b"", "text/plain")
+
+
+@pytest.mark.s3
+def test_s3_presigned_download_over_http(s3_store):
+    s3_store.put("jobs/j/result.json", b'{"ok": true}', "application/json")
+    url = s3_store.presigned_url("jobs/j/result.json", "result.json", 60)
+    resp = requests.get(url, timeout=10)
+    assert resp.status_code == 200 and resp.content == b'{"ok": true}'
+    assert "result.json" in resp.headers.get("Content-Disposition", "")
+    assert isinstance(s3_store, S3Store) and s3_store.local_path("x") is None
+
+
+@pytest.mark.s3
+def test_s3_check_fails_for_a_missing_bucket(s3_endpoint, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    with pytest.raises(Exception):
+        open_store("s3://no-such-bucket-here", s3_endpoint).check()
+
+
+def test_storage_url_errors():
+    with pytest.raises(ValueError):
+        open_store("ftp://x")
+    with pytest.raises(ValueError):
+        open_store("s3:///nobucket")
