@@ -110,7 +110,7 @@ def explain_job(rt: Runtime, request: dict[str, Any], revision: str, progress) -
 
         ex = explain(adapter, request["inputs"], request["methods"], request.get("layers"), request["target"],
                      request["score"], request["params"], request["seed"], step)
-        ex.result["model"] = {"name": name, "revision": rev}
+        ex.result["model"] = {"name": name, "revision": adapter.revision}
         prefix = "" if n == 0 else f"compare-{name}-"
         for method, tensors in ex.tensors.items():
             if tensors:

@@ -14,7 +14,7 @@ from service import jobs, models
 from service.api.schemas import JobListQuery, JobListSchema, JobRequestSchema, JobSchema
 from service.app import runtime
 from service.db import Artifact
-from service.errors import not_found
+from service.errors import Problem, invalid, not_found
 from service.queue import send_job
 from service.storage import ObjectNotFound
 from service.validation import check_request
@@ -38,11 +38,11 @@ class Jobs(MethodView):
             replay = jobs.find_idempotent(s, caller.tenant_id, key, digest)
             if replay is not None:
                 return _accepted(jobs.document(replay, jobs.artifacts_of(s, replay.id)))
-            ref = models.resolve(s, caller.tenant_id, body["model"])
+            ref = _model(s, caller.tenant_id, body["model"], "model")
             checked = check_request(rt.adapters.get(ref), body, rt.settings)
             compare = {}
             for other in body["compare_with"]:
-                other_ref = models.resolve(s, caller.tenant_id, other)
+                other_ref = _model(s, caller.tenant_id, other, "compare_with")
                 check_request(rt.adapters.get(other_ref), {**body, "model": other}, rt.settings)
                 compare[other] = other_ref.revision
             jobs.check_limits(s, caller.tenant_id, rt.settings)
@@ -65,6 +65,14 @@ class Jobs(MethodView):
                                          query.get("status"), query.get("model"))
             return {"items": [jobs.document(j, jobs.artifacts_of(s, j.id), with_result=False) for j in items],
                     "next_cursor": cursor}
+
+
+def _model(session, tenant_id: str, name: str, field: str) -> models.ModelRef:
+    """In a request body an unknown (or another tenant's) model is a field error, not a missing resource."""
+    try:
+        return models.resolve(session, tenant_id, name)
+    except Problem as e:
+        raise invalid(f"unknown model {name!r}; see GET /v1/models", field) from e
 
 
 def _accepted(doc: dict):
