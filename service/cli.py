@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -303,7 +302,7 @@ def summary(job: dict[str, Any]) -> str:
         for method, part in result["methods"].items():
             scores = part.get("word_scores")
             if scores and words:
-                top = sorted(zip(words, scores), key=lambda ws: -ws[1])[:5]
+                top = sorted(zip(words, scores, strict=True), key=lambda ws: -ws[1])[:5]
                 lines.append(f"{method}: top words " + ", ".join(f"{w} ({s:.3g})" for w, s in top))
     for a in job.get("artifacts", []):
         lines.append(f"artifact {a['name']:<28} {a['bytes']:>9} B  {a['url']}")

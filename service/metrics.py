@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -14,7 +15,7 @@ log = logging.getLogger("lantern.metrics")
 
 
 class Metrics:
-    def __init__(self, runtime: "Runtime") -> None:
+    def __init__(self, runtime: Runtime) -> None:
         self.registry = CollectorRegistry()
         self.latency = Histogram("lantern_http_request_seconds", "HTTP request latency",
                                  ["method", "endpoint", "status"], registry=self.registry,
@@ -36,7 +37,7 @@ class Metrics:
 class _StateCollector:
     """Read at scrape time from the source of truth, so every API replica reports the same numbers."""
 
-    def __init__(self, runtime: "Runtime") -> None:
+    def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
     def collect(self) -> Iterator[GaugeMetricFamily]:

@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from service.client import Client
 from service.db import Database, Job
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis, pytest.mark.s3]
 LANTERN = [sys.executable, "-m", "service.cli"]

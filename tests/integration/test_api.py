@@ -205,7 +205,7 @@ def test_in_flight_limit_is_429(runtime, new_key, tmp_path):
     from dataclasses import replace
 
     from service.app import create_app
-    from tests.conftest import Api
+    from tests.helpers import Api
 
     runtime.settings = replace(runtime.settings, max_in_flight=2)
     api = Api(create_app(runtime=runtime), new_key("busy"))
@@ -222,7 +222,7 @@ def test_rate_limit_is_429(runtime, new_key):
     from dataclasses import replace
 
     from service.app import create_app
-    from tests.conftest import Api
+    from tests.helpers import Api
 
     runtime.settings = replace(runtime.settings, rate_per_minute=3)
     api = Api(create_app(runtime=runtime), new_key("chatty"))

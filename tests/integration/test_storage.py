@@ -5,7 +5,7 @@ import pytest
 import requests
 
 from service.storage import LocalStore, ObjectNotFound, S3Store, open_store
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,9 @@ def test_s3_presigned_download_over_http(s3_store):
 def test_s3_check_fails_for_a_missing_bucket(s3_endpoint, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    with pytest.raises(Exception):
+    from botocore.exceptions import ClientError
+
+    with pytest.raises(ClientError):
         open_store("s3://no-such-bucket-here", s3_endpoint).check()
 
 
