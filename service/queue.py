@@ -24,7 +24,10 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         task_soft_time_limit=settings.soft_time_limit,
         task_time_limit=settings.hard_time_limit,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        # Redis redelivers an unacked message after the visibility timeout: it must outlast the hard limit.
+        # (kombu's SQLAlchemy transport passes its options to create_engine and has no such timeout.)
+        broker_transport_options=(
+            {"visibility_timeout": settings.visibility_timeout} if settings.broker.startswith("redis") else {}),
         broker_connection_retry_on_startup=True,
         task_queues=[Queue(settings.job_queue), Queue(settings.cpu_queue)],
         task_default_queue=settings.cpu_queue,

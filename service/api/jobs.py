@@ -52,8 +52,8 @@ class Jobs(MethodView):
         try:
             send_job(rt.celery, job.id, job.queue)
             jobs.mark_enqueued(rt.db, job.id)
-        except Exception:  # the row is the truth: the reaper sends it when the broker is back
-            log.warning("broker unavailable; job %s stays queued for the reaper", job.id)
+        except Exception as e:  # the row is the truth: the reaper sends it when the broker is back
+            log.warning("broker unavailable (%s); job %s stays queued for the reaper", type(e).__name__, job.id)
         return _accepted(doc)
 
     @blp.arguments(JobListQuery, location="query")

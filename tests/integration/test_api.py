@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, update
 
-from service.db import Job
+from service.db import Job, utcnow
 
 pytestmark = pytest.mark.postgres
 
@@ -18,9 +18,13 @@ def job_request(**over):
     return {"model": "minilm-rt", "inputs": {"text": TEXT}, "methods": ["gradient"], **over}
 
 
-def count_jobs(runtime) -> int:
+def count_jobs(runtime, api) -> int:
+    """This test's tenant's jobs (the Postgres database is shared by the whole session)."""
+    from service.db import ApiKey
+
     with runtime.db.session() as s:
-        return s.scalar(select(func.count()).select_from(Job))
+        tenant = s.get(ApiKey, api.key.split("_")[1]).tenant_id
+        return s.scalar(select(func.count()).select_from(Job).where(Job.tenant_id == tenant))
 
 
 def queued_messages(runtime) -> int:
@@ -55,10 +59,10 @@ def test_idempotency_key_replays_and_conflicts(api, runtime):
     first = api.post("/v1/jobs", json=job_request(), headers={"Idempotency-Key": "k1"})
     again = api.post("/v1/jobs", json=job_request(), headers={"Idempotency-Key": "k1"})
     assert again.status_code == 202 and again.get_json()["id"] == first.get_json()["id"]
-    assert count_jobs(runtime) == 1 and queued_messages(runtime) == 1
+    assert count_jobs(runtime, api) == 1 and queued_messages(runtime) == 1
     other = api.post("/v1/jobs", json=job_request(seed=3), headers={"Idempotency-Key": "k1"})
     is_problem(other, 409)
-    assert count_jobs(runtime) == 1
+    assert count_jobs(runtime, api) == 1
 
 
 def test_etag_and_304(api):
@@ -128,7 +132,7 @@ def test_expired_and_revoked_keys(api, runtime, new_key):
     expired = new_key("initech", expires_days=1)
     with runtime.db.session() as s:
         s.execute(update(ApiKey).where(ApiKey.id == expired.split("_")[1])
-                  .values(expires_at=ApiKey.created_at - timedelta(seconds=1)))
+                  .values(expires_at=utcnow() - timedelta(seconds=1)))
     assert "expired" in is_problem(api.as_(expired).get("/v1/jobs"), 401)["detail"]
     fresh = new_key("initech")  # made while the app runs: works at once
     assert api.as_(fresh).get("/v1/jobs").status_code == 200
@@ -184,7 +188,7 @@ BAD = [
 @pytest.mark.parametrize("name,body,status,field", BAD, ids=[b[0] for b in BAD])
 def test_bad_requests_are_problems_and_change_nothing(api, runtime, name, body, status, field):
     api.post("/v1/jobs", json=job_request())  # something stored already, which must stay as it is
-    before_jobs, before_msgs = count_jobs(runtime), queued_messages(runtime)
+    before_jobs, before_msgs = count_jobs(runtime, api), queued_messages(runtime)
     if isinstance(body, str):
         resp = api.post("/v1/jobs", data=body, content_type="application/json")
     else:
@@ -192,13 +196,13 @@ def test_bad_requests_are_problems_and_change_nothing(api, runtime, name, body, 
     problem = is_problem(resp, status)
     if field:
         assert field in json.dumps(problem.get("errors", {})), problem
-    assert count_jobs(runtime) == before_jobs and queued_messages(runtime) == before_msgs
+    assert count_jobs(runtime, api) == before_jobs and queued_messages(runtime) == before_msgs
 
 
 def test_oversized_body_is_413(api, runtime):
     big = json.dumps(job_request(inputs={"text": "x" * (runtime.settings.max_body_bytes + 10)}))
     is_problem(api.post("/v1/jobs", data=big, content_type="application/json"), 413)
-    assert count_jobs(runtime) == 0
+    assert count_jobs(runtime, api) == 0
 
 
 def test_in_flight_limit_is_429(runtime, new_key, tmp_path):
