@@ -5,7 +5,7 @@ Redis in production, kombu's server-less SQLAlchemy transport in the embedded de
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from service.config import Settings
 
@@ -29,7 +29,7 @@ def make_celery(settings: Settings) -> Celery:
         broker_transport_options=(
             {"visibility_timeout": settings.visibility_timeout} if settings.broker.startswith("redis") else {}),
         broker_connection_retry_on_startup=True,
-        task_queues=[Queue(settings.job_queue), Queue(settings.cpu_queue)],
+        task_queues=[_queue(settings.job_queue), _queue(settings.cpu_queue)],
         task_default_queue=settings.cpu_queue,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
@@ -37,6 +37,11 @@ def make_celery(settings: Settings) -> Celery:
     )
     app.conf.lantern_settings = settings
     return app
+
+
+def _queue(name: str) -> Queue:
+    """A queue with its own direct exchange and routing key, so a message sent to it lands in it."""
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)
 
 
 def send_job(app: Celery, job_id: str, queue: str) -> None:

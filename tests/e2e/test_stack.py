@@ -131,7 +131,7 @@ def test_a_job_runs_end_to_end(stack, tmp_path):
 
 def test_a_killed_worker_s_job_finishes_once_on_another(stack):
     request = {"model": "minilm-rt", "inputs": {"text": "Slow and steady, the film wins us over."},
-               "methods": ["smoothgrad"], "params": {"smoothgrad": {"samples": 2000, "batch_size": 8}}}
+               "methods": ["smoothgrad"], "params": {"smoothgrad": {"samples": 800, "batch_size": 8}}}
     job_id = stack.client.submit(request)["id"]
 
     def running_owner():

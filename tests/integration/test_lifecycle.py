@@ -158,3 +158,14 @@ def test_runner_records_input_errors_as_problems(runtime):
     assert run_job(runtime, job_id, "w1") == "failed"
     error = state(runtime, job_id).error
     assert error["status"] == 422 and "sarcastic" in error["detail"]
+
+
+def test_a_job_message_lands_in_the_job_queue(runtime):
+    """Routing: the message for a job goes to the job queue (GPU workers), not the CPU queue."""
+    from service.queue import send_job
+
+    send_job(runtime.celery, "00000000-0000-0000-0000-000000000000", runtime.settings.job_queue)
+    with runtime.celery.connection_for_read() as conn:
+        channel = conn.default_channel
+        assert channel.queue_declare(runtime.settings.job_queue).message_count == 1
+        assert channel.queue_declare(runtime.settings.cpu_queue).message_count == 0
