@@ -1,0 +1,145 @@
+"""The model adapter: the one abstraction every method stands on (DESIGN §4).
+
+Shapes: B = batch of inputs, T = tokens (padded), K = embedding size.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Encoding:
+    """A batch of tokenised inputs. Per-item lists are unpadded; tensors are padded to T."""
+
+    input_ids: torch.Tensor  # B×T long
+    attention_mask: torch.Tensor  # B×T long, 1 = real token
+    tokens: list[list[str]]  # token strings, specials included
+    special: list[list[bool]]  # True for [CLS], [SEP], <pad>, …
+    words: list[list[list[int]]]  # per item: per word, the indices of its tokens
+    offsets: list[list[tuple[int, int]]]  # per item: character span of each token in its text ((0, 0) for specials)
+    segments: list[list[int]]  # per item: 0 = text / premise, 1 = hypothesis
+    inputs: list[dict[str, str]] = field(default_factory=list)  # the raw inputs, as given
+    token_type_ids: torch.Tensor | None = None  # B×T long, for models that take segment ids (BERT pairs)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def word_strings(self, i: int = 0) -> list[str]:
+        """The words of item i, rebuilt from the character offsets of their tokens."""
+        texts = self.inputs[i]
+        out = []
+        for group in self.words[i]:
+            seg = self.segments[i][group[0]]
+            text = texts.get("hypothesis" if seg == 1 else "premise", texts.get("text", ""))
+            start, end = self.offsets[i][group[0]][0], self.offsets[i][group[-1]][1]
+            out.append(text[start:end] if end > start else self.tokens[i][group[0]])
+        return out
+
+    def to(self, device: torch.device | str) -> Encoding:
+        self.input_ids = self.input_ids.to(device)
+        self.attention_mask = self.attention_mask.to(device)
+        if self.token_type_ids is not None:
+            self.token_type_ids = self.token_type_ids.to(device)
+        return self
+
+    def item(self, i: int) -> Encoding:
+        """Item i alone, without its padding."""
+        n = len(self.tokens[i])
+        return Encoding(
+            input_ids=self.input_ids[i : i + 1, :n],
+            attention_mask=self.attention_mask[i : i + 1, :n],
+            tokens=[self.tokens[i]],
+            special=[self.special[i]],
+            words=[self.words[i]],
+            offsets=[self.offsets[i]],
+            segments=[self.segments[i]],
+            inputs=self.inputs[i : i + 1],
+            token_type_ids=None if self.token_type_ids is None else self.token_type_ids[i : i + 1, :n],
+        )
+
+    def repeat(self, n: int) -> Encoding:
+        """The batch repeated n times (item order: all items, n times over), e.g. for noisy copies."""
+        return Encoding(
+            input_ids=self.input_ids.repeat(n, 1),
+            attention_mask=self.attention_mask.repeat(n, 1),
+            tokens=self.tokens * n,
+            special=self.special * n,
+            words=self.words * n,
+            offsets=self.offsets * n,
+            segments=self.segments * n,
+            inputs=self.inputs * n,
+            token_type_ids=None if self.token_type_ids is None else self.token_type_ids.repeat(n, 1),
+        )
+
+
+@dataclass
+class Trace:
+    """What one forward pass exposes. Tensors keep the batch dimension first."""
+
+    logits: torch.Tensor | None  # B×C, or None for a headless encoder / when stopped early
+    layers: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> B×T×H (or B×H for pool/output)
+    attention: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> B×heads×T×T (after softmax)
+    gates: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> B×T×H
+
+
+class Adapter(ABC):
+    """Wraps one model revision. encode/describe work without loading weights; embed/forward load them."""
+
+    name: str
+    revision: str  # sha256 of the bundle's files
+    labels: list[str] | None  # None for a headless encoder
+    layer_names: list[str]  # forward order, starting with "embeddings"
+    attention_names: list[str] = []
+    gate_names: list[str] = []
+    device: torch.device = torch.device("cpu")
+
+    @abstractmethod
+    def encode(self, inputs: dict[str, str] | Iterable[dict[str, str]]) -> Encoding:
+        """Tokenise one input ({"text"} or {"premise", "hypothesis"}) or a list of them."""
+
+    @abstractmethod
+    def embed(self, encoding: Encoding) -> torch.Tensor:
+        """B×T×K input embeddings: what sigma perturbs and gradients reach."""
+
+    @abstractmethod
+    def forward(
+        self,
+        x: torch.Tensor,
+        encoding: Encoding,
+        capture: Iterable[str] = (),
+        upto: str | None = None,
+    ) -> Trace:
+        """Run from embeddings x. capture: layer/attention/gate names to keep; upto: stop after this layer."""
+
+    @property
+    def has_head(self) -> bool:
+        return self.labels is not None
+
+    def to(self, device: torch.device | str) -> Adapter:
+        self.device = torch.device(device)
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        from worker.methods import applicable_methods
+
+        return {
+            "name": self.name,
+            "revision": self.revision,
+            "labels": self.labels,
+            "layers": self.layer_names,
+            "attention": self.attention_names,
+            "gates": self.gate_names,
+            "methods": applicable_methods(self),
+        }
+
+    def count_tokens(self, inputs: dict[str, str]) -> int:
+        return len(self.encode(inputs).tokens[0])
+
+
+class InputError(ValueError):
+    """The input cannot be explained by this model (empty, too long, wrong fields): a 4xx, not a crash."""
