@@ -1,0 +1,142 @@
+"""Explanation methods: a registry of one module per method, and `explain`, the engine's entry point.
+
+Adding a method = one new module with `METHOD = Method(...)` and one line in `_MODULES`.
+"""
+from __future__ import annotations
+
+import importlib
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import marshmallow as ma
+import torch
+
+from worker.methods.base import SCORES, Method, MethodResult, Target, word_scores
+from worker.models.base import Adapter, InputError
+
+_MODULES = ("gradient", "smoothgrad")
+
+
+def registry() -> dict[str, Method]:
+    methods = {}
+    for module in _MODULES:
+        method = importlib.import_module(f"worker.methods.{module}").METHOD
+        methods[method.name] = method
+    return methods
+
+
+def applicable_methods(adapter: Adapter) -> list[str]:
+    return [m.name for m in registry().values() if adapter.has_head or not m.needs_head]
+
+
+class Cancelled(Exception):
+    """Raised from a progress callback when the job was cancelled; stops the run between steps."""
+
+
+@dataclass
+class Explanation:
+    result: dict[str, Any]  # the job document's "result" (DESIGN §9)
+    tensors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # method -> tensors
+    figures: dict[str, bytes] = field(default_factory=dict)  # artifact name (e.g. "gradient.png") -> PNG
+
+
+def resolve_target(adapter: Adapter, logits: torch.Tensor | None, target: str) -> torch.Tensor | None:
+    if logits is None or not adapter.has_head:
+        return None
+    if target in (None, "predicted"):
+        return logits.argmax(-1)
+    if target not in adapter.labels:
+        raise InputError(f"unknown target {target!r}; this model's labels are {adapter.labels}")
+    return torch.full((logits.shape[0],), adapter.labels.index(target), dtype=torch.long)
+
+
+def explain(
+    adapter: Adapter,
+    inputs: dict[str, str],
+    methods: list[str],
+    layers: list[str] | None = None,
+    target: str = "predicted",
+    score: str = "logit",
+    params: dict[str, dict[str, Any]] | None = None,
+    seed: int = 0,
+    progress: Callable[[float], None] = lambda fraction: None,
+) -> Explanation:
+    """Run `methods` on one input and assemble the result document, tensors and figures."""
+    if score not in SCORES:
+        raise InputError(f"score must be one of {SCORES}")
+    table = registry()
+    unknown = [m for m in methods if m not in table]
+    if unknown:
+        raise InputError(f"unknown method(s): {', '.join(unknown)}")
+    params = params or {}
+    extra = [k for k in params if k not in methods]
+    if extra:
+        raise InputError(f"params given for method(s) not requested: {', '.join(extra)}")
+    chosen_params: dict[str, dict[str, Any]] = {}
+    for name in methods:  # check everything before any work
+        if table[name].needs_head and not adapter.has_head:
+            raise InputError(f"method {name!r} needs a model with an output head; {adapter.name} has none")
+        try:
+            chosen_params[name] = table[name].params().load(params.get(name) or {})
+        except ma.ValidationError as err:
+            raise InputError(f"params.{name}: {err.messages}") from None
+    encoding = adapter.encode(inputs).to(adapter.device)
+    with torch.no_grad():
+        logits = adapter.forward(adapter.embed(encoding), encoding).logits
+    index = resolve_target(adapter, logits, target)
+    result: dict[str, Any] = {
+        "schema_version": 1,
+        "tokens": encoding.tokens[0],
+        "special": encoding.special[0],
+        "words": encoding.words[0],
+        "word_strings": encoding.word_strings(0),
+        "prediction": prediction(adapter, logits),
+        "target": None if index is None else adapter.labels[int(index[0])],
+        "score": score,
+        "methods": {},
+        "provenance": provenance(adapter, seed),
+    }
+    explanation = Explanation(result)
+    for n, name in enumerate(methods):
+        method = table[name]
+        torch.manual_seed(seed)
+        chosen = chosen_params[name]
+
+        def step(fraction: float, n: int = n) -> None:
+            progress((n + min(max(fraction, 0.0), 1.0)) / len(methods))
+
+        out: MethodResult = method.run(
+            adapter, encoding, Target(index, score) if index is not None else None, chosen, layers=layers,
+            progress=step, seed=seed,
+        )
+        part = dict(out.json)
+        if method.token_scores and "scores" in part:
+            part.setdefault("word_scores", word_scores(part["scores"], encoding.words[0]))
+        part["params"] = chosen
+        result["methods"][name] = part
+        explanation.tensors[name] = out.tensors
+        for view, png in out.figures.items():
+            explanation.figures[f"{name}-{view}.png" if view else f"{name}.png"] = png
+        step(1.0)
+    return explanation
+
+
+def prediction(adapter: Adapter, logits: torch.Tensor | None) -> dict[str, Any] | None:
+    if logits is None or not adapter.has_head:
+        return None
+    probs = logits[0].softmax(-1).tolist()
+    return {"label": adapter.labels[int(logits[0].argmax())], "probabilities": dict(zip(adapter.labels, probs, strict=True))}
+
+
+def provenance(adapter: Adapter, seed: int) -> dict[str, Any]:
+    import transformers
+
+    return {
+        "seed": seed,
+        "model_revision": adapter.revision,
+        "device": str(adapter.device),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "python": platform.python_version()},
+    }

@@ -1,0 +1,65 @@
+"""What every method shares: the target score, the result shape, the registry entry (DESIGN §5)."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import marshmallow as ma
+import torch
+
+SCORES = ("logit", "probability", "log_probability")
+
+
+@dataclass
+class Target:
+    """Which class to explain and how to score it: S(y) of DESIGN §5."""
+
+    index: torch.Tensor  # B long: class per item
+    score: str = "logit"
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        """S(y) per item (B) from B×C logits."""
+        if self.score == "probability":
+            values = logits.softmax(-1)
+        elif self.score == "log_probability":
+            values = logits.log_softmax(-1)
+        else:
+            values = logits
+        return values.gather(-1, self.index.view(-1, 1).to(values.device)).squeeze(-1)
+
+
+@dataclass
+class MethodResult:
+    """Named tensors (one safetensors file per method), the JSON part of the job result, figures as PNG bytes."""
+
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    json: dict[str, Any] = field(default_factory=dict)
+    figures: dict[str, bytes] = field(default_factory=dict)  # view name ("" = main) -> PNG
+
+
+Progress = Callable[[float], None]  # fraction 0..1 of this method; raises to cancel
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registry entry. run(adapter, encoding, target, params, layers=, progress=, seed=) -> MethodResult.
+
+    `seed` seeds the method's own random generator (noise, sampling) so that a run is reproducible on any device.
+    """
+
+    name: str
+    summary: str
+    params: type[ma.Schema]
+    run: Callable[..., MethodResult]
+    needs_head: bool = True
+    takes_layers: bool = False
+    token_scores: bool = True  # scores per token: gets word_scores and faithfulness
+    tensors: tuple[str, ...] = ()
+    sanity: dict[str, Any] = field(default_factory=dict)
+
+
+def word_scores(token_scores: list[float], words: list[list[int]]) -> list[float]:
+    """Word score = sum of its tokens' scores (attributions are additive over subwords)."""
+    return [float(sum(token_scores[t] for t in group)) for group in words]
+

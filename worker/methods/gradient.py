@@ -1,0 +1,87 @@
+"""`gradient`: vanilla gradient saliency (Li et al., 2016, "Visualizing and understanding neural models in NLP").
+
+For each token t, score_t = mean over the K embedding dimensions of |∂S(y)/∂x_t| (``aggregate="mean_abs"``), or the
+L2 norm of ∂S(y)/∂x_t (``aggregate="l2"``), where x is the adapter's input embedding (B×T×K) and S(y) the target score
+(DESIGN §5: the target class's logit by default). Higher = more important. Specials are scored too.
+
+JSON: ``{"scores": [T floats], "aggregate": str}`` (``word_scores`` are added by ``explain``).
+Tensors: ``gradient`` (T×K, the raw signed gradient ∂S/∂x), ``scores`` (T).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import marshmallow as ma
+import torch
+
+from worker.methods.base import Method, MethodResult, Target
+from worker.models.base import Adapter, Encoding
+
+AGGREGATES = ("mean_abs", "l2")
+
+
+class GradientParams(ma.Schema):
+    aggregate = ma.fields.String(load_default="mean_abs", validate=ma.validate.OneOf(AGGREGATES),
+                                 metadata={"description": "per-token reduction of the gradient over embedding dims"})
+
+    class Meta:
+        unknown = ma.RAISE
+
+
+def input_gradient(adapter: Adapter, x: torch.Tensor, encoding: Encoding, target: Target) -> torch.Tensor:
+    """∂S(y)/∂x for a batch: x B×T×K -> B×T×K. Items are independent, so the gradient of the sum is per item."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = adapter.forward(x, encoding).logits
+        (grad,) = torch.autograd.grad(target(logits).sum(), x)
+    return grad
+
+
+def aggregate(grad: torch.Tensor, how: str = "mean_abs") -> torch.Tensor:
+    """…×T×K gradient -> …×T token scores."""
+    if how == "l2":
+        return grad.norm(dim=-1)
+    return grad.abs().mean(dim=-1)
+
+
+def token_figure(adapter: Adapter, encoding: Encoding, scores: list[float], title: str, target: Target) -> bytes:
+    from worker.render import token_scores_png
+
+    label = adapter.labels[int(target.index[0])] if adapter.labels else None
+    subtitle = f"target: {label} ({target.score})" if label else None
+    return token_scores_png(encoding.tokens[0], encoding.special[0], encoding.words[0], scores,
+                            words=encoding.word_strings(0), title=title, subtitle=subtitle)
+
+
+def run(
+    adapter: Adapter,
+    encoding: Encoding,
+    target: Target,
+    params: dict[str, Any],
+    layers: list[str] | None = None,
+    progress: Callable[[float], None] = lambda fraction: None,
+    seed: int = 0,
+) -> MethodResult:
+    """One forward + backward pass on item 0 of `encoding`."""
+    progress(0.0)
+    one = encoding.item(0)
+    grad = input_gradient(adapter, adapter.embed(one), one, target)[0].detach()
+    scores = aggregate(grad, params["aggregate"])
+    progress(1.0)
+    values = scores.cpu().tolist()
+    return MethodResult(
+        tensors={"gradient": grad.cpu().contiguous(), "scores": scores.cpu().contiguous()},
+        json={"scores": values, "aggregate": params["aggregate"]},
+        figures={"": token_figure(adapter, one, values, "gradient saliency |∂S/∂x|", target)},
+    )
+
+
+METHOD = Method(
+    name="gradient",
+    summary="Vanilla gradient saliency: mean |∂S(y)/∂x| over embedding dimensions per token (Li et al. 2016).",
+    params=GradientParams,
+    run=run,
+    needs_head=True,
+    tensors=("gradient", "scores"),
+)
