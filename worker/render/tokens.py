@@ -24,6 +24,26 @@ def _label(word: str, limit: int = 18) -> str:
     return word if len(word) <= limit else word[: limit - 1] + "…"
 
 
+def word_columns(
+    tokens: Sequence[str],
+    special: Sequence[bool],
+    groups: Sequence[Sequence[int]],
+    scores: Sequence[float],
+    words: Sequence[str] | None = None,
+    show_special: bool = False,
+) -> tuple[list[str], np.ndarray]:
+    """The figure's columns: word labels and word scores (sum over the word's tokens; non-finite -> 0), specials
+    left out unless `show_special` (or unless nothing else is left)."""
+    if words is None:
+        words = ["".join(tokens[t].removeprefix("##") for t in g) for g in groups]
+    keep = [i for i, g in enumerate(groups) if show_special or not all(special[t] for t in g)]
+    if not keep:
+        keep = list(range(len(groups)))
+    labels = [_label(words[i]) for i in keep]
+    values = np.array([sum(float(scores[t]) for t in groups[i]) for i in keep], dtype=float)
+    return labels, np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+
+
 def token_scores_png(
     tokens: Sequence[str],
     special: Sequence[bool],
@@ -40,14 +60,7 @@ def token_scores_png(
     tokens/special: per token; groups: token indices per word; scores: per token; words: the word strings (default:
     the tokens of each group joined, ``##`` removed).
     """
-    if words is None:
-        words = ["".join(tokens[t].removeprefix("##") for t in g) for g in groups]
-    keep = [i for i, g in enumerate(groups) if show_special or not all(special[t] for t in g)]
-    if not keep:
-        keep = list(range(len(groups)))
-    labels = [_label(words[i]) for i in keep]
-    values = np.array([sum(float(scores[t]) for t in groups[i]) for i in keep], dtype=float)
-    values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+    labels, values = word_columns(tokens, special, groups, scores, words, show_special)
 
     signed = bool((values < 0).any() and (values > 0).any())
     bound = float(np.abs(values).max()) or 1.0
@@ -58,8 +71,8 @@ def token_scores_png(
         norm = Normalize(vmin=min(0.0, float(values.min())), vmax=max(float(values.max()), 1e-12))
     colours = cmap(norm(values))
 
-    per_row = min(WORDS_PER_ROW, len(keep))
-    rows = math.ceil(len(keep) / per_row)
+    per_row = min(WORDS_PER_ROW, len(labels))
+    rows = math.ceil(len(labels) / per_row)
     longest = max(len(label) for label in labels)
     width = min(16.0, max(5.0, 0.42 * per_row + 1.5))
     row_height = 2.2 + 0.075 * longest
