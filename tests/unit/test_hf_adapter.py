@@ -187,3 +187,12 @@ def test_hf_sequence_classifier_directory(tiny_classifier_dir):
     for k in range(3):
         torch.testing.assert_close(trace.layers[adapter.layer_names[k]], ref.hidden_states[k], rtol=0, atol=1e-6)
     assert torch.equal(early.layers["layer.1"], trace.layers["layer.1"])
+
+
+def test_plain_headless_hf_directory(minilm_path, minilm):
+    adapter = load_model(minilm_path)  # the package's own HF directory, not the zoo bundle
+    assert adapter is not minilm and adapter.revision != minilm.revision
+    assert adapter.labels is None and adapter.layer_names == minilm.layer_names
+    enc = adapter.encode({"text": SENTENCE})
+    assert enc.tokens == minilm.encode({"text": SENTENCE}).tokens
+    assert "gradient" not in adapter.describe()["methods"]

@@ -173,8 +173,15 @@ def resolve_encoder(bundle: Path, ref: str) -> Path:
     return target
 
 
+_validated: dict[tuple, BundleSpec] = {}
+_validated_lock = threading.Lock()
+
+
 def validate_bundle(path: str | os.PathLike[str]) -> BundleSpec:
-    """Check a bundle directory (module docstring) and return what it declares; InputError says what is wrong."""
+    """Check a bundle directory (module docstring) and return what it declares; InputError says what is wrong.
+
+    A bundle that passed is remembered per process until any of its (or its encoder's) files changes.
+    """
     root = Path(path)
     if not root.is_dir():
         raise InputError(f"model bundle {str(path)!r} is not a directory")
@@ -182,44 +189,67 @@ def validate_bundle(path: str | os.PathLike[str]) -> BundleSpec:
     if not config_path.is_file():
         raise InputError("bundle: config.json is missing")
     config = _read_json(config_path)
+    real_root = root.resolve()
     if "lantern" not in config:
+        kind, encoder_dir = "hf", real_root
+    else:
+        if config.get("lantern") != FORMAT_VERSION:
+            raise InputError(f"config.json: unsupported Lantern bundle version {config.get('lantern')!r}")
+        if config.get("adapter", "hf") != "hf":
+            raise InputError(f"config.json: unknown adapter {config.get('adapter')!r}")
+        kind, encoder_dir = "lantern", resolve_encoder(root, config.get("encoder", "."))
+    key = (str(real_root), _stamp(root, hidden=True), str(encoder_dir), _stamp(encoder_dir, hidden=True))
+    with _validated_lock:
+        if key in _validated:
+            return _validated[key]
+    spec = BundleSpec(real_root, encoder_dir, kind, config)
+    if kind == "hf":
         _check_dir(root, "bundle")
         if "model_type" not in config:
             raise InputError("config.json: neither a Lantern bundle ('lantern' key) nor a Hugging Face config "
                              "('model_type' key)")
-        return BundleSpec(root.resolve(), root.resolve(), "hf", config)
+    else:
+        # the bundle's own files get the same refusals; its weights may all live in the encoder
+        _check_dir(root, "bundle", require_weights=encoder_dir == real_root)
+        if encoder_dir != real_root:
+            _check_dir(encoder_dir, "encoder")
+        _check_head(root, config)
+    with _validated_lock:
+        _validated[key] = spec
+    return spec
 
-    if config.get("lantern") != FORMAT_VERSION:
-        raise InputError(f"config.json: unsupported Lantern bundle version {config.get('lantern')!r}")
-    if config.get("adapter", "hf") != "hf":
-        raise InputError(f"config.json: unknown adapter {config.get('adapter')!r}")
-    encoder_dir = resolve_encoder(root, config.get("encoder", "."))
-    # the bundle's own files get the same refusals; its weights may all live in the encoder
-    _check_dir(root, "bundle", require_weights=encoder_dir == root.resolve())
-    if encoder_dir != root.resolve():
-        _check_dir(encoder_dir, "encoder")
 
+def _check_head(root: Path, config: dict[str, Any]) -> None:
     labels, head = config.get("labels"), config.get("head")
     if labels is not None and (not isinstance(labels, list) or not labels
                                or not all(isinstance(x, str) and x for x in labels) or len(set(labels)) != len(labels)):
         raise InputError("config.json: 'labels' must be null or a list of distinct non-empty strings")
     if (labels is None) != (head is None):
         raise InputError("config.json: 'labels' and 'head' go together (both null for a headless encoder)")
-    if head is not None:
-        if not isinstance(head, dict) or head.get("type") not in HEAD_TYPES:
-            raise InputError(f"config.json: head.type must be one of {HEAD_TYPES}")
-        file = head.get("file")
-        if not isinstance(file, str) or not file.endswith(".safetensors"):
-            raise InputError("config.json: head.file must name a *.safetensors file")
-        head_path = (root / file).resolve()
-        if not head_path.is_relative_to(root.resolve()) or not head_path.is_file():
-            raise InputError(f"config.json: head file {file!r} is missing")
-        for key in ("input_size", "classes"):
-            if not isinstance(head.get(key), int) or head[key] <= 0:
-                raise InputError(f"config.json: head.{key} must be a positive integer")
-        if head["classes"] != len(labels):
-            raise InputError("config.json: head.classes must equal the number of labels")
-    return BundleSpec(root.resolve(), encoder_dir, "lantern", config)
+    if head is None:
+        return
+    if not isinstance(head, dict) or head.get("type") not in HEAD_TYPES:
+        raise InputError(f"config.json: head.type must be one of {HEAD_TYPES}")
+    file = head.get("file")
+    if not isinstance(file, str) or not file.endswith(".safetensors"):
+        raise InputError("config.json: head.file must name a *.safetensors file")
+    head_path = (root / file).resolve()
+    if not head_path.is_relative_to(root.resolve()) or not head_path.is_file():
+        raise InputError(f"config.json: head file {file!r} is missing")
+    for key in ("input_size", "classes"):
+        if not _is_int(head.get(key)) or head[key] <= 0:
+            raise InputError(f"config.json: head.{key} must be a positive integer")
+    if not _is_int(head.get("hidden_size", 0)) or head.get("hidden_size", 0) < 0:
+        raise InputError("config.json: head.hidden_size must be a non-negative integer")
+    dropout = head.get("dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0.0 <= dropout < 1.0:
+        raise InputError("config.json: head.dropout must be a number in [0, 1)")
+    if head["classes"] != len(labels):
+        raise InputError("config.json: head.classes must equal the number of labels")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 _revisions: dict[tuple, str] = {}
@@ -237,9 +267,13 @@ def _hash_files(digest: hashlib._Hash, root: Path, prefix: str) -> None:
         digest.update(file_digest.digest())
 
 
-def _stamp(root: Path) -> tuple:
-    return tuple((p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
-                 for p in _files(root, hidden=False))
+def _stamp(root: Path, hidden: bool = False) -> tuple:
+    """(relative path, size, mtime) of every file: a cheap key that changes when any file is rewritten."""
+    out = []
+    for p in _files(root, hidden=hidden):
+        st = p.stat()
+        out.append((p.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns))
+    return tuple(out)
 
 
 def bundle_revision(path: str | os.PathLike[str]) -> str:
