@@ -52,6 +52,10 @@ class Settings:
     log_json: bool = False
     retry_after: int = 1  # seconds a client should wait before polling
 
+    # worker observability
+    worker_metrics_port: int = 0  # >0: the worker's main process serves /metrics and /healthz on this port
+    worker_metrics_host: str = "0.0.0.0"
+
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod

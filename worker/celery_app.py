@@ -85,4 +85,58 @@ def _stop_reaper(**_: object) -> None:
     _reaper.stopped.set()
 
 
+# --- observability: metrics port in the main process, job ids on log lines ---------------------------------
+
+_ready = threading.Event()
+_metrics_server = None
+
+
+@signals.worker_init.connect
+def _metrics_multiprocess(**_: object) -> None:
+    """Before the pool forks: pool processes write job metrics to files the main process serves."""
+    if app.conf.lantern_settings.worker_metrics_port:
+        from service.metrics import enable_multiprocess
+
+        enable_multiprocess()
+
+
+@signals.worker_ready.connect
+def _serve_metrics(**_: object) -> None:
+    global _metrics_server
+    _ready.set()
+    settings = app.conf.lantern_settings
+    if settings.worker_metrics_port and _metrics_server is None:
+        from service.metrics import serve_worker_metrics
+
+        _metrics_server = serve_worker_metrics(settings, app, _ready.is_set)
+
+
+@signals.worker_shutting_down.connect
+def _not_ready(**_: object) -> None:
+    _ready.clear()  # /healthz answers 503 during the warm shutdown
+
+
+@signals.worker_shutdown.connect
+def _stop_metrics(**_: object) -> None:
+    if _metrics_server is not None:
+        from service.metrics import disable_multiprocess
+
+        _metrics_server.shutdown()
+        disable_multiprocess()
+
+
+@signals.task_prerun.connect
+def _log_job_id(args=None, **_: object) -> None:
+    from service.logs import current_job
+
+    current_job.set(str(args[0]) if args else None)
+
+
+@signals.task_postrun.connect
+def _clear_job_id(**_: object) -> None:
+    from service.logs import current_job
+
+    current_job.set(None)
+
+
 import worker.tasks  # noqa: E402,F401  (registers the tasks on `app`)

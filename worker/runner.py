@@ -13,6 +13,7 @@ from typing import Any
 from service import jobs
 from service.db import Artifact
 from service.errors import Problem
+from service.metrics import observe_job
 from service.models import ModelRef
 from service.runtime import Runtime
 from service.storage import sha256
@@ -73,6 +74,7 @@ def run_job(rt: Runtime, job_id: str, worker: str) -> str:
                 raise Cancelled(job_id)
 
     status = "failed"
+    started, reason = time.monotonic(), None
     try:
         result, files = explain_job(rt, job.request, job.model_revision, progress)
         artifacts = store_artifacts(rt, job_id, files)
@@ -82,16 +84,20 @@ def run_job(rt: Runtime, job_id: str, worker: str) -> str:
         status = "cancelled"
         finished = jobs.finish(rt.db, job_id, worker, status)
     except LeaseLost:
+        status = "lost"
         log.warning("job %s: lease lost; another worker owns it now", job_id)
         return "skipped"
     except Exception as e:
-        finished = jobs.finish(rt.db, job_id, worker, status, error=problem_of(e))
+        problem = problem_of(e)
+        reason = str(problem.get("status", "unknown"))
+        finished = jobs.finish(rt.db, job_id, worker, status, error=problem)
         if not isinstance(e, Problem) and not _is_input_error(e):
             log.exception("job %s failed", job_id)
         if _is_time_limit(e):
             raise  # Celery records the soft time limit too (Superset's pattern)
     finally:
         beat.stop()
+        observe_job(job.request.get("methods", []), rt.device, status, time.monotonic() - started, reason)
     return status if finished else "skipped"
 
 
