@@ -350,6 +350,20 @@ def models_list() -> None:
         click.echo(f"{m['name']:<20} {m['revision'][:12]}  {'zoo' if m['zoo'] else 'registered'}")
 
 
+@models.command("register")
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.option("--name", default=None, help="model name (default: the directory's name)")
+def models_register(path: str, name: str | None) -> None:
+    """Upload a model bundle directory (config JSON + safetensors + vocabulary; never pickle)."""
+    from service.client import ApiError
+
+    try:
+        card = _client().register_model(path, name or Path(path).resolve().name)
+    except ApiError as e:
+        raise click.ClickException(_problem_text(e)) from None
+    click.echo(f"registered {card['name']} revision {card['revision'][:12]} (layers: {', '.join(card['layers'])})")
+
+
 @main.group()
 def zoo() -> None:
     """Train and register the bundled zoo models."""

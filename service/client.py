@@ -62,6 +62,13 @@ class Client:
     def models(self) -> list[dict[str, Any]]:
         return self._call("GET", "/v1/models").json()["models"]
 
+    def register_model(self, path: str | Path, name: str) -> dict[str, Any]:
+        """Upload a bundle directory's files (each named by its path inside the bundle)."""
+        root = Path(path)
+        files = [("files", (p.relative_to(root).as_posix(), p.read_bytes()))
+                 for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith(".")]
+        return self._call("POST", "/v1/models", data={"name": name}, files=files).json()
+
     def wait(self, job: dict[str, Any] | str, timeout: float = 600.0, poll: float = 0.5,
              on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Poll until the job finishes (ETag-aware); on_update sees every new state."""

@@ -1,12 +1,14 @@
 """/v1/methods and /v1/models: what can be explained, and with what."""
 from __future__ import annotations
 
-from flask import current_app, g
+from flask import current_app, g, request
+from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from service import models
+from service import models, registry
 from service.api.schemas import MethodListSchema, ModelListSchema, ModelSchema
 from service.app import runtime
+from service.errors import invalid
 
 blp = Blueprint("catalog", __name__, url_prefix="/v1", description="Methods and models")
 
@@ -26,11 +28,49 @@ def list_methods():
 
 
 @blp.route("/models")
-@blp.response(200, ModelListSchema)
-def list_models():
-    """The zoo models and the caller's registered models."""
-    with runtime().db.session() as s:
-        return {"models": models.listing(s, g.caller.tenant_id)}
+class Models(MethodView):
+    @blp.response(200, ModelListSchema)
+    def get(self):
+        """The zoo models and the caller's registered models."""
+        with runtime().db.session() as s:
+            return {"models": models.listing(s, g.caller.tenant_id)}
+
+    @blp.response(201, ModelSchema)
+    @blp.alt_response(200, description="this exact revision was already registered under this name")
+    @blp.doc(requestBody={"content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": ["name", "files"], "properties": {
+            "name": {"type": "string"},
+            "files": {"type": "array", "items": {"type": "string", "format": "binary"},
+                      "description": "the bundle's files; each file name is its path inside the bundle"}}}},
+        "application/json": {"schema": {"type": "object", "required": ["name", "path"], "properties": {
+            "name": {"type": "string"},
+            "path": {"type": "string", "description": "a bundle directory under the server's LANTERN_MODEL_ROOT"}}}},
+    }})
+    def post(self):
+        """Register a model bundle (config JSON + safetensors + vocabulary/tokenizer; never pickle).
+
+        Validated on upload: format, safety rules, and one forward pass with the weights. Each revision is the
+        sha256 of the bundle's files and is immutable; registering new files under a name adds a revision."""
+        rt = runtime()
+        request.max_content_length = rt.settings.max_upload_bytes
+        if request.mimetype == "multipart/form-data":
+            name = request.form.get("name", "")
+            files = {f.filename or "": f.read() for f in request.files.getlist("files")}
+            with registry.Staging(files) as bundle:
+                row, created = _register(rt, name, bundle)
+        else:
+            body = request.get_json(silent=True)
+            if not isinstance(body, dict) or set(body) != {"name", "path"}:
+                raise invalid("send multipart/form-data with 'name' and 'files', or JSON {name, path}")
+            row, created = _register(rt, body["name"], registry.server_path(body["path"], rt.settings.model_root))
+        doc = {**row.card, "name": row.name, "revision": row.revision, "zoo": False,
+               "created_at": row.created_at.isoformat()}
+        return doc, 201 if created else 200, {"Location": f"/v1/models/{row.name}"}
+
+
+def _register(rt, name: str, bundle):
+    with rt.db.session() as s:
+        return registry.register(s, rt.store, g.caller.tenant_id, name, bundle)
 
 
 @blp.route("/models/<name>")
@@ -40,4 +80,8 @@ def describe_model(name: str):
     rt = runtime()
     with rt.db.session() as s:
         ref = models.resolve(s, g.caller.tenant_id, name)
-    return {**rt.adapters.get(ref).describe(), "name": ref.name, "revision": ref.revision, "zoo": ref.zoo}
+    if ref.zoo:
+        from worker.models import model_card
+
+        return {**model_card(ref.name), "name": ref.name, "revision": ref.revision}
+    return {**rt.adapters.get(ref).describe(), "name": ref.name, "revision": ref.revision, "zoo": False}

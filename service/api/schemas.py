@@ -116,6 +116,10 @@ class ModelSchema(ma.Schema):
     attention = ma.fields.List(ma.fields.String())
     gates = ma.fields.List(ma.fields.String())
     methods = ma.fields.List(ma.fields.String())
+    description = ma.fields.String()
+    license = ma.fields.String()
+    source = ma.fields.String()
+    metrics = ma.fields.Dict()
 
 
 class ModelListSchema(ma.Schema):

@@ -1,0 +1,117 @@
+"""Registering user model bundles: validate (format, safety, weights that fit the config), identify by sha256,
+copy to object storage, record an immutable revision row. Zoo names are reserved."""
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.db import Model
+from service.errors import Problem, conflict, invalid
+from service.storage import Store
+
+NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_PART = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+def safe_relpath(name: str) -> str:
+    """A file name inside a bundle: relative, no '..', plain characters. Refuse anything else."""
+    path = PurePosixPath(name.replace("\\", "/"))
+    if path.is_absolute() or not path.parts or len(path.parts) > 4 or not all(
+            _PART.match(p) and p not in (".", "..") for p in path.parts):
+        raise invalid(f"bad file name in the bundle: {name!r}", "files")
+    return str(path)
+
+
+def check_name(name: str) -> None:
+    from worker.models import zoo_names
+
+    if not NAME.match(name or ""):
+        raise invalid("a model name is 1-64 characters of a-z, 0-9, '.', '_', '-', starting with a letter or "
+                      "digit", "name")
+    if name in zoo_names():
+        raise conflict(f"{name!r} is a built-in zoo model; choose another name")
+
+
+def smoke_test(bundle: Path) -> Any:
+    """Load the weights and run one forward pass: proves the tensor names and shapes fit the config."""
+    import torch
+
+    from worker.models import InputError, load_model
+
+    try:
+        adapter = load_model(bundle)
+        pair = "premise" in str(adapter.describe().get("inputs", ""))
+        enc = adapter.encode({"premise": "A man sleeps.", "hypothesis": "A person rests."} if pair
+                             else {"text": "a short test sentence"})
+        with torch.no_grad():
+            trace = adapter.forward(adapter.embed(enc), enc)
+    except InputError as e:
+        raise invalid(f"the bundle is not valid: {e}", "files") from e
+    except Exception as e:  # shape mismatches, missing tensors, broken tokenizer files: all the uploader's to fix
+        raise invalid(f"the bundle's weights do not load or run: {type(e).__name__}: {str(e)[:300]}",
+                      "files") from e
+    if adapter.labels is not None and (trace.logits is None or trace.logits.shape[-1] != len(adapter.labels)):
+        raise invalid("the model's output size does not match its labels", "files")
+    return adapter
+
+
+def register(session: Session, store: Store, tenant_id: str, name: str, bundle: Path) -> tuple[Model, bool]:
+    """Register the bundle directory under `name` for the tenant. Returns (row, created)."""
+    from worker.models import bundle_revision
+
+    check_name(name)
+    adapter = smoke_test(bundle)
+    revision = bundle_revision(bundle)
+    existing = session.scalars(select(Model).where(Model.tenant_id == tenant_id, Model.name == name,
+                                                   Model.revision == revision)).first()
+    if existing is not None:
+        return existing, False
+    key = f"models/{tenant_id}/{revision}"
+    for path in sorted(p for p in bundle.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        store.put(f"{key}/{path.relative_to(bundle).as_posix()}", path.read_bytes(), "application/octet-stream")
+    card = adapter.describe()
+    row = Model(tenant_id=tenant_id, name=name, revision=revision, storage_key=key,
+                card={k: card[k] for k in ("labels", "layers", "attention", "gates", "methods") if k in card})
+    session.add(row)
+    session.flush()
+    return row, True
+
+
+class Staging:
+    """Uploaded files written to a private temporary directory, removed afterwards."""
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        if not files:
+            raise invalid("no files uploaded; send the bundle's files as multipart field 'files'", "files")
+        self.files = {safe_relpath(name): data for name, data in files.items()}
+
+    def __enter__(self) -> Path:
+        self.dir = Path(tempfile.mkdtemp(prefix="lantern-upload-"))
+        for rel, data in self.files.items():
+            dest = self.dir / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(data)
+        return self.dir
+
+    def __exit__(self, *exc: object) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def server_path(path: str, root: str) -> Path:
+    """A server-side bundle path, allowed only under the configured root (LANTERN_MODEL_ROOT)."""
+    if not root:
+        raise Problem(403, "Forbidden", "server-side model paths are disabled (LANTERN_MODEL_ROOT is not set); "
+                                        "upload the files instead")
+    base = Path(root).resolve()
+    target = (base / path).resolve()
+    if target != base and base not in target.parents:
+        raise Problem(403, "Forbidden", "the path is outside the allowed model root")
+    if not target.is_dir():
+        raise invalid("no bundle directory at that path", "path")
+    return target
