@@ -14,6 +14,7 @@ import marshmallow as ma
 import torch
 
 from worker.methods.base import SCORES, Method, MethodResult, Target, word_scores
+from worker.methods.faithfulness import faithfulness
 from worker.models.base import Adapter, InputError
 
 _MODULES = ("gradient", "smoothgrad")
@@ -114,6 +115,9 @@ def explain(
         part = dict(out.json)
         if method.token_scores and "scores" in part:
             part.setdefault("word_scores", word_scores(part["scores"], encoding.words[0]))
+            faith = faithfulness(adapter, encoding, part["scores"], index, seed)
+            if faith is not None:  # omitted for headless models and adapters that cannot mask tokens
+                part["faithfulness"] = faith
         part["params"] = chosen
         result["methods"][name] = part
         explanation.tensors[name] = out.tensors

@@ -4,6 +4,7 @@ Shapes: B = batch of inputs, T = tokens (padded), K = embedding size.
 """
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -97,6 +98,8 @@ class Adapter(ABC):
     attention_names: list[str] = []
     gate_names: list[str] = []
     device: torch.device = torch.device("cpu")
+    # the token id that stands in for a removed token (faithfulness, occlusion, LIME); None = this adapter cannot mask
+    mask_token_id: int | None = None
 
     @abstractmethod
     def encode(self, inputs: dict[str, str] | Iterable[dict[str, str]]) -> Encoding:
@@ -139,6 +142,14 @@ class Adapter(ABC):
 
     def count_tokens(self, inputs: dict[str, str]) -> int:
         return len(self.encode(inputs).tokens[0])
+
+    def mask(self, encoding: Encoding, drop: torch.Tensor) -> Encoding:
+        """A copy of `encoding` whose tokens where `drop` (B×T bool) is True are replaced by `mask_token_id`
+        (same length, same word grouping and offsets: masking at the id level). Adapters without a mask id refuse."""
+        if self.mask_token_id is None:
+            raise InputError(f"{self.name} has no mask token: tokens cannot be removed from its inputs")
+        ids = encoding.input_ids.masked_fill(drop.to(encoding.input_ids.device), self.mask_token_id)
+        return dataclasses.replace(encoding, input_ids=ids)
 
 
 class InputError(ValueError):

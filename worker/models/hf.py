@@ -116,6 +116,9 @@ class HFAdapter(Adapter):
         self.attention_names = [f"attention.{k}" for k in range(1, self.num_layers + 1)]
         self.gate_names = []
         self._takes_token_types = "token_type_ids" in self.tokenizer.model_input_names
+        # a removed token becomes [MASK] (else [UNK], else padding): masking at the id level
+        self.mask_token_id = next((i for i in (self.tokenizer.mask_token_id, self.tokenizer.unk_token_id,
+                                               self.tokenizer.pad_token_id) if i is not None), None)
 
     # ---------------------------------------------------------------- weights
     @property
