@@ -1,0 +1,55 @@
+"""`grad_x_input`: gradient × input (Shrikumar et al. 2016; Captum's ``InputXGradient``).
+
+attribution = x ⊙ ∂S(y)/∂x (T×K) on the adapter's input embeddings x; token score = the sum over the K embedding
+dimensions (signed: positive = pushes S(y) up). Higher = more important for the target; raw signed values kept.
+
+JSON: ``{"scores": [T floats]}``. Tensors: ``attribution`` (T×K), ``scores`` (T).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import marshmallow as ma
+
+from worker.methods.base import Method, MethodResult, Target
+from worker.methods.gradient import input_gradient, token_figure
+from worker.models.base import Adapter, Encoding
+
+
+class GradXInputParams(ma.Schema):
+    class Meta:
+        unknown = ma.RAISE
+
+
+def run(
+    adapter: Adapter,
+    encoding: Encoding,
+    target: Target,
+    params: dict[str, Any],
+    layers: list[str] | None = None,
+    progress: Callable[[float], None] = lambda fraction: None,
+    seed: int = 0,
+) -> MethodResult:
+    progress(0.0)
+    one = encoding.item(0)
+    x = adapter.embed(one)
+    attribution = (x * input_gradient(adapter, x, one, target))[0].detach()
+    scores = attribution.sum(-1)
+    progress(1.0)
+    values = scores.cpu().tolist()
+    return MethodResult(
+        tensors={"attribution": attribution.cpu().contiguous(), "scores": scores.cpu().contiguous()},
+        json={"scores": values},
+        figures={"": token_figure(adapter, one, values, "gradient × input (sum over embedding dims)", target)},
+    )
+
+
+METHOD = Method(
+    name="grad_x_input",
+    summary="Gradient × input: x ⊙ ∂S(y)/∂x summed over embedding dimensions per token (signed).",
+    params=GradXInputParams,
+    run=run,
+    needs_head=True,
+    tensors=("attribution", "scores"),
+)
