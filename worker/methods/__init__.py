@@ -63,8 +63,10 @@ def explain(
     params: dict[str, dict[str, Any]] | None = None,
     seed: int = 0,
     progress: Callable[[float], None] = lambda fraction: None,
+    figures: bool = True,
 ) -> Explanation:
-    """Run `methods` on one input and assemble the result document, tensors and figures."""
+    """Run `methods` on one input and assemble the result document, tensors and figures (figures=False skips
+    rendering, e.g. for the items of an audit)."""
     if score not in SCORES:
         raise InputError(f"score must be one of {SCORES}")
     table = registry()
@@ -121,8 +123,8 @@ def explain(
         part["params"] = chosen
         result["methods"][name] = part
         explanation.tensors[name] = out.tensors
-        for view, png in out.figures.items():
-            explanation.figures[f"{name}-{view}.png" if view else f"{name}.png"] = png
+        for view, png in out.figures.items() if figures else ():
+            explanation.figures[f"{name}-{view}.png" if view else f"{name}.png"] = png() if callable(png) else png
         step(1.0)
     return explanation
 

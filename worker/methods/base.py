@@ -35,7 +35,9 @@ class MethodResult:
 
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     json: dict[str, Any] = field(default_factory=dict)
-    figures: dict[str, bytes] = field(default_factory=dict)  # view name ("" = main) -> PNG
+    # view name ("" = main) -> PNG bytes, or a no-argument callable that renders them (preferred: explain() only
+    # calls it when figures are wanted, so audits skip the rendering cost)
+    figures: dict[str, bytes | Callable[[], bytes]] = field(default_factory=dict)
 
 
 Progress = Callable[[float], None]  # fraction 0..1 of this method; raises to cancel

@@ -73,7 +73,7 @@ def run(
     return MethodResult(
         tensors={"gradient": grad.cpu().contiguous(), "scores": scores.cpu().contiguous()},
         json={"scores": values, "aggregate": params["aggregate"]},
-        figures={"": token_figure(adapter, one, values, "gradient saliency |∂S/∂x|", target)},
+        figures={"": lambda: token_figure(adapter, one, values, "gradient saliency |∂S/∂x|", target)},
     )
 
 

@@ -78,7 +78,7 @@ def run(
         tensors={"gradient": grad_mean.cpu().contiguous(), "scores": scores.cpu().contiguous()},
         json={"scores": values, "aggregate": params["aggregate"], "samples": samples, "noise": params["noise"],
               "sigma": sigma},
-        figures={"": token_figure(adapter, one, values, f"SmoothGrad ({samples} samples, noise {params['noise']:g})",
+        figures={"": lambda: token_figure(adapter, one, values, f"SmoothGrad ({samples} samples, noise {params['noise']:g})",
                                   target)},
     )
 
