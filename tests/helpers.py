@@ -1,8 +1,15 @@
 """Test helpers shared by several test modules (fixtures live in conftest.py)."""
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -46,3 +53,109 @@ class Api:
 
     def as_(self, key: str) -> Api:
         return Api(self.app, key)
+
+
+# --- the production shape in real processes (tests/e2e, tests/deploy, benchmarks) ---------------------------
+
+LANTERN = [sys.executable, "-m", "service.cli"]
+
+
+def wait_for(check, timeout: float, what: str, every: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def api_ready(url: str) -> bool:
+    import requests
+
+    try:
+        return requests.get(f"{url}/readyz", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+class Stack:
+    """Processes started with `lantern ...` in their own process groups; logs under tmp/<name>.log."""
+
+    def __init__(self, env: dict[str, str], tmp: Path) -> None:
+        self.env, self.tmp, self.procs = env, tmp, []
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.workers: list[subprocess.Popen] = []
+
+    def spawn(self, *args: str, name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        log = open(self.tmp / f"{name}.log", "wb")
+        proc = subprocess.Popen(LANTERN + list(args), env={**self.env, **(env or {})}, stdout=log,
+                                stderr=subprocess.STDOUT,
+                                start_new_session=True)  # own process group: a SIGKILL takes its pool children
+        proc.name = name
+        self.procs.append(proc)
+        return proc
+
+    def key(self, tenant: str) -> str:
+        out = subprocess.run(LANTERN + ["keys", "create", "--tenant", tenant], env=self.env, check=True,
+                             capture_output=True, text=True).stdout
+        return out.strip().splitlines()[-1]
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def log(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text(errors="replace")
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n" + self.log(p.name)[-3000:] for p in self.procs)
+
+
+@contextlib.contextmanager
+def production_stack(pg_url: str, redis_url: str, tmp: Path, *, api_workers: int = 2, workers: int = 2,
+                     env: dict[str, str] | None = None, worker_env=None) -> Iterator[Stack]:
+    """gunicorn API + Celery worker processes + PostgreSQL + Redis + an S3 server (moto): the production shape.
+    Queue names and the bucket are unique per stack; `worker_env(n)` adds settings for worker n."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from service.client import Client
+    from service.db import Database
+
+    s3_port = free_port()
+    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port, verbose=False)
+    s3.start()
+    tag = uuid.uuid4().hex[:8]
+    full_env = dict(os.environ, LANTERN_DATABASE_URL=pg_url, LANTERN_BROKER_URL=redis_url,
+                    LANTERN_STORAGE_URL=f"s3://lantern-{tag}/objects",
+                    LANTERN_S3_ENDPOINT_URL=f"http://127.0.0.1:{s3_port}",
+                    LANTERN_DATA_DIR=str(tmp / "data"), LANTERN_JOB_QUEUE=f"gpu-{tag}",
+                    LANTERN_CPU_QUEUE=f"cpu-{tag}", LANTERN_LEASE_SECONDS="3", LANTERN_REAPER_INTERVAL="1",
+                    LANTERN_REQUEUE_AFTER="600", AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test",
+                    HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", **(env or {}))
+    boto3.client("s3", endpoint_url=full_env["LANTERN_S3_ENDPOINT_URL"], region_name="us-east-1",
+                 aws_access_key_id="test", aws_secret_access_key="test").create_bucket(Bucket=f"lantern-{tag}")
+    st = Stack(full_env, tmp)
+    try:
+        st.spawn("serve", "--bind", f"127.0.0.1:{st.port}", "--workers", str(api_workers), name="api")
+        st.workers = [st.spawn("worker", name=f"worker{n}", env=worker_env(n) if worker_env else None)
+                      for n in range(workers)]
+        wait_for(lambda: api_ready(st.url), 60, "the API to be ready")
+        st.client = Client(st.url, st.key("e2e"))
+        st.db = Database(pg_url)
+        yield st
+    except Exception:
+        print(st.logs())
+        raise
+    finally:
+        st.stop()
+        s3.stop()

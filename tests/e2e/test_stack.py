@@ -5,106 +5,22 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import time
-import uuid
 from pathlib import Path
 
 import pytest
-import requests
 from sqlalchemy import select
 
-from service.client import Client
-from service.db import Database, Job
-from tests.helpers import free_port
+from service.db import Job
+from tests.helpers import LANTERN, production_stack
+from tests.helpers import wait_for as _wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis, pytest.mark.s3]
-LANTERN = [sys.executable, "-m", "service.cli"]
-
-
-def _wait_for(check, timeout: float, what: str, every: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-class Stack:
-    def __init__(self, env: dict[str, str], tmp: Path) -> None:
-        self.env, self.tmp, self.procs = env, tmp, []
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def spawn(self, *args: str, name: str) -> subprocess.Popen:
-        log = open(self.tmp / f"{name}.log", "wb")
-        proc = subprocess.Popen(LANTERN + list(args), env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # own process group: a SIGKILL takes its pool children
-        proc.name = name
-        self.procs.append(proc)
-        return proc
-
-    def key(self, tenant: str) -> str:
-        out = subprocess.run(LANTERN + ["keys", "create", "--tenant", tenant], env=self.env, check=True,
-                             capture_output=True, text=True).stdout
-        return out.strip().splitlines()[-1]
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n" + (self.tmp / f"{p.name}.log").read_text(errors="replace")[-3000:]
-                         for p in self.procs)
 
 
 @pytest.fixture(scope="module")
 def stack(pg_url, redis_url, tmp_path_factory):
-    from moto.server import ThreadedMotoServer
-
-    tmp = tmp_path_factory.mktemp("stack")
-    s3_port = free_port()
-    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port, verbose=False)
-    s3.start()
-    tag = uuid.uuid4().hex[:8]
-    env = dict(os.environ, LANTERN_DATABASE_URL=pg_url, LANTERN_BROKER_URL=redis_url,
-               LANTERN_STORAGE_URL=f"s3://lantern-{tag}/objects", LANTERN_S3_ENDPOINT_URL=f"http://127.0.0.1:{s3_port}",
-               LANTERN_DATA_DIR=str(tmp / "data"), LANTERN_JOB_QUEUE=f"gpu-{tag}", LANTERN_CPU_QUEUE=f"cpu-{tag}",
-               LANTERN_LEASE_SECONDS="3", LANTERN_REAPER_INTERVAL="1", LANTERN_REQUEUE_AFTER="600",
-               AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    import boto3
-
-    boto3.client("s3", endpoint_url=env["LANTERN_S3_ENDPOINT_URL"], region_name="us-east-1",
-                 aws_access_key_id="test", aws_secret_access_key="test").create_bucket(Bucket=f"lantern-{tag}")
-    st = Stack(env, tmp)
-    st.spawn("serve", "--bind", f"127.0.0.1:{st.port}", "--workers", "2", name="api")
-    st.workers = [st.spawn("worker", name=f"worker{n}") for n in range(2)]
-    try:
-        _wait_for(lambda: _ready(st.url), 60, "the API to be ready")
-        st.client = Client(st.url, st.key("e2e"))
-        st.db = Database(pg_url)
+    with production_stack(pg_url, redis_url, tmp_path_factory.mktemp("stack")) as st:
         yield st
-    except Exception:
-        print(st.logs())
-        raise
-    finally:
-        st.stop()
-        s3.stop()
-
-
-def _ready(url: str) -> bool:
-    try:
-        return requests.get(f"{url}/readyz", timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
 
 
 def test_a_job_runs_end_to_end(stack, tmp_path):
