@@ -73,9 +73,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     metrics = Metrics(runtime)
     app.extensions["lantern.metrics"] = metrics
 
-    from service.api import catalog, health, jobs
+    from service.api import audits, catalog, health, jobs
 
     api.register_blueprint(jobs.blp)
+    api.register_blueprint(audits.blp)
     api.register_blueprint(catalog.blp)
     app.register_blueprint(health.blp)
 

@@ -45,6 +45,7 @@ class Settings:
     rate_per_minute: int = 120  # job submissions per tenant per minute
     max_upload_bytes: int = 200_000_000
     max_audit_items: int = 10_000
+    max_item_chars: int = 20_000  # per corpus item field, checked before anything is queued
     model_root: str = ""  # server-side bundle paths must lie under this root (empty: none allowed)
 
     # HTTP

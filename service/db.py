@@ -25,6 +25,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from sqlalchemy.types import TypeDecorator
 
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+WAITING = "waiting"  # an audit's finaliser job, until its batches are done
 FINISHED = ("succeeded", "failed", "cancelled")
 IN_FLIGHT = ("queued", "running")
 
@@ -100,6 +101,7 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     audit_id: Mapped[str | None] = mapped_column(ForeignKey("audits.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(20), default="explain")  # explain | audit_batch | audit_finalize
     status: Mapped[str] = mapped_column(String(16), default="queued")
     model_name: Mapped[str] = mapped_column(String(100))
     model_revision: Mapped[str] = mapped_column(String(64))
@@ -130,9 +132,7 @@ class Audit(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     status: Mapped[str] = mapped_column(String(16), default="queued")
     request: Mapped[dict[str, Any]] = mapped_column(JSON)
-    total: Mapped[int] = mapped_column(Integer, default=0)
-    done: Mapped[int] = mapped_column(Integer, default=0)
-    failed: Mapped[int] = mapped_column(Integer, default=0)
+    total: Mapped[int] = mapped_column(Integer, default=0)  # items × models; done/failed are counted from items
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     aggregates: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
@@ -142,17 +142,34 @@ class Audit(Base):
 
 
 class AuditItem(Base):
+    """One corpus item through one model; written only by the lease holder of its batch job."""
+
     __tablename__ = "audit_items"
-    __table_args__ = (UniqueConstraint("audit_id", "position"),)
+    __table_args__ = (UniqueConstraint("audit_id", "model", "position"),)
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     audit_id: Mapped[str] = mapped_column(ForeignKey("audits.id", ondelete="CASCADE"), index=True)
+    model: Mapped[str] = mapped_column(String(100), default="")
     position: Mapped[int] = mapped_column(Integer)
     batch: Mapped[int] = mapped_column(Integer, index=True)
+    label: Mapped[str | None] = mapped_column(String(100))
     status: Mapped[str] = mapped_column(String(16), default="queued")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     input: Mapped[dict[str, Any]] = mapped_column(JSON)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class Upload(Base):
+    """A corpus file uploaded for audits (validated and parsed on upload; items stored as JSON lines)."""
+
+    __tablename__ = "uploads"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    storage_key: Mapped[str] = mapped_column(String(500))
+    items: Mapped[int] = mapped_column(Integer)
+    bytes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Artifact(Base):

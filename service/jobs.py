@@ -216,9 +216,12 @@ def dead_letter(attempts: int) -> dict[str, Any]:
 
 
 def reap(db: Database, settings: Settings, send: Callable[[str, str], None]) -> dict[str, int]:
-    """Re-queue jobs whose lease expired, dead-letter those out of attempts, re-send queued jobs the broker lost."""
+    """Re-queue jobs whose lease expired, dead-letter those out of attempts, re-send queued jobs the broker lost,
+    and start the finaliser of audits whose batches have all ended."""
+    from service.audits import release_finalizers
+
     now = utcnow()
-    counts = {"requeued": 0, "dead": 0, "resent": 0}
+    counts = {"requeued": 0, "dead": 0, "resent": 0, "finalizers": 0}
     with db.session() as s:
         expired = s.scalars(select(Job).where(Job.status == "running", Job.lease_expires_at < now)).all()
         for job in expired:
@@ -241,6 +244,7 @@ def reap(db: Database, settings: Settings, send: Callable[[str, str], None]) -> 
         send(job_id, queue)
         mark_enqueued(db, job_id)
         counts["resent"] += 1
+    counts["finalizers"] = release_finalizers(db, send)
     return counts
 
 

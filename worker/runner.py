@@ -76,7 +76,12 @@ def run_job(rt: Runtime, job_id: str, worker: str) -> str:
     status = "failed"
     started, reason = time.monotonic(), None
     try:
-        result, files = explain_job(rt, job.request, job.model_revision, progress)
+        if job.kind == "explain":
+            result, files = explain_job(rt, job.request, job.model_revision, progress)
+        else:  # an audit's micro-batch or its finaliser: the same claim, lease and outcome, other work
+            from worker.audit import AUDIT_WORK
+
+            result, files = AUDIT_WORK[job.kind](rt, job, worker, progress)
         artifacts = store_artifacts(rt, job_id, files)
         status = "succeeded"
         finished = jobs.finish(rt.db, job_id, worker, status, result=result, artifacts=artifacts)
@@ -98,7 +103,20 @@ def run_job(rt: Runtime, job_id: str, worker: str) -> str:
     finally:
         beat.stop()
         observe_job(job.request.get("methods", []), rt.device, status, time.monotonic() - started, reason)
+        if job.audit_id:
+            _release_finalizers(rt)
     return status if finished else "skipped"
+
+
+def _release_finalizers(rt: Runtime) -> None:
+    """Right after a batch ends, start its audit's finaliser if it was the last (the reaper does it otherwise)."""
+    from service.audits import release_finalizers
+    from service.queue import send_job
+
+    try:
+        release_finalizers(rt.db, lambda job_id, queue: send_job(rt.celery, job_id, queue))
+    except Exception:  # the reaper's next pass does the same
+        log.warning("could not release audit finalisers now; the reaper will")
 
 
 def explain_job(rt: Runtime, request: dict[str, Any], revision: str, progress) -> tuple[dict, dict]:

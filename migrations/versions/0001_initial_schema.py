@@ -2,10 +2,11 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 16:03:32.763729
+Create Date: 2026-11-23 16:27:13.060419
 """
-import sqlalchemy as sa
 from alembic import op
+import sqlalchemy as sa
+
 
 revision = '0001'
 down_revision = None
@@ -42,8 +43,6 @@ def upgrade() -> None:
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('request', sa.JSON(), nullable=False),
     sa.Column('total', sa.Integer(), nullable=False),
-    sa.Column('done', sa.Integer(), nullable=False),
-    sa.Column('failed', sa.Integer(), nullable=False),
     sa.Column('cancel_requested', sa.Boolean(), nullable=False),
     sa.Column('aggregates', sa.JSON(), nullable=True),
     sa.Column('error', sa.JSON(), nullable=True),
@@ -71,11 +70,27 @@ def upgrade() -> None:
     with op.batch_alter_table('models', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_models_tenant_id'), ['tenant_id'], unique=False)
 
+    op.create_table('uploads',
+    sa.Column('id', sa.String(length=36), nullable=False),
+    sa.Column('tenant_id', sa.String(length=36), nullable=False),
+    sa.Column('filename', sa.String(length=255), nullable=False),
+    sa.Column('storage_key', sa.String(length=500), nullable=False),
+    sa.Column('items', sa.Integer(), nullable=False),
+    sa.Column('bytes', sa.Integer(), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['tenant_id'], ['tenants.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('uploads', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_uploads_tenant_id'), ['tenant_id'], unique=False)
+
     op.create_table('audit_items',
     sa.Column('id', sa.String(length=36), nullable=False),
     sa.Column('audit_id', sa.String(length=36), nullable=False),
+    sa.Column('model', sa.String(length=100), nullable=False),
     sa.Column('position', sa.Integer(), nullable=False),
     sa.Column('batch', sa.Integer(), nullable=False),
+    sa.Column('label', sa.String(length=100), nullable=True),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('input', sa.JSON(), nullable=False),
@@ -83,7 +98,7 @@ def upgrade() -> None:
     sa.Column('error', sa.JSON(), nullable=True),
     sa.ForeignKeyConstraint(['audit_id'], ['audits.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('audit_id', 'position')
+    sa.UniqueConstraint('audit_id', 'model', 'position')
     )
     with op.batch_alter_table('audit_items', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_audit_items_audit_id'), ['audit_id'], unique=False)
@@ -93,6 +108,7 @@ def upgrade() -> None:
     sa.Column('id', sa.String(length=36), nullable=False),
     sa.Column('tenant_id', sa.String(length=36), nullable=False),
     sa.Column('audit_id', sa.String(length=36), nullable=True),
+    sa.Column('kind', sa.String(length=20), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('model_name', sa.String(length=100), nullable=False),
     sa.Column('model_revision', sa.String(length=64), nullable=False),
@@ -164,6 +180,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_audit_items_audit_id'))
 
     op.drop_table('audit_items')
+    with op.batch_alter_table('uploads', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_uploads_tenant_id'))
+
+    op.drop_table('uploads')
     with op.batch_alter_table('models', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_models_tenant_id'))
 

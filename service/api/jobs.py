@@ -38,11 +38,11 @@ class Jobs(MethodView):
             replay = jobs.find_idempotent(s, caller.tenant_id, key, digest)
             if replay is not None:
                 return _accepted(jobs.document(replay, jobs.artifacts_of(s, replay.id)))
-            ref = _model(s, caller.tenant_id, body["model"], "model")
+            ref = model_field(s, caller.tenant_id, body["model"], "model")
             checked = check_request(rt.adapters.get(ref), body, rt.settings)
             compare = {}
             for other in body["compare_with"]:
-                other_ref = _model(s, caller.tenant_id, other, "compare_with")
+                other_ref = model_field(s, caller.tenant_id, other, "compare_with")
                 check_request(rt.adapters.get(other_ref), {**body, "model": other}, rt.settings)
                 compare[other] = other_ref.revision
             jobs.check_limits(s, caller.tenant_id, rt.settings)
@@ -67,7 +67,7 @@ class Jobs(MethodView):
                     "next_cursor": cursor}
 
 
-def _model(session, tenant_id: str, name: str, field: str) -> models.ModelRef:
+def model_field(session, tenant_id: str, name: str, field: str) -> models.ModelRef:
     """In a request body an unknown (or another tenant's) model is a field error, not a missing resource."""
     try:
         return models.resolve(session, tenant_id, name)
@@ -117,6 +117,11 @@ def artifact(job_id: str, name: str):
         row = s.scalars(select(Artifact).where(Artifact.job_id == job.id, Artifact.name == name)).first()
         if row is None:
             raise not_found(f"artifact {name!r} of job {job_id}")
+    return artifact_response(rt, row)
+
+
+def artifact_response(rt, row: Artifact):
+    """The artifact's bytes streamed, or a 302 to a presigned URL when the store has them (S3)."""
     url = rt.store.presigned_url(row.storage_key, row.name, rt.settings.presign_seconds)
     if url:
         return redirect(url, 302)
@@ -124,7 +129,7 @@ def artifact(job_id: str, name: str):
         chunks = rt.store.stream(row.storage_key)
         first = next(chunks, b"")
     except ObjectNotFound:
-        raise not_found(f"the stored bytes of artifact {name!r}") from None
+        raise not_found(f"the stored bytes of artifact {row.name!r}") from None
 
     def body():
         yield first
@@ -132,4 +137,4 @@ def artifact(job_id: str, name: str):
 
     return Response(stream_with_context(body()), mimetype=row.content_type, headers={
         "Content-Length": str(row.bytes), "Content-Disposition": f'attachment; filename="{row.name}"',
-        "ETag": f'"{row.sha256}"'})
+        "ETag": f'"{row.sha256}"', "X-Content-Type-Options": "nosniff"})

@@ -124,3 +124,72 @@ class ModelSchema(ma.Schema):
 
 class ModelListSchema(ma.Schema):
     models = ma.fields.List(ma.fields.Nested(ModelSchema))
+
+
+class CorpusSchema(Strict):
+    items = ma.fields.List(ma.fields.Dict(), metadata={"description": "[{text} | {premise, hypothesis}, label?]"})
+    name = ma.fields.String(metadata={"description": "a built-in corpus, e.g. rt-test"})
+    upload = ma.fields.String(metadata={"description": "an id from POST /v1/audits/uploads"})
+
+    @ma.validates_schema
+    def exactly_one(self, data: dict, **_: object) -> None:
+        if len(data) != 1:
+            raise ma.ValidationError("give exactly one of items, name, upload")
+
+
+class AuditRequestSchema(Strict):
+    model = ma.fields.String(validate=validate.Length(1, 100))
+    models = ma.fields.List(ma.fields.String(validate=validate.Length(1, 100)), validate=validate.Length(1, 4))
+    corpus = ma.fields.Nested(CorpusSchema, required=True)
+    methods = ma.fields.List(ma.fields.String(validate=validate.Length(1, 50)), required=True,
+                             validate=validate.Length(1, 8))
+    layers = ma.fields.List(ma.fields.String(validate=validate.Length(1, 100)), validate=validate.Length(1, 64),
+                            load_default=None)
+    target = ma.fields.String(load_default="predicted", validate=validate.Length(1, 100))
+    score = ma.fields.String(load_default="logit", validate=validate.OneOf(SCORES))
+    params = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.Dict(), load_default=dict)
+    sample = ma.fields.Integer(validate=validate.Range(1, 10**6), strict=True, load_default=None)
+    seed = ma.fields.Integer(load_default=0, validate=validate.Range(0, 2**31 - 1), strict=True)
+    batch_size = ma.fields.Integer(load_default=16, validate=validate.Range(1, 64), strict=True,
+                                   metadata={"description": "items per worker pass (micro-batch)"})
+    top_k = ma.fields.Integer(load_default=3, validate=validate.Range(1, 20), strict=True,
+                              metadata={"description": "top words per item for the stop-word share"})
+    concepts = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.List(ma.fields.String()),
+                              load_default=dict, metadata={"description": "concept word lists for r_{i,c} (sigma)"})
+
+    @ma.validates_schema
+    def one_model_field(self, data: dict, **_: object) -> None:
+        if ("model" in data) == ("models" in data):
+            raise ma.ValidationError("give model or models, not both")
+        if len(set(data.get("models", []))) != len(data.get("models", [])):
+            raise ma.ValidationError("each model may appear once", "models")
+
+    @ma.post_load
+    def normalise(self, data: dict, **_: object) -> dict:
+        data["models"] = data.pop("models", None) or [data.pop("model")]
+        return data
+
+
+class AuditSchema(ma.Schema):
+    id = ma.fields.String()
+    status = ma.fields.String(validate=validate.OneOf(STATUSES))
+    progress = ma.fields.Float()
+    counts = ma.fields.Dict()
+    items_per_second = ma.fields.Float(allow_none=True)
+    eta_seconds = ma.fields.Float(allow_none=True)
+    models = ma.fields.List(ma.fields.String())
+    methods = ma.fields.List(ma.fields.String())
+    created_at = ma.fields.String()
+    started_at = ma.fields.String(allow_none=True)
+    finished_at = ma.fields.String(allow_none=True)
+    request = ma.fields.Dict()
+    aggregates = ma.fields.Dict(allow_none=True)
+    error = ma.fields.Dict(allow_none=True)
+    artifacts = ma.fields.List(ma.fields.Nested(ArtifactSchema))
+
+
+class UploadSchema(ma.Schema):
+    upload = ma.fields.String()
+    items = ma.fields.Integer()
+    bytes = ma.fields.Integer()
+    filename = ma.fields.String()

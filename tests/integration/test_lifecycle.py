@@ -69,7 +69,7 @@ def test_reaper_requeues_expired_leases_and_resends_lost_messages(runtime):
     with runtime.db.session() as s:
         s.execute(update(Job).where(Job.id == running).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
     counts = jobs.reap(runtime.db, runtime.settings, lambda job_id, queue: sent.append(job_id))
-    assert counts == {"requeued": 1, "dead": 0, "resent": 2}  # `lost` never had enqueued_at set
+    assert counts == {"requeued": 1, "dead": 0, "resent": 2, "finalizers": 0}  # `lost` never had enqueued_at set
     assert sorted(sent) == sorted([running, lost])
     assert state(runtime, running).status == "queued" and state(runtime, running).lease_owner is None
     sent.clear()

@@ -1,0 +1,100 @@
+"""/v1/audits: corpus audits — submit, upload a corpus file, poll progress and aggregates, cancel, download."""
+from __future__ import annotations
+
+import logging
+
+from flask import g, request
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from sqlalchemy import select
+
+from service import audits
+from service.api.jobs import artifact_response, model_field
+from service.api.schemas import AuditRequestSchema, AuditSchema, UploadSchema
+from service.app import runtime
+from service.db import Artifact
+from service.errors import invalid, not_found
+from service.queue import send_job
+from service.validation import check_request
+
+log = logging.getLogger("lantern.api")
+blp = Blueprint("audits", __name__, url_prefix="/v1/audits", description="Corpus audits: fan-out and aggregates")
+
+
+@blp.route("")
+class Audits(MethodView):
+    @blp.arguments(AuditRequestSchema)
+    @blp.response(202, AuditSchema)
+    def post(self, body: dict):
+        """Audit a corpus: every item through every model, in micro-batches over the workers."""
+        rt, tenant = runtime(), g.caller.tenant_id
+        with rt.db.session() as s:
+            items = audits.resolve_corpus(s, rt.store, tenant, body["corpus"], rt.settings)
+            chosen = audits.sample(items, body["sample"], body["seed"])
+            revisions, checked = {}, body
+            first = {k: v for k, v in chosen[0][1].items() if k != "label"}
+            for name in body["models"]:  # methods, layers and params checked against each model, on item one
+                ref = model_field(s, tenant, name, "models")
+                probe = {**body, "model": name, "inputs": first}
+                checked = {**body, "params": check_request(rt.adapters.get(ref), probe, rt.settings)["params"]}
+                revisions[name] = ref.revision
+            stored = {k: v for k, v in checked.items() if k != "corpus"}
+            stored["corpus"] = {k: v for k, v in body["corpus"].items() if k != "items"} or {"items": len(items)}
+            audit, batches = audits.create(s, tenant, stored, revisions, chosen, rt.settings)
+            doc = audits.document(s, audit)
+        for job in batches:
+            try:
+                send_job(rt.celery, job.id, job.queue)
+            except Exception as e:  # the reaper sends what the broker did not take
+                log.warning("broker unavailable (%s); audit batch %s left for the reaper", type(e).__name__, job.id)
+                break
+        return doc, 202, {"Location": f"/v1/audits/{audit.id}", "Retry-After": str(rt.settings.retry_after)}
+
+
+@blp.route("/uploads")
+class Uploads(MethodView):
+    @blp.response(201, UploadSchema)
+    @blp.doc(requestBody={"content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["file"],
+        "properties": {"file": {"type": "string", "format": "binary",
+                                "description": "JSONL or CSV with text (or premise + hypothesis) and label"}}}}}})
+    def post(self):
+        """Upload a corpus file; it is parsed and checked now, before any audit uses it."""
+        rt = runtime()
+        request.max_content_length = rt.settings.max_upload_bytes
+        file = request.files.get("file")
+        if file is None:
+            raise invalid("send the corpus as multipart field 'file'", "file")
+        with rt.db.session() as s:
+            upload = audits.store_upload(s, rt.store, g.caller.tenant_id, file.filename or "corpus", file.read(),
+                                         rt.settings)
+            return {"upload": upload.id, "items": upload.items, "bytes": upload.bytes, "filename": upload.filename}
+
+
+@blp.route("/<audit_id>")
+class AuditById(MethodView):
+    @blp.response(200, AuditSchema)
+    def get(self, audit_id: str):
+        """Progress (done/failed/total, throughput, ETA), aggregates so far, report artifacts."""
+        with runtime().db.session() as s:
+            return audits.document(s, audits.get(s, g.caller.tenant_id, audit_id))
+
+    @blp.response(202, AuditSchema)
+    def delete(self, audit_id: str):
+        """Cancel: queued batches at once, running ones at their next item."""
+        with runtime().db.session() as s:
+            return audits.document(s, audits.cancel(s, g.caller.tenant_id, audit_id))
+
+
+@blp.route("/<audit_id>/artifacts/<name>")
+@blp.response(200, description="the artifact's bytes, or a 302 to a presigned URL (S3)")
+def artifact(audit_id: str, name: str):
+    rt = runtime()
+    with rt.db.session() as s:
+        audit = audits.get(s, g.caller.tenant_id, audit_id)
+        row = s.scalars(select(Artifact).where(Artifact.audit_id == audit.id, Artifact.name == name)).first()
+        if row is None:
+            raise not_found(f"artifact {name!r} of audit {audit_id}")
+    return artifact_response(rt, row)
+
+

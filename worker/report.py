@@ -1,0 +1,259 @@
+"""Audit aggregates and the report built on them. Pure functions of the per-item results, so a test can recompute
+every number from the items (DESIGN §6, §7): top words (Guan Fig. 6) with a stop-word share, faithfulness
+distributions, agreement between methods (and between models on the same items), accuracy against gold labels,
+information per layer for sigma."""
+from __future__ import annotations
+
+import csv
+import html
+import io
+import itertools
+import math
+import statistics
+from collections import defaultdict
+from typing import Any
+
+STOP_WORDS = frozenset("""a about above after again against all am an and any are as at be because been before being
+below between both but by can could did do does doing down during each few for from further had has have having he
+her here hers herself him himself his how i if in into is it its itself just me more most my myself no nor not now of
+off on once only or other our ours ourselves out over own same she should so some such than that the their theirs
+them themselves then there these they this those through to too under until up very was we were what when where
+which while who whom why will with would you your yours yourself yourselves 's 're n't 've 'll 'd""".split())
+TOP_WORDS = 20
+
+
+def _is_word(word: str) -> bool:
+    return any(ch.isalnum() for ch in word)
+
+
+def _spread(values: list[float]) -> dict[str, float] | None:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return None
+    ordered = sorted(values)
+
+    def q(p: float) -> float:
+        return ordered[min(len(ordered) - 1, int(p * (len(ordered) - 1) + 0.5))]
+
+    return {"n": len(values), "mean": statistics.fmean(values), "std": statistics.pstdev(values),
+            "p10": q(0.1), "median": q(0.5), "p90": q(0.9)}
+
+
+def spearman(a: list[float], b: list[float]) -> float | None:
+    """Spearman rank correlation (average ranks for ties); None when undefined."""
+    if len(a) != len(b) or len(a) < 3:
+        return None
+
+    def ranks(values: list[float]) -> list[float]:
+        order = sorted(range(len(values)), key=values.__getitem__)
+        out = [0.0] * len(values)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                out[order[k]] = (i + j) / 2
+            i = j + 1
+        return out
+
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = statistics.fmean(ra), statistics.fmean(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
+    var = math.sqrt(sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb))
+    return cov / var if var else None
+
+
+def word_shares(result: dict[str, Any], method: str) -> list[tuple[str, float]]:
+    """(lower-cased word, share of the item's total |score|) for the item's real words."""
+    words = result.get("word_strings") or []
+    scores = result["methods"][method].get("word_scores") or []
+    pairs = [(w.lower(), abs(s)) for w, s in zip(words, scores, strict=False) if _is_word(w)]
+    total = sum(s for _, s in pairs)
+    return [(w, s / total) for w, s in pairs] if total > 0 else []
+
+
+def top_words(results: list[dict[str, Any]], method: str) -> list[dict[str, Any]]:
+    """Words ranked by their summed share of attribution over the corpus (frequent and important)."""
+    total: dict[str, float] = defaultdict(float)
+    count: dict[str, int] = defaultdict(int)
+    for result in results:
+        for word, share in word_shares(result, method):
+            total[word] += share
+            count[word] += 1
+    ranked = sorted(total, key=lambda w: (-total[w], w))[:TOP_WORDS]
+    return [{"word": w, "total_share": total[w], "mean_share": total[w] / count[w], "count": count[w],
+             "stop_word": w in STOP_WORDS} for w in ranked]
+
+
+def stop_word_share(results: list[dict[str, Any]], method: str, k: int) -> float | None:
+    """Mean over items of the fraction of the item's top-k words that are stop words."""
+    shares = []
+    for result in results:
+        ranked = sorted(word_shares(result, method), key=lambda ws: -ws[1])[:k]
+        if ranked:
+            shares.append(sum(w in STOP_WORDS for w, _ in ranked) / len(ranked))
+    return statistics.fmean(shares) if shares else None
+
+
+def method_agreement(results: list[dict[str, Any]], methods: list[str]) -> dict[str, float | None]:
+    out = {}
+    for a, b in itertools.combinations(methods, 2):
+        rhos = [spearman(r["methods"][a]["word_scores"], r["methods"][b]["word_scores"]) for r in results]
+        rhos = [x for x in rhos if x is not None]
+        out[f"{a}~{b}"] = statistics.fmean(rhos) if rhos else None
+    return out
+
+
+def scoring_methods(results: list[dict[str, Any]], methods: list[str]) -> list[str]:
+    return [m for m in methods if results and all("word_scores" in r["methods"].get(m, {}) for r in results)]
+
+
+def sigma_layers(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per layer: spread of word information (−log σ/bound) and of sentence entropy (Guan Fig. 3/7)."""
+    info: dict[str, list[float]] = defaultdict(list)
+    entropy: dict[str, list[float]] = defaultdict(list)
+    for result in results:
+        for layer, part in result["methods"]["sigma"]["layers"].items():
+            info[layer] += [s for s in part.get("word_scores", part["scores"]) if s is not None]
+            if part.get("sentence_entropy") is not None:
+                entropy[layer].append(part["sentence_entropy"])
+    return {layer: {"word_information": _spread(info[layer]), "sentence_entropy": _spread(entropy[layer])}
+            for layer in info}
+
+
+def aggregate_model(results: list[dict[str, Any]], request: dict[str, Any]) -> dict[str, Any]:
+    methods = list(request["methods"])
+    k = int(request.get("top_k", 3))
+    scoring = scoring_methods(results, methods)
+    out: dict[str, Any] = {"items": len(results), "methods": {}}
+    labelled = [r for r in results if r.get("label") and r.get("prediction")]
+    if labelled:
+        out["accuracy"] = statistics.fmean(r["prediction"]["label"] == r["label"] for r in labelled)
+    for m in scoring:
+        part: dict[str, Any] = {"top_words": top_words(results, m), "stop_word_share_top_k": stop_word_share(
+            results, m, k)}
+        by_label: dict[str, list] = defaultdict(list)
+        for r in results:
+            key = r.get("label") or (r.get("prediction") or {}).get("label")
+            if key:
+                by_label[key].append(r)
+        part["top_words_by_label"] = {label: top_words(rs, m)[:10] for label, rs in sorted(by_label.items())}
+        faith = [r["methods"][m].get("faithfulness") for r in results if r["methods"][m].get("faithfulness")]
+        if faith:
+            part["faithfulness"] = {key: _spread([f[key] for f in faith])
+                                    for key in ("comprehensiveness", "sufficiency", "lift")}
+        out["methods"][m] = part
+    if len(scoring) > 1:
+        out["agreement"] = method_agreement(results, scoring)
+    if "sigma" in methods and results and all("sigma" in r["methods"] for r in results):
+        out["sigma"] = sigma_layers(results)
+    return out
+
+
+def aggregate(items: list[dict[str, Any]], request: dict[str, Any]) -> dict[str, Any]:
+    """Aggregates per model over the items that succeeded, plus cross-model agreement in comparison mode."""
+    per_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for item in items:
+        if item["status"] == "done" and item.get("result"):
+            per_model[item["model"]].append({**item["result"], "label": item.get("label"),
+                                             "position": item["position"]})
+    out = {"models": {m: aggregate_model(per_model.get(m, []), request) for m in request["models"]}}
+    if len(request["models"]) > 1:
+        out["model_agreement"] = model_agreement(per_model, request)
+    return out
+
+
+def model_agreement(per_model: dict[str, list[dict[str, Any]]], request: dict[str, Any]) -> dict[str, Any]:
+    """Mean Spearman of word scores for the same item under two models (items whose words are the same)."""
+    out = {}
+    for a, b in itertools.combinations(request["models"], 2):
+        by_pos = {r["position"]: r for r in per_model.get(b, [])}
+        for m in scoring_methods(per_model.get(a, []) + per_model.get(b, []), request["methods"]):
+            rhos = []
+            for ra in per_model.get(a, []):
+                rb = by_pos.get(ra["position"])
+                if rb and ra.get("word_strings") == rb.get("word_strings"):
+                    rhos.append(spearman(ra["methods"][m]["word_scores"], rb["methods"][m]["word_scores"]))
+            rhos = [x for x in rhos if x is not None]
+            out[f"{a}~{b}:{m}"] = statistics.fmean(rhos) if rhos else None
+    return out
+
+
+# --- report files ----------------------------------------------------------------------------------------
+
+
+def csv_cell(value: Any) -> str:
+    """CSV cells that a spreadsheet would run as a formula are neutralised (DESIGN §7)."""
+    text = "" if value is None else str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def items_csv(items: list[dict[str, Any]], request: dict[str, Any]) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    methods = list(request["methods"])
+    writer.writerow(["model", "position", "status", "label", "input", "prediction", "probability", "error"]
+                    + [f"{m}_top_words" for m in methods] + [f"{m}_lift" for m in methods])
+    for item in items:
+        result = item.get("result") or {}
+        pred = result.get("prediction") or {}
+        text = " ||| ".join(item["input"].get(k, "") for k in ("text", "premise", "hypothesis") if k in item["input"])
+        tops, lifts = [], []
+        for m in methods:
+            part = (result.get("methods") or {}).get(m, {})
+            ranked = sorted(word_shares(result, m), key=lambda ws: -ws[1])[:5] if "word_scores" in part else []
+            tops.append(" ".join(w for w, _ in ranked))
+            lifts.append((part.get("faithfulness") or {}).get("lift"))
+        row = [item["model"], item["position"], item["status"], item.get("label"), text, pred.get("label"),
+               (pred.get("probabilities") or {}).get(pred.get("label")),
+               (item.get("error") or {}).get("detail")] + tops + lifts
+        writer.writerow([csv_cell(v) for v in row])
+    return buffer.getvalue().encode()
+
+
+def report_html(audit_id: str, request: dict[str, Any], counts: dict[str, int], aggregates: dict[str, Any],
+                charts: dict[str, bytes], items: list[dict[str, Any]] = (), max_rows: int = 200) -> bytes:
+    """One self-contained page: charts inline as data URIs; every user-supplied string escaped."""
+    import base64
+    import json
+
+    e = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Lantern audit {e(audit_id)}</title>",
+             "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}"
+             "img{max-width:100%;margin:1em 0}code{background:#f4f4f4}</style></head><body>",
+             f"<h1>Lantern audit <code>{e(audit_id)}</code></h1>",
+             f"<p>Models: {e(', '.join(request['models']))} · methods: {e(', '.join(request['methods']))} · "
+             f"items: {counts['total']} ({counts['done']} done, {counts['failed']} failed)</p>"]
+    for model, agg in aggregates["models"].items():
+        parts.append(f"<h2>{e(model)}</h2>")
+        if "accuracy" in agg:
+            parts.append(f"<p>Accuracy against the corpus labels: {agg['accuracy']:.3f}</p>")
+        for method, part in agg["methods"].items():
+            share = part.get("stop_word_share_top_k")
+            parts.append(f"<h3>{e(method)}</h3><p>Stop-word share of the top words: "
+                         f"{'-' if share is None else f'{share:.2f}'}</p><table><tr><th>word</th>"
+                         "<th>total share</th><th>mean share</th><th>count</th></tr>")
+            parts += [f"<tr><td>{e(w['word'])}</td><td>{w['total_share']:.3f}</td><td>{w['mean_share']:.3f}</td>"
+                      f"<td>{w['count']}</td></tr>" for w in part["top_words"][:10]]
+            parts.append("</table>")
+    for name, png in charts.items():
+        parts.append(f"<figure><img alt='{e(name)}' src='data:image/png;base64,"
+                     f"{base64.b64encode(png).decode()}'><figcaption>{e(name)}</figcaption></figure>")
+    parts.append(f"<h2>Items (first {min(max_rows, len(items))} of {len(items)}; all in items.csv)</h2>"
+                 "<table><tr><th>model</th><th>#</th><th>input</th><th>label</th><th>prediction</th>"
+                 "<th>top words</th></tr>")
+    first = next((m for m in request["methods"]), None)
+    for item in list(items)[:max_rows]:
+        result = item.get("result") or {}
+        text = " ||| ".join(item["input"].get(k, "") for k in ("text", "premise", "hypothesis") if k in item["input"])
+        ranked = sorted(word_shares(result, first), key=lambda ws: -ws[1])[:5] if result and "word_scores" in (
+            result.get("methods", {}).get(first, {})) else []
+        pred = (result.get("prediction") or {}).get("label") or item["status"]
+        parts.append(f"<tr><td>{e(item['model'])}</td><td>{item['position']}</td><td>{e(text[:300])}</td>"
+                     f"<td>{e(str(item.get('label') or ''))}</td><td>{e(str(pred))}</td>"
+                     f"<td>{e(' '.join(w for w, _ in ranked))}</td></tr>")
+    parts.append("</table>")
+    parts.append(f"<h2>Summary (JSON)</h2><pre>{e(json.dumps(aggregates, indent=1)[:20000])}</pre></body></html>")
+    return "".join(parts).encode()
