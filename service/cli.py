@@ -382,6 +382,67 @@ def zoo_train(name: str, out: str | None, seed: int) -> None:
     click.echo(json.dumps(metrics, indent=2))
 
 
+# --- audits ---------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("corpus")
+@click.option("--model", "models", multiple=True, required=True, help="repeat to compare models")
+@click.option("--method", "methods", multiple=True, required=True)
+@click.option("--layer", "layers", multiple=True)
+@click.option("--param", "params", multiple=True, help="METHOD.KEY=VALUE (JSON values)")
+@click.option("--sample", type=int, default=None, help="audit a seeded sample of N items")
+@click.option("--seed", default=0, type=int)
+@click.option("--follow", is_flag=True, help="show live progress until the audit ends")
+@click.option("--out", default=None, help="write the report artifacts to this folder (implies --follow)")
+def audit(corpus: str, models: tuple[str, ...], methods: tuple[str, ...], layers: tuple[str, ...],
+          params: tuple[str, ...], sample: int | None, seed: int, follow: bool, out: str | None) -> None:
+    """Audit CORPUS (a JSONL/CSV file, or a built-in name such as rt-test) with one or more models."""
+    from service.client import ApiError
+
+    client = _client()
+    request: dict[str, Any] = {"models": list(models), "methods": list(methods), "params": _param(params),
+                               "seed": seed}
+    if layers:
+        request["layers"] = list(layers)
+    if sample:
+        request["sample"] = sample
+    try:
+        if Path(corpus).is_file():
+            request["corpus"] = {"upload": client.upload_corpus(corpus)["upload"]}
+        else:
+            request["corpus"] = {"name": corpus}
+        doc = client.audit(request)
+        click.echo(f"audit {doc['id']}: {doc['counts']['total']} items", err=True)
+        if follow or out:
+            doc = follow_audit(client, doc)
+            if out:
+                Path(out).mkdir(parents=True, exist_ok=True)
+                for a in doc["artifacts"]:
+                    click.echo(f"saved {client.download_url(a['url'], Path(out) / a['name'])}")
+    except ApiError as e:
+        raise click.ClickException(_problem_text(e)) from None
+    c = doc["counts"]
+    click.echo(f"audit {doc['id']}: {doc['status']} — {c['done']} done, {c['failed']} failed of {c['total']}")
+    if doc["status"] in ("failed", "cancelled"):
+        sys.exit(1)
+
+
+def follow_audit(client, doc: dict[str, Any]) -> dict[str, Any]:
+    with click.progressbar(length=doc["counts"]["total"], label="auditing", file=sys.stderr,
+                           show_eta=False) as bar:
+        shown = [0]
+
+        def update(d: dict[str, Any]) -> None:
+            finished = d["counts"]["done"] + d["counts"]["failed"]
+            ips = d.get("items_per_second")
+            bar.label = f"auditing {d['status']:<9} {ips or 0:5.2f} items/s, ETA {d.get('eta_seconds') or 0:.0f}s"
+            bar.update(finished - shown[0])
+            shown[0] = finished
+
+        return client.wait_audit(doc, on_update=update)
+
+
 # --- demo ------------------------------------------------------------------------------------------------
 
 

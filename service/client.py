@@ -69,6 +69,39 @@ class Client:
                  for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith(".")]
         return self._call("POST", "/v1/models", data={"name": name}, files=files).json()
 
+    def upload_corpus(self, path: str | Path) -> dict[str, Any]:
+        path = Path(path)
+        with open(path, "rb") as f:
+            return self._call("POST", "/v1/audits/uploads", files={"file": (path.name, f)}).json()
+
+    def audit(self, request: dict[str, Any]) -> dict[str, Any]:
+        return self._call("POST", "/v1/audits", json=request).json()
+
+    def get_audit(self, audit_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/audits/{audit_id}").json()
+
+    def wait_audit(self, audit: dict[str, Any] | str, timeout: float = 3600.0, poll: float = 1.0,
+                   on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        audit_id = audit if isinstance(audit, str) else audit["id"]
+        deadline = time.monotonic() + timeout
+        while True:
+            doc = self.get_audit(audit_id)
+            if on_update:
+                on_update(doc)
+            if doc["status"] in FINISHED:
+                return doc
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"audit {audit_id} still {doc['status']} after {timeout}s")
+            time.sleep(poll)
+
+    def download_url(self, url: str, dest: str | Path) -> Path:
+        """Save an artifact given its API URL (as in a job or audit document)."""
+        dest = Path(dest)
+        with self._call("GET", url, stream=True) as resp, open(dest, "wb") as f:
+            for chunk in resp.iter_content(1 << 16):
+                f.write(chunk)
+        return dest
+
     def wait(self, job: dict[str, Any] | str, timeout: float = 600.0, poll: float = 0.5,
              on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Poll until the job finishes (ETag-aware); on_update sees every new state."""
@@ -90,10 +123,4 @@ class Client:
     def download(self, job_id: str, name: str, dest: str | Path) -> Path:
         """Save one artifact (following a presigned-URL redirect) and return its path."""
         dest = Path(dest)
-        if dest.is_dir():
-            dest = dest / name
-        with self._call("GET", f"/v1/jobs/{job_id}/artifacts/{name}", stream=True) as resp:
-            with open(dest, "wb") as f:
-                for chunk in resp.iter_content(1 << 16):
-                    f.write(chunk)
-        return dest
+        return self.download_url(f"/v1/jobs/{job_id}/artifacts/{name}", dest / name if dest.is_dir() else dest)
