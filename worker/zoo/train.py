@@ -191,9 +191,27 @@ def train_minilm_rt(out_dir: Path, seed: int, log: Log) -> dict[str, Any]:
     return metrics
 
 
+def _deferred(module: str, function: str, *args: Any) -> Callable[[Path, int, Log], dict[str, Any]]:
+    """A trainer that lives in another module (imported when it runs: those modules import this one)."""
+    import importlib
+
+    def run(out_dir: Path, seed: int, log: Log) -> dict[str, Any]:
+        return getattr(importlib.import_module(module), function)(*args, out_dir, seed, log)
+
+    return run
+
+
 TRAINERS: dict[str, ZooTrainer] = {
     "minilm-rt": ZooTrainer("minilm-rt", "frozen all-MiniLM-L6-v2 + sentiment head on Rotten Tomatoes",
                             train_minilm_rt),
+    "bilstm-rt": ZooTrainer("bilstm-rt", "4-layer BiLSTM on frozen GloVe 50-d, Rotten Tomatoes",
+                            _deferred("worker.zoo.rt_models", "train_rt_classifier", "bilstm-rt")),
+    "cnn-rt": ZooTrainer("cnn-rt", "Kim CNN (widths 1/3/5/7) on frozen GloVe 50-d, Rotten Tomatoes",
+                         _deferred("worker.zoo.rt_models", "train_rt_classifier", "cnn-rt")),
+    "transformer-rt": ZooTrainer("transformer-rt", "3-layer Transformer encoder on frozen GloVe 50-d, Rotten Tomatoes",
+                                 _deferred("worker.zoo.rt_models", "train_rt_classifier", "transformer-rt")),
+    "reverse-seq2seq": ZooTrainer("reverse-seq2seq", "LSTM seq2seq with attention that reverses a/b/c/d sequences",
+                                  _deferred("worker.zoo.reverse", "train_reverse_seq2seq")),
 }
 
 
