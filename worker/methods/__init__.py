@@ -17,7 +17,8 @@ from worker.methods.base import SCORES, Method, MethodResult, Target, word_score
 from worker.methods.faithfulness import faithfulness
 from worker.models.base import Adapter, InputError
 
-_MODULES = ("gradient", "smoothgrad", "grad_x_input", "integrated_gradients")
+_MODULES = ("gradient", "smoothgrad", "grad_x_input", "integrated_gradients", "occlusion", "perturbation",
+            "lime")
 
 
 def registry() -> dict[str, Method]:

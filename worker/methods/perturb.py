@@ -47,11 +47,14 @@ def batched_scores(
 
 
 def masked_probabilities(
-    adapter: Adapter, encoding: Encoding, drop: torch.Tensor, index: torch.Tensor
+    adapter: Adapter, encoding: Encoding, drop: torch.Tensor, index: torch.Tensor, batch_size: int | None = None
 ) -> torch.Tensor:
-    """p(y | item 0 with the tokens of each row of `drop` (N×T bool) masked at the id level): one forward, N values."""
+    """p(y | item 0 with the tokens of each row of `drop` (N×T bool) masked at the id level): N values, in one
+    forward pass (or `batch_size` rows per pass)."""
     one = encoding.item(0)
-    masked = adapter.mask(one.repeat(drop.shape[0]), drop)
+    out = []
     with torch.no_grad():
-        logits = adapter.forward(adapter.embed(masked), masked).logits
-    return logits.softmax(-1)[:, int(index[0])]
+        for rows in drop.split(batch_size or drop.shape[0]):
+            masked = adapter.mask(one.repeat(rows.shape[0]), rows)
+            out.append(adapter.forward(adapter.embed(masked), masked).logits.softmax(-1)[:, int(index[0])])
+    return torch.cat(out)

@@ -1,0 +1,104 @@
+"""`perturbation`: the meaningful-perturbation mask of Fong & Vedaldi (2017), migrated to text as in Guan et al. 2019
+§4 (the sentence treated as a 1-D image whose "pixels" are tokens).
+
+A mask m ∈ [0, 1]^T blends each token's embedding with a baseline (``"mask"``: the mask token's embedding;
+``"zero"``): x̃ = m ⊙ x + (1 − m) ⊙ x'. The deletion game learns the smallest, smoothest deletion that destroys the
+target's probability:
+
+    min_m  p(y | x̃) + area · mean_t (1 − m_t) + tv · mean_t |m_{t+1} − m_t|^β
+
+over the non-special tokens (specials stay at m = 1), with Adam (``lr``) for ``steps`` steps from m = 1, m clipped
+to [0, 1] after each step (as the authors do). Deterministic (no sampling), so it needs no seed. Token score =
+1 − m (higher = deleting it matters more); the raw mask is kept. Specials score 0.
+
+JSON: ``{"scores": [T floats], "mask": [T floats], "probability": p(y | x̃) at the end, "objective"}``.
+Tensors: ``mask`` (T), ``scores`` (T).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import marshmallow as ma
+import torch
+
+from worker.methods.base import Method, MethodResult, Target
+from worker.methods.gradient import token_figure
+from worker.methods.perturb import BASELINES, baseline_embedding, candidates
+from worker.models.base import Adapter, Encoding
+
+
+class PerturbationParams(ma.Schema):
+    steps = ma.fields.Integer(load_default=100, strict=True, validate=ma.validate.Range(1, 2000),
+                              metadata={"description": "optimisation steps"})
+    lr = ma.fields.Float(load_default=0.1, allow_nan=False, validate=ma.validate.Range(1e-5, 10.0),
+                         metadata={"description": "Adam learning rate"})
+    area = ma.fields.Float(load_default=0.1, allow_nan=False, validate=ma.validate.Range(0.0, 100.0),
+                           metadata={"description": "weight of the deleted fraction mean(1 − m)"})
+    tv = ma.fields.Float(load_default=0.05, allow_nan=False, validate=ma.validate.Range(0.0, 100.0),
+                         metadata={"description": "weight of the total variation of m along the tokens"})
+    beta = ma.fields.Float(load_default=3.0, allow_nan=False, validate=ma.validate.Range(1.0, 10.0),
+                           metadata={"description": "exponent of the total variation"})
+    baseline = ma.fields.String(load_default="mask", validate=ma.validate.OneOf(BASELINES),
+                                metadata={"description": "what a deleted token's embedding is blended towards"})
+
+    class Meta:
+        unknown = ma.RAISE
+
+
+def run(
+    adapter: Adapter,
+    encoding: Encoding,
+    target: Target,
+    params: dict[str, Any],
+    layers: list[str] | None = None,
+    progress: Callable[[float], None] = lambda fraction: None,
+    seed: int = 0,
+) -> MethodResult:
+    progress(0.0)
+    one = encoding.item(0)
+    x = adapter.embed(one)
+    baseline = baseline_embedding(adapter, one, params["baseline"])
+    cand = candidates(one).to(x.device)
+    free = torch.ones(len(cand), dtype=x.dtype, device=x.device, requires_grad=True)
+    optimiser = torch.optim.Adam([free], lr=params["lr"])
+    index = int(target.index[0])
+
+    def objective() -> tuple[torch.Tensor, torch.Tensor]:
+        m = torch.ones(x.shape[1], dtype=x.dtype, device=x.device).index_put((cand,), free)
+        blended = m.view(1, -1, 1) * x + (1 - m.view(1, -1, 1)) * baseline
+        p = adapter.forward(blended, one).logits.softmax(-1)[0, index]
+        tv = (free[1:] - free[:-1]).abs().pow(params["beta"]).mean() if len(cand) > 1 else free.sum() * 0
+        return p + params["area"] * (1 - free).mean() + params["tv"] * tv, p
+
+    every = max(1, params["steps"] // 10)
+    with torch.enable_grad():
+        for step in range(params["steps"]):
+            loss, _ = objective()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            with torch.no_grad():
+                free.clamp_(0.0, 1.0)
+            if (step + 1) % every == 0:
+                progress((step + 1) / params["steps"])
+    with torch.no_grad():
+        loss, p = objective()
+    mask = torch.ones(x.shape[1], dtype=x.dtype).index_put((cand.cpu(),), free.detach().cpu())
+    scores = 1.0 - mask
+    values = scores.tolist()
+    return MethodResult(
+        tensors={"mask": mask.contiguous(), "scores": scores.contiguous()},
+        json={"scores": values, "mask": mask.tolist(), "probability": float(p), "objective": float(loss)},
+        figures={"": token_figure(adapter, one, values, "meaningful perturbation (1 − mask)", target)},
+    )
+
+
+METHOD = Method(
+    name="perturbation",
+    summary="Fong & Vedaldi's deletion mask migrated to text (Guan et al. §4): 1 − m of the smallest smooth deletion.",
+    params=PerturbationParams,
+    run=run,
+    needs_head=True,
+    tensors=("mask", "scores"),
+)
