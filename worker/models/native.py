@@ -32,7 +32,7 @@ from torch import nn
 
 from worker.models.base import Adapter, Encoding, InputError, Trace
 from worker.models.bundle import BundleSpec
-from worker.models.words import Vocabulary, tokenize
+from worker.models.words import UNK, Vocabulary, tokenize
 
 DEFAULT_MAX_TOKENS = 512
 
@@ -59,6 +59,7 @@ class NativeAdapter(Adapter):
         self.hyper: dict[str, Any] = self.config.get("model") or {}
         self.max_tokens = int(self.config.get("max_tokens", DEFAULT_MAX_TOKENS))
         self.vocab = Vocabulary.read(self._file("vocab", "vocab.txt"))
+        self.mask_token_id = self.vocab.id(UNK)  # a removed word becomes <unk> (faithfulness, occlusion, LIME)
         self.weights_path = self._file("weights", "model.safetensors")
         self.step_order = self.step_names()
         self.attention_names = [n for n in self.step_order if n.startswith("attention")]
