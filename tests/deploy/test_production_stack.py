@@ -57,7 +57,7 @@ def test_fifty_concurrent_jobs_all_succeed(stack):
         client = clients[n % N_TENANTS]
         request = {"model": "minilm-rt", "methods": ["gradient"], "seed": n,
                    "inputs": {"text": f"Review {n}: a {SECRET_WORD} film, warm and funny."}}
-        return client.wait(client.submit(request), timeout=400)
+        return client.wait(client.submit(request), timeout=540)
 
     with ThreadPoolExecutor(max_workers=N_JOBS) as pool:
         jobs = list(pool.map(one, range(N_JOBS)))
