@@ -25,7 +25,10 @@ def check_request(adapter: Any, request: dict[str, Any], settings: Settings) -> 
         if headful:
             raise invalid(f"{headful} need a model with an output head; {adapter.name} has none "
                           f"(methods that apply: {[m for m in methods if not methods[m].needs_head]})", "methods")
-    elif request["target"] != "predicted" and request["target"] not in adapter.labels:
+    misfit = [m for m in request["methods"] if methods[m].applies is not None and not methods[m].applies(adapter)]
+    if misfit:
+        raise invalid(f"{misfit} do not apply to {adapter.name}", "methods")
+    if adapter.has_head and request["target"] != "predicted" and request["target"] not in adapter.labels:
         raise invalid(f"unknown target {request['target']!r}; labels are {adapter.labels}", "target")
 
     layers = request.get("layers")

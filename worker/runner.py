@@ -145,6 +145,12 @@ def explain_job(rt: Runtime, request: dict[str, Any], revision: str, progress) -
             outcome["result"] = ex.result
         else:
             outcome.setdefault("compare", {})[name] = ex.result
+    if "compare" in outcome:
+        from worker.methods import compare_figures
+
+        results = {request["model"]: outcome["result"], **outcome["compare"]}
+        for fig, png in compare_figures(request["methods"], results).items():
+            files[fig] = (png, "image/png")
     files["result.json"] = (json.dumps(outcome, indent=1).encode(), "application/json")
     return outcome, files
 

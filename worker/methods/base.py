@@ -59,6 +59,10 @@ class Method:
     token_scores: bool = True  # scores per token: gets word_scores and faithfulness
     tensors: tuple[str, ...] = ()
     sanity: dict[str, Any] = field(default_factory=dict)
+    # which adapters the method can explain (None = any, subject to needs_head)
+    applies: Callable[[Any], bool] | None = None
+    # the side-by-side figure of a compare_with job: {model name: this method's JSON part} -> PNG (None = none)
+    compare: Callable[[dict[str, dict[str, Any]]], bytes] | None = None
 
 
 def word_scores(token_scores: list[float], words: list[list[int]]) -> list[float]:

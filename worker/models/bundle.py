@@ -64,6 +64,7 @@ ADAPTERS = {
     "cnn": "worker.models.cnn:CNNAdapter",
     "transformer": "worker.models.transformer:TransformerAdapter",
     "seq2seq": "worker.models.seq2seq:Seq2SeqAdapter",
+    "esim": "worker.models.esim:ESIMAdapter",
 }
 # files and folders that carry no model content (left out of validation and of the revision)
 _IGNORED = frozenset({".git", "__pycache__", ".gitattributes", ".DS_Store"})

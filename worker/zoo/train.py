@@ -212,6 +212,10 @@ TRAINERS: dict[str, ZooTrainer] = {
                                  _deferred("worker.zoo.rt_models", "train_rt_classifier", "transformer-rt")),
     "reverse-seq2seq": ZooTrainer("reverse-seq2seq", "LSTM seq2seq with attention that reverses a/b/c/d sequences",
                                   _deferred("worker.zoo.reverse", "train_reverse_seq2seq")),
+    "esim-50": ZooTrainer("esim-50", "ESIM, GloVe 50-d, hidden 50, on the generated NLI corpus",
+                          _deferred("worker.zoo.esim", "train_esim", "esim-50")),
+    "esim-300": ZooTrainer("esim-300", "ESIM, spaCy 300-d vectors, hidden 100, on the generated NLI corpus",
+                           _deferred("worker.zoo.esim", "train_esim", "esim-300")),
 }
 
 
