@@ -7,6 +7,12 @@
   JSON: ``{"view": "esim", "shape": [n, m], "premise", "hypothesis", "premise_tokens", "hypothesis_tokens",
   "premise_to_hypothesis": n×m, "hypothesis_to_premise": n×m, "energy": n×m}``; tensors ``attention`` (2×n×m),
   ``energy`` (n×m); figure: the two maps side by side.
+- Transformers (Hugging Face encoders, the Transformer classifier; :mod:`worker.methods.attention_maps`): every
+  layer's and head's self-attention (rows = queries, columns = keys) and the head average per layer.
+  JSON: ``{"view": "transformer", "layers": ["attention.1", …], "heads": H, "shape": [L, H, T, T],
+  "head_average": L×T×T, "figure_layer"}``; tensors ``attention`` (L×H×T×T), ``head_average`` (L×T×T); figures: the
+  head averages of all layers (``attention.png``) and every head of ``figure_layer`` (``attention-heads.png``),
+  specials hidden unless ``show_special``.
 """
 from __future__ import annotations
 
@@ -16,12 +22,19 @@ from typing import Any
 import marshmallow as ma
 import torch
 
+from worker.methods.attention_maps import has_self_attention, transformer_view
 from worker.methods.base import Method, MethodResult, Target
 from worker.models.base import Adapter, Encoding, InputError
 from worker.models.esim import is_esim
 
 
 class Params(ma.Schema):
+    figure_layer = ma.fields.String(load_default=None, allow_none=True,
+                                    metadata={"description": "transformers: the layer whose heads are drawn "
+                                                             "(default: the last)"})
+    show_special = ma.fields.Boolean(load_default=False,
+                                     metadata={"description": "transformers: draw [CLS]/[SEP] rows and columns"})
+
     class Meta:
         unknown = ma.RAISE
 
@@ -53,7 +66,8 @@ def esim_view(adapter: Adapter, encoding: Encoding, target: Target | None, param
 
 
 # (applies to this adapter?, view): the first that applies runs
-VIEWS: list[tuple[Callable[[Adapter], bool], Callable[..., MethodResult]]] = [(is_esim, esim_view)]
+VIEWS: list[tuple[Callable[[Adapter], bool], Callable[..., MethodResult]]] = [
+    (is_esim, esim_view), (has_self_attention, transformer_view)]
 
 
 def applies(adapter: Adapter) -> bool:
@@ -72,11 +86,11 @@ def run(adapter: Adapter, encoding: Encoding, target: Target | None, params: dic
 METHOD = Method(
     name="attention",
     summary="The model's attention weights after softmax (ESIM: the premise × hypothesis alignment, both "
-            "directions).",
+            "directions; transformers: per layer and head, and the head average).",
     params=Params,
     run=run,
     needs_head=False,
     token_scores=False,
-    tensors=("attention", "energy"),
+    tensors=("attention", "energy", "head_average"),
     applies=applies,
 )
