@@ -18,7 +18,7 @@ from worker.methods.faithfulness import faithfulness
 from worker.models.base import Adapter, InputError
 
 _MODULES = ("gradient", "smoothgrad", "grad_x_input", "integrated_gradients", "occlusion", "perturbation",
-            "lime")
+            "lime", "attention", "attention_saliency", "gating", "attention_rollout", "activations")
 
 
 def registry() -> dict[str, Method]:
@@ -30,7 +30,8 @@ def registry() -> dict[str, Method]:
 
 
 def applicable_methods(adapter: Adapter) -> list[str]:
-    return [m.name for m in registry().values() if adapter.has_head or not m.needs_head]
+    return [m.name for m in registry().values()
+            if (adapter.has_head or not m.needs_head) and (m.applies is None or m.applies(adapter))]
 
 
 class Cancelled(Exception):
@@ -82,6 +83,8 @@ def explain(
     for name in methods:  # check everything before any work
         if table[name].needs_head and not adapter.has_head:
             raise InputError(f"method {name!r} needs a model with an output head; {adapter.name} has none")
+        if table[name].applies is not None and not table[name].applies(adapter):
+            raise InputError(f"method {name!r} does not apply to {adapter.name}")
         try:
             chosen_params[name] = table[name].params().load(params.get(name) or {})
         except ma.ValidationError as err:
@@ -128,6 +131,17 @@ def explain(
             explanation.figures[f"{name}-{view}.png" if view else f"{name}.png"] = png() if callable(png) else png
         step(1.0)
     return explanation
+
+
+def compare_figures(methods: list[str], results: dict[str, dict[str, Any]]) -> dict[str, bytes]:
+    """The side-by-side figures of a ``compare_with`` job: {model name: its result document} (the job's own model
+    first) -> {"<method>-compare.png": PNG} for each method that draws one."""
+    table = registry()
+    out = {}
+    for name in methods:
+        if table[name].compare is not None and all(name in r.get("methods", {}) for r in results.values()):
+            out[f"{name}-compare.png"] = table[name].compare({m: r["methods"][name] for m, r in results.items()})
+    return out
 
 
 def prediction(adapter: Adapter, logits: torch.Tensor | None) -> dict[str, Any] | None:
