@@ -75,7 +75,7 @@ class ReverseSeq2Seq(nn.Module):
         decoded = torch.tanh(self.combine(torch.cat([top, attention @ encoded], -1)))
         decoded = decoded * dec_mask.unsqueeze(-1).to(decoded.dtype)
         yield "decoder", decoded
-        yield "output", self.output(decoded)
+        yield "output", self.output(decoded) * dec_mask.unsqueeze(-1).to(decoded.dtype)
 
 
 class Seq2SeqAdapter(NativeAdapter):
