@@ -364,6 +364,34 @@ def models_register(path: str, name: str | None) -> None:
     click.echo(f"registered {card['name']} revision {card['revision'][:12]} (layers: {', '.join(card['layers'])})")
 
 
+@models.command("import-esim")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.option("--vocab", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="the checkpoint's vocabulary: one word per line, line number = id (padding 0, unknown 1)")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="the bundle directory to write")
+@click.option("--name", default=None, help="model name (default: the output directory's name)")
+@click.option("--labels", default="entailment,neutral,contradiction", show_default=True,
+              help="class names in logit order")
+@click.option("--bos", default=None, help="a token the checkpoint puts before each sentence (e.g. _BOS_)")
+@click.option("--eos", default=None, help="a token it puts after each sentence (e.g. _EOS_)")
+@click.option("--cased", is_flag=True, help="do not lower-case words")
+def models_import_esim(checkpoint: str, vocab: str, out: str, name: str | None, labels: str, bos: str | None,
+                       eos: str | None, cased: bool) -> None:
+    """Convert a TRUSTED ESIM checkpoint (the common public PyTorch layout) into a safetensors bundle.
+
+    An operator's command: the file is read with torch.load(weights_only=True), which unpickles tensors and plain
+    containers only; the service itself never accepts pickled files. Register the bundle with `models register`."""
+    from worker.models.base import InputError
+    from worker.models.esim import import_checkpoint
+
+    try:
+        info = import_checkpoint(checkpoint, vocab, out, name or Path(out).resolve().name, labels.split(","),
+                                 bos, eos, lowercase=not cased)
+    except InputError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"wrote {out}: {json.dumps(info)}")
+
+
 @main.group()
 def zoo() -> None:
     """Train and register the bundled zoo models."""

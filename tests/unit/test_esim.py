@@ -219,8 +219,14 @@ def test_import_esim_from_the_public_layout(tmp_path, tiny):
     }
     torch.save({"epoch": 3, "model": public}, tmp_path / "best.pth.tar")
     (tmp_path / "words.txt").write_text("\n".join(["_PAD_", "_OOV_", *WORDS[2:]]) + "\n")
-    info = import_checkpoint(tmp_path / "best.pth.tar", tmp_path / "words.txt", tmp_path / "bundle", "imported")
-    assert info["hidden_size"] == 6 and info["embedding_dim"] == 8
+    from click.testing import CliRunner
+
+    from service.cli import main
+
+    run = CliRunner().invoke(main, ["models", "import-esim", str(tmp_path / "best.pth.tar"), "--vocab",
+                                    str(tmp_path / "words.txt"), "--out", str(tmp_path / "bundle")])
+    assert run.exit_code == 0, run.output
+    assert '"hidden_size": 6' in run.output and '"embedding_dim": 8' in run.output
     imported = load_model(tmp_path / "bundle")
     enc = imported.encode(PAIR)
     with torch.no_grad():
