@@ -76,6 +76,15 @@ def get(session: Session, tenant_id: str, job_id: str) -> Job:
     return job
 
 
+def etag(session: Session, tenant_id: str, job_id: str) -> str:
+    """A version tag from the row's bookkeeping columns: every transition and progress write moves updated_at."""
+    row = session.execute(select(Job.tenant_id, Job.updated_at, Job.status, Job.progress, Job.attempts,
+                                 Job.cancel_requested).where(Job.id == job_id)).first() if _is_uuid(job_id) else None
+    if row is None or row.tenant_id != tenant_id:
+        raise not_found(f"job {job_id}")
+    return hashlib.sha256(repr(tuple(row)).encode()).hexdigest()[:32]
+
+
 def listing(session: Session, tenant_id: str, limit: int, cursor: str | None, status: str | None,
             model: str | None) -> tuple[list[Job], str | None]:
     """Newest first; the cursor is the (created_at, id) of the last item seen."""

@@ -36,6 +36,10 @@ def runtime() -> Runtime:
     pid = os.getpid()
     if pid not in _runtimes:
         settings = app.conf.lantern_settings
+        if settings.torch_threads > 0:
+            import torch
+
+            torch.set_num_threads(settings.torch_threads)
         _runtimes[pid] = Runtime(settings, device=pick_device(settings.device))
     return _runtimes[pid]
 
