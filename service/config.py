@@ -23,6 +23,7 @@ class Settings:
     storage_url: str = ""  # file:///path or s3://bucket/prefix; default: data_dir/objects
     s3_endpoint_url: str = ""
     s3_region: str = "us-east-1"
+    s3_public_url: str = ""  # endpoint that clients reach, for presigned downloads (default: s3_endpoint_url)
     presign_seconds: int = 900
 
     # queue

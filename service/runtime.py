@@ -26,7 +26,7 @@ class Runtime:
     @cached_property
     def store(self) -> Store:
         s = self.settings
-        return open_store(s.storage, s.s3_endpoint_url, s.s3_region)
+        return open_store(s.storage, s.s3_endpoint_url, s.s3_region, s.s3_public_url)
 
     @cached_property
     def celery(self) -> Celery:

@@ -102,15 +102,19 @@ class LocalStore(Store):
 
 class S3Store(Store):
     def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None,
-                 region: str = "us-east-1") -> None:
+                 region: str = "us-east-1", public_url: str | None = None) -> None:
         import boto3
         from botocore.config import Config
 
         self.bucket, self.prefix = bucket, prefix.strip("/")
-        self.client = boto3.client(
-            "s3", endpoint_url=endpoint_url or None, region_name=region,
-            config=Config(retries={"max_attempts": 5, "mode": "standard"}, signature_version="s3v4"),
-        )
+
+        def client(endpoint: str | None):
+            return boto3.client("s3", endpoint_url=endpoint or None, region_name=region, config=Config(
+                retries={"max_attempts": 5, "mode": "standard"}, signature_version="s3v4"))
+
+        self.client = client(endpoint_url)
+        # presigned URLs are signed for the host the client will call, which may differ from the internal one
+        self.presigner = client(public_url) if public_url else self.client
 
     def _key(self, key: str) -> str:
         key = self._safe(key)
@@ -147,7 +151,7 @@ class S3Store(Store):
         self.client.head_bucket(Bucket=self.bucket)
 
     def presigned_url(self, key: str, filename: str, seconds: int) -> str | None:
-        return self.client.generate_presigned_url(
+        return self.presigner.generate_presigned_url(
             "get_object",
             Params={"Bucket": self.bucket, "Key": self._key(key),
                     "ResponseContentDisposition": f'attachment; filename="{filename}"'},
@@ -155,14 +159,14 @@ class S3Store(Store):
         )
 
 
-def open_store(url: str, endpoint_url: str = "", region: str = "us-east-1") -> Store:
+def open_store(url: str, endpoint_url: str = "", region: str = "us-east-1", public_url: str = "") -> Store:
     parsed = urlparse(url)
     if parsed.scheme == "file":
         return LocalStore(parsed.path)
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise ValueError("s3 storage URL needs a bucket: s3://bucket/prefix")
-        return S3Store(parsed.netloc, parsed.path, endpoint_url or None, region)
+        return S3Store(parsed.netloc, parsed.path, endpoint_url or None, region, public_url or None)
     raise ValueError(f"unsupported storage URL {url!r}: use file:///path or s3://bucket/prefix")
 
 

@@ -84,3 +84,16 @@ def test_storage_url_errors():
         open_store("ftp://x")
     with pytest.raises(ValueError):
         open_store("s3:///nobucket")
+
+
+@pytest.mark.s3
+def test_presigned_urls_name_the_public_endpoint(s3_endpoint, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    public = s3_endpoint.replace("127.0.0.1", "localhost")
+    store = open_store("s3://lantern-public/x", s3_endpoint, public_url=public)
+    store.client.create_bucket(Bucket="lantern-public")
+    store.put("a/b.txt", b"hello", "text/plain")
+    url = store.presigned_url("a/b.txt", "b.txt", 60)
+    assert url.startswith(public)
+    assert requests.get(url, timeout=10).content == b"hello"  # signed for the host the client calls
