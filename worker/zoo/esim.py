@@ -154,7 +154,7 @@ def train_esim(name: str, out_dir: Path, seed: int, log) -> dict[str, Any]:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
             optimiser.step()
         dev_accuracy = accuracy(model, vocab, dev)
-        log(f"epoch {epoch}: loss {float(loss):.3f}, dev accuracy {dev_accuracy:.4f} "
+        log(f"epoch {epoch}: loss {loss.item():.3f}, dev accuracy {dev_accuracy:.4f} "
             f"({time.perf_counter() - started:.0f}s)")
         if dev_accuracy > best[0]:
             best = (dev_accuracy, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
@@ -198,7 +198,54 @@ def train_esim(name: str, out_dir: Path, seed: int, log) -> dict[str, Any]:
     return metrics
 
 
-if __name__ == "__main__":  # python -m worker.zoo.esim NAME OUT_DIR: a training run outside the zoo
+# ------------------------------------------------------------------------------------------------ rationale hits
+def rationale_hit_rates(adapter, pairs: list[Pair], batch_size: int = 64) -> dict[str, dict[str, float]]:
+    """How often the top alignment cell (i, j) touches a rationale word (i in the premise's rationale or j in the
+    hypothesis's), per gold label and overall, for: attention saliency |∂S(y)/∂e_ij| (y = the model's decision),
+    raw attention (the mean of the two softmax maps), and chance (the share of cells that touch one)."""
+    from worker.methods.attention_saliency import energy_saliency
+    from worker.methods.base import Target
+
+    tally: dict[str, dict[str, float]] = {}
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        enc = adapter.encode([{"premise": p.premise, "hypothesis": p.hypothesis} for p in chunk])
+        with torch.no_grad():
+            predicted = adapter.forward(adapter.embed(enc), enc).logits.argmax(-1)
+        out = energy_saliency(adapter, enc, Target(predicted))
+        for b, pair in enumerate(chunk):
+            n, m = (torch.tensor(enc.segments[b]) == 0).sum().item(), (torch.tensor(enc.segments[b]) == 1).sum().item()
+            touches = torch.zeros(n, m, dtype=torch.bool)
+            touches[pair.rationale["premise"], :] = True
+            touches[:, pair.rationale["hypothesis"]] = True
+            maps = {"saliency": out["gradient"][b, :n, :m].abs(), "attention": out["attention"][b, :, :n, :m].mean(0)}
+            for key in (pair.label, "all"):
+                row = tally.setdefault(key, {"n": 0, "saliency": 0.0, "attention": 0.0, "chance": 0.0,
+                                             "correct": 0})
+                row["n"] += 1
+                row["chance"] += float(touches.float().mean())
+                row["correct"] += int(LABELS[int(predicted[b])] == pair.label)
+                for name, values in maps.items():
+                    row[name] += float(touches.flatten()[values.flatten().argmax()])
+    return {key: {"n": row["n"], "accuracy": round(row["correct"] / row["n"], 4),
+                  **{k: round(row[k] / row["n"], 4) for k in ("saliency", "attention", "chance")}}
+            for key, row in tally.items()}
+
+
+def heldout_pairs(limit: int | None = None) -> list[Pair]:
+    """The held-out generated pairs (frames never trained on, held-out premises of seen frames; no RT premises),
+    spread evenly over the test split when `limit` is given."""
+    pairs = [p for p in corpus()["test"] if p.template != "rt"]
+    return pairs if limit is None else pairs[:: max(1, len(pairs) // limit)][:limit]
+
+
+if __name__ == "__main__":  # python -m worker.zoo.esim NAME OUT_DIR | python -m worker.zoo.esim hits MODEL [LIMIT]
     import sys
 
-    print(json.dumps(train_esim(sys.argv[1], Path(sys.argv[2]), 0, print), indent=2))
+    if sys.argv[1] == "hits":
+        from worker.models import load_model
+
+        limit = int(sys.argv[3]) if len(sys.argv) > 3 else None
+        print(json.dumps(rationale_hit_rates(load_model(sys.argv[2]).load(), heldout_pairs(limit)), indent=2))
+    else:
+        print(json.dumps(train_esim(sys.argv[1], Path(sys.argv[2]), 0, print), indent=2))
