@@ -8,6 +8,7 @@ import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -142,6 +143,17 @@ class Adapter(ABC):
 
     def count_tokens(self, inputs: dict[str, str]) -> int:
         return len(self.encode(inputs).tokens[0])
+
+    def embedding_std(self) -> float | None:
+        """Std of the input embedding matrix (sigma's default bound is 10× it), or None when the adapter has no
+        embedding matrix to measure."""
+        return None
+
+    def bundle_file(self, name: str) -> Path | None:
+        """A file stored in the model's bundle directory (e.g. ``sigma_stats.safetensors``), or None if absent."""
+        root = getattr(getattr(self, "spec", None), "path", None)
+        path = Path(root) / name if root is not None else None
+        return path if path is not None and path.is_file() else None
 
     def mask(self, encoding: Encoding, drop: torch.Tensor) -> Encoding:
         """A copy of `encoding` whose tokens where `drop` (B×T bool) is True are replaced by `mask_token_id`

@@ -257,12 +257,21 @@ class HFAdapter(Adapter):
         with torch.no_grad():
             return self.model.get_input_embeddings()(encoding.input_ids.to(self.device)).detach()
 
+    def embedding_std(self) -> float:
+        """Std over all entries of the word-embedding matrix (MiniLM: 0.0556)."""
+        return float(self.model.get_input_embeddings().weight.detach().float().std())
+
     @contextlib.contextmanager
     def _truncated(self, keep: int) -> Iterator[None]:
         """Run only the first `keep` encoder layers (the same module objects) for the duration of the block."""
         if keep >= self.num_layers:
             yield
             return
+        # transformers installs its hidden-state hooks on the layers present at the first call: install them on all
+        # layers first, or a model whose first call is truncated would record too few hidden states ever after
+        from transformers.utils.output_capturing import maybe_install_capturing_hooks
+
+        maybe_install_capturing_hooks(self.encoder)
         parent, attr = _find_layer_list(self.encoder, self.num_layers)
         full = getattr(parent, attr)
         setattr(parent, attr, nn.ModuleList(list(full)[:keep]))

@@ -1,0 +1,127 @@
+"""The original sigma procedure (Guan et al. 2019, the authors' Interpreter.py), reimplemented cleanly, as the
+reference that Lantern's batched engine is checked against (tests/unit/test_sigma_reference.py, benchmarks).
+
+One sentence, one layer at a time; σ = bound · sigmoid(r) with r ~ N(0, 1); ONE noise draw per step; Φ(x) recomputed
+every step; Adam, lr 0.01; a fixed number of iterations; the state with the lowest (one-draw) loss is kept. Loss, in the
+authors' form::
+
+    mean over elements of s of (Φ(x̃) − s)² / σ_S²  −  λ · mean over tokens of log(σ_i / bound)
+
+with ``mean_square`` normalisation (σ_S² = mean of s² over the sentence's elements) or ``std`` (per hidden unit, from
+the model's sigma statistics). It deliberately shares no code with ``worker.sigma`` (only the model adapter, i.e. Φ).
+
+    python -m scripts.sigma_reference --out tests/fixtures/sigma/reference_minilm.json [--sentences 20]
+        [--iterations 3000] [--layers embeddings layer.1 ...] [--threads 1]
+
+Results are appended sentence by sentence and layer by layer, so a long run can be stopped and resumed (existing
+(sentence, layer) entries are skipped). Slow on purpose: ≈ 45 ms per iteration for MiniLM on a 2-core CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+
+EXAMPLE = "a rare bird has more than enough charm to make it memorable"
+
+
+def reference_sentences(n: int) -> list[str]:
+    """The issue's example first, then Rotten Tomatoes test sentences of 6-18 words, in split order."""
+    from worker.data.rt import rt_split
+
+    out = [EXAMPLE]
+    for text, _ in rt_split("test"):
+        if len(out) >= n:
+            break
+        if 6 <= len(text.split()) <= 18 and text not in out:
+            out.append(text)
+    return out[:n]
+
+
+def layer_state(adapter, x, enc, layer):
+    trace = adapter.forward(x, enc, capture=[layer], upto=layer)
+    return trace.layers[layer]
+
+
+def run_one(adapter, text: str, layer: str, lam: float, bound: float, iterations: int, seed: int,
+            normalization: str = "mean_square", std: torch.Tensor | None = None) -> dict:
+    enc = adapter.encode({"text": text})
+    x = adapter.embed(enc)[0]  # T×K
+    t, k = x.shape
+    torch.manual_seed(seed)
+    ratio = torch.randn(t, 1).requires_grad_(True)
+    optimizer = torch.optim.Adam([ratio], lr=0.01)
+
+    def loss_fn() -> torch.Tensor:
+        sigma = bound * torch.sigmoid(ratio)
+        x_tilde = x + sigma * torch.randn(t, k)
+        s = layer_state(adapter, x[None], enc, layer)  # recomputed each step, as the original does
+        s_tilde = layer_state(adapter, x_tilde[None], enc, layer)
+        diff = (s_tilde - s) ** 2
+        fit = (diff / std ** 2).mean() if normalization == "std" else diff.mean() / (s ** 2).mean()
+        return fit - lam * torch.log(torch.sigmoid(ratio)).mean()
+
+    best, best_ratio = math.inf, ratio.detach().clone()
+    t0 = time.perf_counter()
+    with torch.enable_grad():
+        for _ in range(iterations):
+            optimizer.zero_grad()
+            loss = loss_fn()
+            loss.backward()
+            optimizer.step()
+            if loss.item() < best:
+                best, best_ratio = loss.item(), ratio.detach().clone()
+    seconds = time.perf_counter() - t0
+    sigma = (bound * torch.sigmoid(best_ratio))[:, 0]
+    return {"text": text, "layer": layer, "tokens": enc.tokens[0], "sigma": sigma.tolist(),
+            "best_step_loss": best, "iterations": iterations, "seconds": seconds,
+            "seconds_per_iteration": seconds / iterations, "seed": seed}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="all-minilm-l6-v2")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--sentences", type=int, default=20)
+    parser.add_argument("--layers", nargs="*", default=None)
+    parser.add_argument("--iterations", type=int, default=3000)
+    parser.add_argument("--lam", type=float, default=0.1)
+    parser.add_argument("--bound", type=float, default=None, help="default: 10 × std of the embedding matrix")
+    parser.add_argument("--normalization", default="mean_square", choices=("mean_square",))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(args.threads)
+    from worker.models import load_model
+
+    adapter = load_model(args.model).load()
+    weight = adapter.model.get_input_embeddings().weight
+    bound = args.bound if args.bound is not None else float(10 * weight.std())
+    layers = args.layers or [n for n in adapter.layer_names if n not in ("pool", "output")]
+    doc = json.loads(args.out.read_text()) if args.out.exists() else {
+        "model": args.model, "revision": adapter.revision, "lambda": args.lam, "bound": bound,
+        "normalization": args.normalization, "iterations": args.iterations, "procedure":
+        "authors' Interpreter.py: r~N(0,1), sigma=bound*sigmoid(r), one noise draw per step, Adam lr 0.01, "
+        "lowest-loss state kept", "torch": torch.__version__, "threads": args.threads, "runs": []}
+    have = {(r["text"], r["layer"]) for r in doc["runs"]}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for i, text in enumerate(reference_sentences(args.sentences)):
+        for layer in layers:
+            if (text, layer) in have:
+                continue
+            result = run_one(adapter, text, layer, doc["lambda"], doc["bound"], doc["iterations"], args.seed + i)
+            doc["runs"].append(result)
+            tmp = args.out.with_suffix(".tmp")
+            tmp.write_text(json.dumps(doc, indent=1))
+            tmp.replace(args.out)
+            print(f"{i} {layer} {result['seconds']:.0f}s {result['seconds_per_iteration'] * 1e3:.1f} ms/it", flush=True)
+
+
+if __name__ == "__main__":
+    main()
