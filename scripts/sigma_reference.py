@@ -83,6 +83,26 @@ def run_one(adapter, text: str, layer: str, lam: float, bound: float, iterations
             "seconds_per_iteration": seconds / iterations, "seed": seed}
 
 
+def evaluate(adapter, text: str, layer: str, sigma: list[float], lam: float, bound: float, samples: int = 256,
+             seed: int = 12345, chunk: int = 32) -> float:
+    """The objective (mean_square form above) at fixed σ, averaged over `samples` noise draws: the independent
+    evaluator the tests use for both the reference's and Lantern's σ."""
+    enc = adapter.encode({"text": text})
+    x = adapter.embed(enc)  # 1×T×K
+    sig = torch.tensor(sigma, dtype=x.dtype)[None, :, None]
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        s = layer_state(adapter, x, enc, layer)
+        total, done = 0.0, 0
+        while done < samples:
+            n = min(chunk, samples - done)
+            noisy = x + sig * torch.randn((n, *x.shape[1:]), generator=gen)
+            s_tilde = layer_state(adapter, noisy, enc.repeat(n), layer)
+            total += float((((s_tilde - s) ** 2).mean((1, 2)) / (s ** 2).mean()).sum())
+            done += n
+    return total / samples - lam * float(torch.log(torch.tensor(sigma) / bound).mean())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="all-minilm-l6-v2")

@@ -170,6 +170,7 @@ def test_timestamp_mode_finds_the_mirrored_token():
         assert float(sigma[0].max()) > 0.8 * 0.5  # the other tokens are (nearly) discarded
 
 
+@pytest.mark.slow
 def test_batch_of_sentences_matches_one_at_a_time(minilm):
     """Masks: fitting two sentences of different lengths together equals fitting each alone (same noise law)."""
     texts = ["a gripping film", "the plot is thin but the acting is superb"]
