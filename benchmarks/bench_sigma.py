@@ -1,0 +1,43 @@
+"""sigma: Lantern's batched engine for all 7 hidden states of MiniLM vs the original procedure (one sentence, one
+layer, one noise draw per step, 3,000 Adam steps at lr 0.01), side by side in one run.
+
+The original is timed live on a few iterations per layer of the first sentence and extrapolated linearly to
+3,000 iterations × 7 layers × N sentences (its cost per iteration does not depend on the iteration; the fixture
+tests/fixtures/sigma/reference_minilm.json records full runs: 60-240 s per layer). Peak memory: ru_maxrss of this
+process (MiB) after the Lantern run.
+"""
+from __future__ import annotations
+
+import resource
+import time
+
+from benchmarks import Row
+
+ITERATIONS = 3000
+
+
+def run(quick: bool = False) -> list[Row]:
+    from scripts.sigma_reference import reference_sentences, run_one
+    from worker.models import load_model
+    from worker.sigma import Settings, View, fit
+
+    adapter = load_model("all-minilm-l6-v2").load()
+    layers = [n for n in adapter.layer_names if n not in ("pool", "output")]
+    n = 2 if quick else 20
+    texts = reference_sentences(n)
+    bound = 10 * adapter.embedding_std()
+    settings = Settings(lam=0.1, bound=bound, normalization="mean_square")
+    t0 = time.perf_counter()
+    for text in texts:
+        fit(adapter, adapter.encode({"text": text}), [View(name) for name in layers], settings, seed=0)
+    ours = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    probe = 10 if quick else 30
+    per_iteration = []
+    for name in layers:
+        result = run_one(adapter, texts[0], name, 0.1, bound, probe, seed=0)
+        per_iteration.append(result["seconds_per_iteration"])
+    original = sum(per_iteration) * ITERATIONS * len(texts)
+    return [Row(f"sigma, 7 MiniLM layers x {len(texts)} sentences", "s", ours, original,
+                f"original procedure (extrapolated from {probe} it/layer)", higher_is_better=False,
+                note=f"peak RSS {peak:.0f} MiB")]
