@@ -11,7 +11,17 @@ from worker.sigma.analysis import (
     word_sigma,
     word_values,
 )
-from worker.sigma.engine import INITS, NORMALIZATIONS, Fit, Settings, View, fit, objective, scores, token_entropy
+from worker.sigma.engine import (
+    INITS,
+    NORMALIZATIONS,
+    Fit,
+    Settings,
+    View,
+    fit,
+    objective,
+    scores,
+    token_entropy,
+)
 from worker.sigma.stats import compute_stats, load_stats
 
 __all__ = [
