@@ -29,8 +29,8 @@ def run(quick: bool = False) -> list[Row]:
 
         target = Target(forward().argmax(-1))
         floor = timed(forward) / n
-        saliency = timed(lambda adapter=adapter, enc=enc: energy_saliency(adapter, enc, target)) / n
-        gating = timed(lambda adapter=adapter, enc=enc: gate_saliency(adapter, enc, target, list(GATE_NAMES))) / n
+        saliency = timed(lambda a=adapter, e=enc, t=target: energy_saliency(a, e, t)) / n
+        gating = timed(lambda a=adapter, e=enc, t=target: gate_saliency(a, e, t, list(GATE_NAMES))) / n
         both = saliency + gating
         for what, value in (("attention saliency", saliency), ("gating (16 gates)", gating),
                             ("attention saliency + gating", both)):
