@@ -19,10 +19,10 @@ sentence (``bos``/``eos`` in the config, as some public checkpoints were trained
 gates are laid out on these joint token positions (premise rows, then hypothesis rows) so that they index like the
 tokens; the alignment maps are premise × hypothesis over each sentence's own tokens.
 
-Gates: the LSTMs run as ``nn.LSTM`` (packed) when no gate is asked for; for gates, the same weights drive a
-hand-written cell (:func:`lstm_scan`) that yields, per direction, the input, forget and output gates and the memory
-cell c_t (``input_lstm.fwd.input`` … ``inference_lstm.bwd.cell``, B×T×d). It reproduces ``nn.LSTM`` to float rounding
-(tests). ``forward(..., gate_offsets={name: B×T×d})`` adds the given tensors to those gates inside the recurrence:
+Gates: the LSTMs run as ``nn.LSTM`` (packed) when no gate is asked for (and, on a GPU, no gradient: cuDNN's LSTM
+has no backward in eval mode); otherwise the same weights drive a hand-written cell (:func:`lstm_scan`) that yields,
+per direction, the input, forget and output gates and the memory cell c_t (``input_lstm.fwd.input`` …
+``inference_lstm.bwd.cell``, B×T×d). It reproduces ``nn.LSTM`` to float rounding (tests). ``forward(..., gate_offsets={name: B×T×d})`` adds the given tensors to those gates inside the recurrence:
 with zero offsets the output is unchanged and ∂S/∂offset = ∂S/∂gate (the gates' saliency, Ghaeini §3.2).
 """
 from __future__ import annotations
@@ -144,7 +144,8 @@ class ESIM(nn.Module):
     def _lstm(self, name: str, x: torch.Tensor, lengths: torch.Tensor, gates: bool,
               offsets: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         lstm = getattr(self, name)
-        if not gates and not offsets:
+        # cuDNN's LSTM has no backward in eval mode: on a GPU, gradients go through the hand-written cell
+        if not gates and not offsets and not (x.is_cuda and torch.is_grad_enabled()):
             return run_lstm(lstm, x, lengths), {}
         mine = {tuple(k.split(".")[1:]): v for k, v in offsets.items() if k.startswith(name + ".")}
         out, found = lstm_scan(lstm, x, lengths, mine)
