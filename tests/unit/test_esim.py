@@ -272,3 +272,18 @@ def test_trained_esim_300_saliency_finds_the_rationales_attention_does_not():
     assert overall["saliency"] > overall["chance"] + 0.3 and overall["saliency"] > overall["attention"] + 0.3
     for label in ("entailment", "neutral", "contradiction"):
         assert rates[label]["saliency"] > rates[label]["chance"] + 0.2, label
+
+
+def test_spacy_vectors_are_found_by_their_murmurhash_keys():
+    """MurmurHash64A (seed 1) is spaCy's string hash: common words' keys are in en_core_web_md's table, and a
+    lower-cased name takes its capitalised spelling's (more frequent) row."""
+    from worker.models.words import Vocabulary
+    from worker.zoo.esim import _spacy_table, murmurhash64a, spacy_rows
+
+    matrix, key2row = _spacy_table()
+    for word in ("the", "kid", "garden", "nap", "amazon", "John", "Mary", "man"):
+        assert murmurhash64a(word.encode()) in key2row, word
+    assert murmurhash64a(b"no such word here") not in key2row
+    rows = spacy_rows(Vocabulary(("<pad>", "<unk>", "john", "garden")))
+    assert torch.equal(rows[2], torch.from_numpy(matrix[key2row[murmurhash64a(b"John")]].copy()).half().float())
+    assert rows[0].abs().sum() == 0 and rows[3].abs().sum() > 0
