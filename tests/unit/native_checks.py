@@ -69,6 +69,7 @@ def gradient_explains(adapter: NativeAdapter, text: str) -> None:
     scores = result["methods"]["gradient"]["scores"]
     enc = adapter.encode({"text": text})
     assert len(scores) == len(enc.tokens[0]) and result["words"] == [[t] for t in range(len(scores))]
+    assert "faithfulness" in result["methods"]["gradient"]  # removing a word = <unk> (mask_token_id)
     x = adapter.embed(enc).requires_grad_(True)
     steps = dict(adapter.module.steps(x, **adapter.inputs(enc)))
     predicted = int(steps["output"][0].argmax())
