@@ -22,7 +22,7 @@ import torch
 
 from worker.models.seq2seq import EOS, SOS, WORDS, Seq2SeqAdapter
 from worker.models.words import PAD, UNK, Vocabulary
-from worker.zoo.rt_models import install_bundle, staging_adapter
+from worker.zoo.rt_models import install_bundle, one_thread, staging_adapter
 from worker.zoo.train import Log, _versions, _write_json_atomic
 
 MIN_LENGTH, MAX_LENGTH = 3, 10
@@ -60,8 +60,8 @@ def scores(adapter: Seq2SeqAdapter, module, texts: list[str]) -> dict[str, float
     return {"token_accuracy": float((right & real).sum() / real.sum()), "sequence_accuracy": float(right.all(1).float().mean())}
 
 
+@one_thread()
 def train_reverse_seq2seq(out_dir: Path, seed: int, log: Log) -> dict[str, Any]:
-    torch.set_num_threads(1)
     torch.manual_seed(seed)
     vocab = Vocabulary((PAD, UNK, SOS, EOS, *WORDS))
     config = {
