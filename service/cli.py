@@ -112,6 +112,10 @@ def _stop_process(proc: subprocess.Popen, grace: float = 30.0) -> None:
 @click.option("--workers", default=2, type=int)
 def serve(bind: str, workers: int) -> None:
     """Production API under gunicorn (settings from the environment)."""
+    import tempfile
+
+    # request metrics summed over gunicorn's worker processes (service/metrics.py)
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="lantern-api-metrics-"))
     os.execvp(sys.executable, [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(workers),
                                "--graceful-timeout", "30", "--timeout", "60", "--access-logfile", "-",
                                "service.wsgi:app"])

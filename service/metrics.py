@@ -30,14 +30,21 @@ log = logging.getLogger("lantern.metrics")
 
 
 class Metrics:
+    """API metrics. Under gunicorn (`lantern serve`) each worker process writes its values to files under
+    PROMETHEUS_MULTIPROC_DIR and a scrape sums them, so every scrape sees the whole API, not one process."""
+
     def __init__(self, runtime: Runtime) -> None:
-        self.registry = CollectorRegistry()
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        own = None if self.multiprocess else CollectorRegistry()
         self.latency = Histogram("lantern_http_request_seconds", "HTTP request latency",
-                                 ["method", "endpoint", "status"], registry=self.registry,
+                                 ["method", "endpoint", "status"], registry=own,
                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
         self.requests = Counter("lantern_http_requests", "HTTP requests", ["method", "endpoint", "status"],
-                                registry=self.registry)
-        self.registry.register(_StateCollector(runtime))
+                                registry=own)
+        self.state = _StateCollector(runtime)
+        self.registry = own
+        if own is not None:
+            own.register(self.state)
 
     def observe(self, request, response, seconds: float) -> None:
         endpoint = request.url_rule.rule if request.url_rule else "unmatched"
@@ -46,7 +53,14 @@ class Metrics:
         self.requests.labels(*labels).inc()
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.registry is not None:
+            return generate_latest(self.registry)
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        registry.register(self.state)
+        return generate_latest(registry)
 
 
 class _StateCollector:

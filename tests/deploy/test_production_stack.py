@@ -82,6 +82,12 @@ def test_fifty_concurrent_jobs_all_succeed(stack):
     assert sum(done) == N_JOBS and all(d > 0 for d in done), done
     api = requests.get(f"{stack.url}/metrics", timeout=5).text
     assert _samples(api, "lantern_http_request_seconds_count") and _samples(api, "lantern_queue_depth")
+    # every scrape counts all submits, whichever of gunicorn's processes took them (multiprocess metrics)
+    for _ in range(3):
+        api = requests.get(f"{stack.url}/metrics", timeout=5).text
+        submits = sum(v for labels, v in _samples(api, "lantern_http_requests_total")
+                      if labels.get("endpoint") == "/v1/jobs" and labels.get("method") == "POST")
+        assert submits == N_JOBS
 
 
 def test_logs_are_json_with_job_ids_and_no_user_text(stack):
