@@ -86,6 +86,27 @@ def test_bundle_shapes_are_checked(cnn_copy):
         load_model(cnn_copy)
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"model": {"embedding_size": 50}}, "bad model settings"),
+    ({"model": None}, "'model' must be an object"),
+    ({"labels": ["same", "same"]}, "distinct"),
+    ({"max_tokens": "many"}, "max_tokens"),
+    ({"vocab": "../../etc/passwd"}, "vocab file"),
+])
+def test_bad_configs_are_refused(cnn_copy, change, message):
+    config = json.loads((cnn_copy / "config.json").read_text())
+    (cnn_copy / "config.json").write_text(json.dumps({**config, **change}))
+    with pytest.raises(InputError, match=message):
+        load_model(cnn_copy)
+
+
+def test_bad_vocabulary_is_refused(cnn_copy):
+    lines = (cnn_copy / "vocab.txt").read_text().split("\n")
+    (cnn_copy / "vocab.txt").write_text("\n".join(lines[1:]))  # <pad> missing: every id shifts
+    with pytest.raises(InputError, match="vocabulary"):
+        load_model(cnn_copy)
+
+
 @pytest.mark.parametrize("name", ["bilstm-rt", "cnn-rt", "transformer-rt"])
 def test_embedding_rows_are_glove(name):
     """Every word row is its GloVe 6B 50-d vector (rounded to float16): frozen in training, shipped as is."""

@@ -55,17 +55,18 @@ class NativeAdapter(Adapter):
         self.config = spec.config
         self._lock = threading.RLock()
         self._module: nn.Module | None = None
+        self._check_config()
         self.labels = self.config.get("labels")
-        self.hyper: dict[str, Any] = self.config.get("model") or {}
+        self.hyper: dict[str, Any] = self.config["model"]
         self.max_tokens = int(self.config.get("max_tokens", DEFAULT_MAX_TOKENS))
-        self.vocab = Vocabulary.read(self._file("vocab", "vocab.txt"))
+        self.vocab = self._read_vocab()
         self.mask_token_id = self.vocab.id(UNK)  # a removed word becomes <unk> (faithfulness, occlusion, LIME)
         self.weights_path = self._file("weights", "model.safetensors")
+        self._check_weights()
         self.step_order = self.step_names()
         self.attention_names = [n for n in self.step_order if n.startswith("attention")]
         self.layer_names = [n for n in self.step_order if n not in self.attention_names]
         self.gate_names = []
-        self._check_weights()
 
     # ---------------------------------------------------------------- subclass hooks
     @staticmethod
@@ -99,6 +100,22 @@ class NativeAdapter(Adapter):
             raise InputError(f"config.json: {key} file {name!r} is missing")
         return path
 
+    def _check_config(self) -> None:
+        labels, max_tokens = self.config.get("labels"), self.config.get("max_tokens", DEFAULT_MAX_TOKENS)
+        if labels is not None and (not isinstance(labels, list) or not labels or len(set(labels)) != len(labels)
+                                   or not all(isinstance(x, str) and x for x in labels)):
+            raise InputError("config.json: 'labels' must be null or a list of distinct non-empty strings")
+        if not isinstance(self.config.get("model"), dict):
+            raise InputError(f"config.json: 'model' must be an object with the {self.kind}'s sizes")
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens <= 0:
+            raise InputError("config.json: 'max_tokens' must be a positive integer")
+
+    def _read_vocab(self) -> Vocabulary:
+        try:
+            return Vocabulary.read(self._file("vocab", "vocab.txt"))
+        except (UnicodeDecodeError, ValueError) as err:
+            raise InputError(f"the vocabulary file is not usable: {err}") from None
+
     def _check_weights(self) -> None:
         """The safetensors header must name exactly the module's tensors, with its shapes."""
         from safetensors import safe_open
@@ -106,7 +123,7 @@ class NativeAdapter(Adapter):
         try:
             with torch.device("meta"):
                 expected = {k: tuple(v.shape) for k, v in self.build().state_dict().items()}
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise InputError(f"config.json: bad model settings for a {self.kind}: {err!r}") from None
         try:
             with safe_open(str(self.weights_path), "pt") as handle:
