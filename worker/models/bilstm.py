@@ -23,7 +23,9 @@ from worker.models.native import NativeAdapter, masked_max, sequence_lengths
 def run_packed(lstm: nn.LSTM, x: torch.Tensor, mask: torch.Tensor, state=None):
     """An nn.LSTM over the real tokens of each item: B×T×H outputs (zeros at padding) and the final (h, c)."""
     packed = pack_padded_sequence(x, sequence_lengths(mask), batch_first=True, enforce_sorted=False)
-    out, final = lstm(packed, state)
+    # cuDNN's LSTM backward needs training mode; these models run in eval mode, so gradients take the native kernel
+    with torch.backends.cudnn.flags(enabled=not (x.is_cuda and torch.is_grad_enabled())):
+        out, final = lstm(packed, state)
     return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0], final
 
 
