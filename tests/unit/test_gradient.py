@@ -54,7 +54,7 @@ def test_gradient_equals_hand_computation(minilm_rt, raw_encoder, score):
     expected = grad.abs().mean(-1)
     torch.testing.assert_close(result.tensors["scores"], expected, rtol=0, atol=1e-6)
     assert result.json["scores"] == pytest.approx(expected.tolist(), abs=1e-6)
-    assert result.figures[""].startswith(b"\x89PNG\r\n\x1a\n")
+    assert result.figures[""]().startswith(b"\x89PNG\r\n\x1a\n")  # figures render on demand
 
 
 def test_gradient_equals_captum_saliency(minilm_rt):

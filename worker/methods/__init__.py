@@ -15,7 +15,7 @@ import torch
 
 from worker.methods.base import SCORES, Method, MethodResult, Target, word_scores
 from worker.methods.faithfulness import faithfulness
-from worker.models.base import Adapter, InputError
+from worker.models.base import Adapter, Encoding, InputError
 
 _MODULES = ("gradient", "smoothgrad", "grad_x_input", "integrated_gradients", "occlusion", "perturbation",
             "lime", "sigma", "attention", "attention_saliency", "gating", "attention_rollout", "activations")
@@ -69,31 +69,84 @@ def explain(
 ) -> Explanation:
     """Run `methods` on one input and assemble the result document, tensors and figures (figures=False skips
     rendering, e.g. for the items of an audit)."""
+    return explain_batch(adapter, [inputs], methods, layers, target, score, params, seed, progress, figures)[0]
+
+
+def explain_batch(
+    adapter: Adapter,
+    inputs: list[dict[str, str]],
+    methods: list[str],
+    layers: list[str] | None = None,
+    target: str = "predicted",
+    score: str = "logit",
+    params: dict[str, dict[str, Any]] | None = None,
+    seed: int = 0,
+    progress: Callable[[float], None] = lambda fraction: None,
+    figures: bool = True,
+) -> list[Explanation]:
+    """`explain` for several inputs: one padded batch for the prediction, and one pass per method for the methods
+    that have `run_batch` (the others run item by item). The results equal those of `explain` per item."""
+    table = registry()
+    chosen_params = check_methods(adapter, table, methods, score, params or {})
+    encoding = adapter.encode(inputs if len(inputs) > 1 else inputs[0]).to(adapter.device)
+    with torch.no_grad():
+        logits = adapter.forward(adapter.embed(encoding), encoding).logits
+    index = resolve_target(adapter, logits, target)
+    items = [encoding.item(i) for i in range(len(inputs))] if len(inputs) > 1 else [encoding]
+    heads = [None if index is None else index[i:i + 1] for i in range(len(items))]
+    explanations = [Explanation(document(adapter, items[i], None if logits is None else logits[i:i + 1],
+                                         heads[i], score, seed)) for i in range(len(items))]
+    for n, name in enumerate(methods):
+        method, chosen = table[name], chosen_params[name]
+
+        def step(fraction: float, n: int = n) -> None:
+            progress((n + min(max(fraction, 0.0), 1.0)) / len(methods))
+
+        if method.run_batch is not None and len(items) > 1:
+            torch.manual_seed(seed)
+            outs = method.run_batch(adapter, encoding, Target(index, score) if index is not None else None, chosen,
+                                    layers=layers, progress=step, seed=seed)
+        else:
+            outs = []
+            for i, item in enumerate(items):
+                torch.manual_seed(seed)
+                outs.append(method.run(adapter, item, Target(heads[i], score) if index is not None else None,
+                                       chosen, layers=layers, seed=seed,
+                                       progress=lambda f, i=i: step((i + min(max(f, 0.0), 1.0)) / len(items))))
+        for i, out in enumerate(outs):
+            attach(explanations[i], adapter, items[i], heads[i], name, method, out, chosen, seed, figures)
+        step(1.0)
+    return explanations
+
+
+def check_methods(adapter: Adapter, table: dict[str, Method], methods: list[str], score: str,
+                  params: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Everything a request can get wrong, checked before any work; returns each method's params with defaults."""
     if score not in SCORES:
         raise InputError(f"score must be one of {SCORES}")
-    table = registry()
     unknown = [m for m in methods if m not in table]
     if unknown:
         raise InputError(f"unknown method(s): {', '.join(unknown)}")
-    params = params or {}
     extra = [k for k in params if k not in methods]
     if extra:
         raise InputError(f"params given for method(s) not requested: {', '.join(extra)}")
-    chosen_params: dict[str, dict[str, Any]] = {}
-    for name in methods:  # check everything before any work
+    chosen: dict[str, dict[str, Any]] = {}
+    for name in methods:
         if table[name].needs_head and not adapter.has_head:
             raise InputError(f"method {name!r} needs a model with an output head; {adapter.name} has none")
         if table[name].applies is not None and not table[name].applies(adapter):
             raise InputError(f"method {name!r} does not apply to {adapter.name}")
         try:
-            chosen_params[name] = table[name].params().load(params.get(name) or {})
+            chosen[name] = table[name].params().load(params.get(name) or {})
         except ma.ValidationError as err:
             raise InputError(f"params.{name}: {err.messages}") from None
-    encoding = adapter.encode(inputs).to(adapter.device)
-    with torch.no_grad():
-        logits = adapter.forward(adapter.embed(encoding), encoding).logits
-    index = resolve_target(adapter, logits, target)
-    result: dict[str, Any] = {
+    return chosen
+
+
+def document(adapter: Adapter, encoding: Encoding, logits: torch.Tensor | None, index: torch.Tensor | None,
+             score: str, seed: int) -> dict[str, Any]:
+    """The result document of one input (DESIGN §9), before its methods are added."""
+    return {
         "schema_version": 1,
         "tokens": encoding.tokens[0],
         "special": encoding.special[0],
@@ -105,32 +158,22 @@ def explain(
         "methods": {},
         "provenance": provenance(adapter, seed),
     }
-    explanation = Explanation(result)
-    for n, name in enumerate(methods):
-        method = table[name]
-        torch.manual_seed(seed)
-        chosen = chosen_params[name]
 
-        def step(fraction: float, n: int = n) -> None:
-            progress((n + min(max(fraction, 0.0), 1.0)) / len(methods))
 
-        out: MethodResult = method.run(
-            adapter, encoding, Target(index, score) if index is not None else None, chosen, layers=layers,
-            progress=step, seed=seed,
-        )
-        part = dict(out.json)
-        if method.token_scores and "scores" in part:
-            part.setdefault("word_scores", word_scores(part["scores"], encoding.words[0]))
-            faith = faithfulness(adapter, encoding, part["scores"], index, seed)
-            if faith is not None:  # omitted for headless models and adapters that cannot mask tokens
-                part["faithfulness"] = faith
-        part["params"] = chosen
-        result["methods"][name] = part
-        explanation.tensors[name] = out.tensors
-        for view, png in out.figures.items() if figures else ():
-            explanation.figures[f"{name}-{view}.png" if view else f"{name}.png"] = png() if callable(png) else png
-        step(1.0)
-    return explanation
+def attach(explanation: Explanation, adapter: Adapter, encoding: Encoding, index: torch.Tensor | None, name: str,
+           method: Method, out: MethodResult, chosen: dict[str, Any], seed: int, figures: bool) -> None:
+    """One method's output into one input's explanation: word scores and faithfulness for token scores."""
+    part = dict(out.json)
+    if method.token_scores and "scores" in part:
+        part.setdefault("word_scores", word_scores(part["scores"], encoding.words[0]))
+        faith = faithfulness(adapter, encoding, part["scores"], index, seed)
+        if faith is not None:  # omitted for headless models and adapters that cannot mask tokens
+            part["faithfulness"] = faith
+    part["params"] = chosen
+    explanation.result["methods"][name] = part
+    explanation.tensors[name] = out.tensors
+    for view, png in out.figures.items() if figures else ():
+        explanation.figures[f"{name}-{view}.png" if view else f"{name}.png"] = png() if callable(png) else png
 
 
 def compare_figures(methods: list[str], results: dict[str, dict[str, Any]]) -> dict[str, bytes]:

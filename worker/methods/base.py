@@ -61,6 +61,9 @@ class Method:
     sanity: dict[str, Any] = field(default_factory=dict)
     # which adapters the method can explain (None = any, subject to needs_head)
     applies: Callable[[Any], bool] | None = None
+    # the same method over a padded batch: (adapter, encoding B, target B, params, layers=, progress=, seed=) ->
+    # one MethodResult per item, equal to `run` on each item alone (None: explain_batch runs items one by one)
+    run_batch: Callable[..., list[MethodResult]] | None = None
     # the side-by-side figure of a compare_with job: {model name: this method's JSON part} -> PNG (None = none)
     compare: Callable[[dict[str, dict[str, Any]]], bytes] | None = None
 

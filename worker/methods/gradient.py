@@ -64,17 +64,36 @@ def run(
     seed: int = 0,
 ) -> MethodResult:
     """One forward + backward pass on item 0 of `encoding`."""
+    return run_batch(adapter, encoding.item(0), target, params, layers, progress, seed)[0]
+
+
+def run_batch(
+    adapter: Adapter,
+    encoding: Encoding,
+    target: Target,
+    params: dict[str, Any],
+    layers: list[str] | None = None,
+    progress: Callable[[float], None] = lambda fraction: None,
+    seed: int = 0,
+) -> list[MethodResult]:
+    """One forward + backward pass for the whole padded batch; items are independent, so each item's gradient is
+    its own (padding is masked)."""
     progress(0.0)
-    one = encoding.item(0)
-    grad = input_gradient(adapter, adapter.embed(one), one, target)[0].detach()
-    scores = aggregate(grad, params["aggregate"])
+    grads = input_gradient(adapter, adapter.embed(encoding), encoding, target).detach()
+    out = []
+    for i in range(len(encoding)):
+        one, grad = encoding.item(i), grads[i, : len(encoding.tokens[i])]
+        scores = aggregate(grad, params["aggregate"])
+        values = scores.cpu().tolist()
+        item_target = Target(target.index[i : i + 1], target.score)
+        out.append(MethodResult(
+            tensors={"gradient": grad.cpu().contiguous(), "scores": scores.cpu().contiguous()},
+            json={"scores": values, "aggregate": params["aggregate"]},
+            figures={"": lambda one=one, values=values, t=item_target: token_figure(
+                adapter, one, values, "gradient saliency |∂S/∂x|", t)},
+        ))
     progress(1.0)
-    values = scores.cpu().tolist()
-    return MethodResult(
-        tensors={"gradient": grad.cpu().contiguous(), "scores": scores.cpu().contiguous()},
-        json={"scores": values, "aggregate": params["aggregate"]},
-        figures={"": lambda: token_figure(adapter, one, values, "gradient saliency |∂S/∂x|", target)},
-    )
+    return out
 
 
 METHOD = Method(
@@ -82,6 +101,7 @@ METHOD = Method(
     summary="Vanilla gradient saliency: mean |∂S(y)/∂x| over embedding dimensions per token (Li et al. 2016).",
     params=GradientParams,
     run=run,
+    run_batch=run_batch,
     needs_head=True,
     tensors=("gradient", "scores"),
 )
