@@ -57,24 +57,29 @@ def transformer_view(adapter: Adapter, encoding: Encoding, target: Target | None
     def crop(m: torch.Tensor) -> torch.Tensor:
         return m[part[0]][:, part[1]]
 
-    def figures() -> dict[str, bytes]:
+    hidden = "" if len(keep) == len(tokens) else " (specials hidden)"
+
+    def averages_png() -> bytes:
         from worker.render.maps import heatmaps_png
 
-        hidden = "" if len(keep) == len(tokens) else " (specials hidden)"
-        main = heatmaps_png([(f"{n} (head average)", crop(average[i]).numpy()) for i, n in enumerate(names)],
+        return heatmaps_png([(f"{n} (head average)", crop(average[i]).numpy()) for i, n in enumerate(names)],
                             labels, labels, f"attention — {adapter.name}", f"rows: queries, columns: keys{hidden}",
                             colour_label="weight")
+
+    def heads_png() -> bytes:
+        from worker.render.maps import heatmaps_png
+
         k = names.index(layer)
-        heads = heatmaps_png([(f"{layer} head {h + 1}", crop(weights[k, h]).numpy()) for h in range(weights.shape[1])],
-                             labels, labels, f"attention heads of {layer} — {adapter.name}",
-                             f"rows: queries, columns: keys{hidden}", columns=4, colour_label="weight")
-        return {"": main, "heads": heads}
+        return heatmaps_png([(f"{layer} head {h + 1}", crop(weights[k, h]).numpy())
+                             for h in range(weights.shape[1])], labels, labels,
+                            f"attention heads of {layer} — {adapter.name}", f"rows: queries, columns: keys{hidden}",
+                            columns=4, colour_label="weight")
 
     return MethodResult(
         tensors={"attention": weights.contiguous(), "head_average": average.contiguous()},
         json={"view": "transformer", "layers": names, "heads": int(weights.shape[1]), "shape": list(weights.shape),
               "head_average": average.tolist(), "figure_layer": layer},
-        figures=figures(),
+        figures={"": averages_png, "heads": heads_png},
     )
 
 

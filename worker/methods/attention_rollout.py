@@ -49,7 +49,7 @@ def run(
     return MethodResult(
         tensors={"rollout": flow.float().contiguous(), "scores": scores.float().contiguous()},
         json={"scores": values, "query": params["query"], "residual": params["residual"]},
-        figures={"": token_figure(adapter, one, values, f"attention rollout (query: {params['query']})", target)},
+        figures={"": lambda: token_figure(adapter, one, values, f"attention rollout (query: {params['query']})", target)},
     )
 
 

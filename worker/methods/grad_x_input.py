@@ -41,7 +41,7 @@ def run(
     return MethodResult(
         tensors={"attribution": attribution.cpu().contiguous(), "scores": scores.cpu().contiguous()},
         json={"scores": values},
-        figures={"": token_figure(adapter, one, values, "gradient × input (sum over embedding dims)", target)},
+        figures={"": lambda: token_figure(adapter, one, values, "gradient × input (sum over embedding dims)", target)},
     )
 
 

@@ -62,22 +62,26 @@ def integrated_gradients(
     method: str = "gausslegendre", internal_batch_size: int = 16,
     progress: Callable[[float], None] = lambda fraction: None,
 ) -> torch.Tensor:
-    """T×K attribution of item 0 (x, baseline: 1×T×K); `internal_batch_size` path points per pass."""
-    one = encoding.item(0)
+    """B×T×K attributions of the B items of `encoding` (x, baseline: B×T×K; target: B classes).
+
+    Each pass runs ``internal_batch_size`` path points (rows), i.e. max(1, internal_batch_size // B) values of α for
+    all B items at once, so memory is bounded by it and not by ``steps``."""
     alphas, weights = quadrature(steps, method)
     alphas, weights = alphas.to(x.dtype).to(x.device), weights.to(x.dtype).to(x.device)
+    B = x.shape[0]
     diff = x - baseline
-    total = torch.zeros_like(x[0])
-    batches = math.ceil(steps / internal_batch_size)
+    total = torch.zeros_like(x)
+    per_pass = max(1, internal_batch_size // B)
+    batches = math.ceil(steps / per_pass)
     for b in range(batches):
-        part = slice(b * internal_batch_size, (b + 1) * internal_batch_size)
+        part = slice(b * per_pass, (b + 1) * per_pass)
         a, w = alphas[part], weights[part]
-        points = baseline + a.view(-1, 1, 1) * diff
-        n = points.shape[0]
-        grad = input_gradient(adapter, points, one.repeat(n), Target(target.index[:1].expand(n), target.score))
-        total += (w.view(-1, 1, 1) * grad.detach()).sum(0)
+        n = a.shape[0]
+        points = (baseline.unsqueeze(0) + a.view(-1, 1, 1, 1) * diff.unsqueeze(0)).flatten(0, 1)  # (n·B)×T×K
+        grad = input_gradient(adapter, points, encoding.repeat(n), Target(target.index.repeat(n), target.score))
+        total += (w.view(-1, 1, 1, 1) * grad.detach().view(n, *x.shape)).sum(0)
         progress((b + 1) / batches)
-    return diff[0] * total
+    return diff * total
 
 
 def run(
@@ -93,8 +97,8 @@ def run(
     one = encoding.item(0)
     x = adapter.embed(one)
     baseline = baseline_embedding(adapter, one, params["baseline"])
-    attribution = integrated_gradients(adapter, one, x, baseline, target, params["steps"], params["method"],
-                                       params["internal_batch_size"], progress)
+    attribution = integrated_gradients(adapter, one, x, baseline, Target(target.index[:1], target.score),
+                                       params["steps"], params["method"], params["internal_batch_size"], progress)[0]
     scores = attribution.sum(-1)
     ends = batched_scores(adapter, one, torch.cat([x, baseline]), target)
     delta = float(attribution.sum() - (ends[0] - ends[1]))
@@ -104,7 +108,7 @@ def run(
         tensors={"attribution": attribution.cpu().contiguous(), "scores": scores.cpu().contiguous()},
         json={"scores": values, "baseline": params["baseline"], "steps": params["steps"], "method": params["method"],
               "delta": delta},
-        figures={"": token_figure(adapter, one, values, title, target)},
+        figures={"": lambda: token_figure(adapter, one, values, title, target)},
     )
 
 

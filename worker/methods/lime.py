@@ -112,7 +112,7 @@ def run(
                  "design": design.contiguous(), "targets": targets.float().contiguous(),
                  "weights": weights.float().contiguous()},
         json={"scores": values, "unit": params["unit"], "samples": n, "intercept": intercept, "r2": r2},
-        figures={"": token_figure(adapter, one, values, f"LIME ({n} samples, {params['unit']}s)", target)},
+        figures={"": lambda: token_figure(adapter, one, values, f"LIME ({n} samples, {params['unit']}s)", target)},
     )
 
 

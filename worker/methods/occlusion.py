@@ -69,7 +69,7 @@ def run(
     return MethodResult(
         tensors={"scores": scores.cpu().contiguous(), "drops": drops.cpu().contiguous()},
         json={"scores": listed, "window": width, "baseline": params["baseline"], "windows": len(spans)},
-        figures={"": token_figure(adapter, one, listed, title, target)},
+        figures={"": lambda: token_figure(adapter, one, listed, title, target)},
     )
 
 

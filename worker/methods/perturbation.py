@@ -90,7 +90,7 @@ def run(
     return MethodResult(
         tensors={"mask": mask.contiguous(), "scores": scores.contiguous()},
         json={"scores": values, "mask": mask.tolist(), "probability": float(p), "objective": float(loss)},
-        figures={"": token_figure(adapter, one, values, "meaningful perturbation (1 − mask)", target)},
+        figures={"": lambda: token_figure(adapter, one, values, "meaningful perturbation (1 − mask)", target)},
     )
 
 
