@@ -109,17 +109,40 @@ def scoring_methods(results: list[dict[str, Any]], methods: list[str]) -> list[s
     return [m for m in methods if results and all("word_scores" in r["methods"].get(m, {}) for r in results)]
 
 
-def sigma_layers(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per layer: spread of word information (−log σ/bound) and of sentence entropy (Guan Fig. 3/7)."""
+def sigma_layers(results: list[dict[str, Any]], concepts: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Per layer: spread of word information (−log σ/bound) and of sentence entropy (Guan Fig. 3/7); corpus-level
+    information (Eq. 1–2: worker.sigma.analysis.corpus_information over the items' token σ, for the items that state
+    ``bound`` and ``embedding_size``); and for each concept c the spread of r_{i,c} over the corpus's words (Eq. 8–9,
+    Fig. 8), from the items' per-word ``r`` (the sigma method's ``concepts`` param)."""
+    import torch
+
+    from worker.sigma.analysis import corpus_information
+
     info: dict[str, list[float]] = defaultdict(list)
     entropy: dict[str, list[float]] = defaultdict(list)
+    sigmas: dict[tuple[str, int, float], list[Any]] = defaultdict(list)
+    r: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for result in results:
-        for layer, part in result["methods"]["sigma"]["layers"].items():
+        sigma = result["methods"]["sigma"]
+        for layer, part in sigma["layers"].items():
             info[layer] += [s for s in part.get("word_scores", part["scores"]) if s is not None]
             if part.get("sentence_entropy") is not None:
                 entropy[layer].append(part["sentence_entropy"])
-    return {layer: {"word_information": _spread(info[layer]), "sentence_entropy": _spread(entropy[layer])}
-            for layer in info}
+            if sigma.get("bound") is not None and sigma.get("embedding_size") is not None:
+                values = [math.nan if v is None else v for v in part["sigma"]]
+                sigmas[(layer, int(sigma["embedding_size"]), float(sigma["bound"]))].append(
+                    torch.tensor(values, dtype=torch.float64))
+            for c in concepts:
+                r[layer][c] += [v for v in (part.get("r") or {}).get(c, []) if v is not None]
+    out = {layer: {"word_information": _spread(info[layer]), "sentence_entropy": _spread(entropy[layer])}
+           for layer in info}
+    for (layer, k, bound), values in sigmas.items():
+        if len(values) == len(results):  # one k and bound for every item (one model): the corpus estimate
+            out[layer]["corpus_information"] = corpus_information(values, k, bound)
+    for layer in out:
+        if concepts:
+            out[layer]["r"] = {c: _spread(r[layer][c]) for c in concepts}
+    return out
 
 
 def aggregate_model(results: list[dict[str, Any]], request: dict[str, Any]) -> dict[str, Any]:
@@ -147,7 +170,7 @@ def aggregate_model(results: list[dict[str, Any]], request: dict[str, Any]) -> d
     if len(scoring) > 1:
         out["agreement"] = method_agreement(results, scoring)
     if "sigma" in methods and results and all("sigma" in r["methods"] for r in results):
-        out["sigma"] = sigma_layers(results)
+        out["sigma"] = sigma_layers(results, list(request.get("concepts") or ()))
     return out
 
 

@@ -31,6 +31,9 @@ class Audits(MethodView):
         with rt.db.session() as s:
             items = audits.resolve_corpus(s, rt.store, tenant, body["corpus"], rt.settings)
             chosen = audits.sample(items, body["sample"], body["seed"])
+            if body.get("concepts") and "sigma" in body["methods"]:  # the items' sigma computes r_{i,c} for them
+                sigma = {"concepts": body["concepts"], **body["params"].get("sigma", {})}
+                body = {**body, "params": {**body["params"], "sigma": sigma}}
             revisions, checked = {}, body
             first = {k: v for k, v in chosen[0][1].items() if k != "label"}
             for name in body["models"]:  # methods, layers and params checked against each model, on item one

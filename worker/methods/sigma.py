@@ -20,16 +20,20 @@ Params (names are a contract): ``lambda`` (0.1), ``bound`` (default 10 × std of
 ``samples`` (noise draws per step per layer), ``max_steps``, ``lr`` (Adam on r, σ = bound·sigmoid(r)), ``init``
 (``linear``: the closed-form small-noise start from vector–Jacobian products; ``random``: the authors' r ~ N(0, 1);
 ``half``: σ = bound/2), ``restarts`` (extra starts from ``random``; the lowest re-estimated objective wins, per layer),
-``eval_samples`` (noise draws for the final objective), ``timestamps``.
+``eval_samples`` (noise draws for the final objective), ``timestamps``, ``concepts`` (concept name -> words: word
+attributes of Guan Eq. 8–9 per layer, below).
 
 JSON (DESIGN §9): ``{"layers": {name: {"sigma": [T], "scores": [T] = −log(σ/bound), "entropy": [T] = K/2·log(2πe) +
 K·log σ_i, "sentence_entropy": Σ entropy, "objective", "word_sigma", "word_scores", "word_entropy" (per word: geometric
 mean of σ / sums), "start_objectives": [per start], "start": index of the winning start}},
 "timestamps": {name: {"steps": [per step: the same fields]}}, "bound", "normalization" (used),
 "normalization_fallback" (bool), "embedding_size": K, "basin": {"starts", "rule", "steps", "converged"}}`` plus
-``params`` (as requested, filled by ``explain``).
+``params`` (as requested, filled by ``explain``). With ``concepts``, each layer entry also has, per word (null for
+words made only of specials), ``"A_i": [per word]``, ``"A_c": {concept: [per word]}``, ``"r": {concept: [per word]}``
+(r_{i,c} = A_i − A_c; p(x'|s) = N(x'; x_i, σ_i² I) with the word's σ; random words = the embedding table).
 Tensors: ``sigma.<layer>``, ``scores.<layer>``, ``entropy.<layer>`` (T each); ``sigma.<layer>@steps`` (T_dec×T) in
-timestamp mode. Figures: ``sigma.png`` (layers × words information map), ``sigma-timestamps.png`` (steps × tokens).
+timestamp mode. Figures: ``sigma.png`` (layers × words information map), ``sigma-timestamps.png`` (steps × tokens),
+``sigma-attributes.png`` (with ``concepts``: r_{i,c} per layer for the word with the most information, Fig. 8).
 """
 from __future__ import annotations
 
@@ -42,9 +46,10 @@ import torch
 from worker.methods.base import Method, MethodResult, Target
 from worker.models.base import Adapter, Encoding, InputError
 from worker.sigma import INITS, NORMALIZATIONS, Settings, View, fit, load_stats, scores, token_entropy
-from worker.sigma.analysis import word_sigma, word_values
+from worker.sigma.analysis import embedding_table, word_attributes, word_embedding, word_sigma, word_values
 
 MAX_STEPS = 5000
+MAX_CONCEPTS, MAX_CONCEPT_WORDS = 16, 500
 HEAD_LAYERS = ("pool", "output")
 
 _FIELDS = {
@@ -72,6 +77,12 @@ _FIELDS = {
                                       metadata={"description": "noise draws for the reported objective"}),
     "timestamps": ma.fields.List(ma.fields.String(), load_default=list,
                                  metadata={"description": "layers to explain once per time step (Guan Fig. 2)"}),
+    "concepts": ma.fields.Dict(keys=ma.fields.String(validate=ma.validate.Length(1, 100)),
+                               values=ma.fields.List(ma.fields.String(validate=ma.validate.Length(1, 100)),
+                                                     validate=ma.validate.Length(1, MAX_CONCEPT_WORDS)),
+                               load_default=dict, validate=ma.validate.Length(0, MAX_CONCEPTS),
+                               metadata={"description": "concept name -> its words: adds the word attributes A_i, "
+                                                        "A_c and r_{i,c} per layer (Guan Eq. 8-9, Fig. 8)"}),
 }
 
 
@@ -106,6 +117,36 @@ def _entry(sigma: torch.Tensor, k: int, bound: float, words: list[list[int]], ob
             "word_entropy": word_values(ent, words), "start_objectives": start_objectives, "start": start}
 
 
+def attributes(adapter: Adapter, one: Encoding, x: torch.Tensor, out_layers: dict[str, dict[str, Any]],
+               concepts: dict[str, list[str]]) -> None:
+    """Adds to each layer entry the word attributes of Guan Eq. 8-9 for every word (null for words made only of
+    special tokens): ``"A_i": [per word]``, ``"A_c": {concept: [per word]}``, ``"r": {concept: [per word]}``.
+
+    A word's embedding x_i is the mean of its tokens' rows of x, its σ per layer the word σ (geometric mean over its
+    tokens); a concept is the embeddings of its words (each the mean of its non-special tokens); the random-word
+    baseline E_{x'∈X_i} is the whole embedding table (padding row excluded)."""
+    table = embedding_table(adapter)
+    if table is None:
+        raise InputError(f"{adapter.name} has no embedding table to draw random words from; concepts need one")
+    table = table.to(x)
+    embedded = {c: torch.stack([word_embedding(adapter, w) for w in words]).to(x) for c, words in concepts.items()}
+    names = list(out_layers)
+    for entry in out_layers.values():
+        entry["A_i"], entry["A_c"], entry["r"] = [], {c: [] for c in concepts}, {c: [] for c in concepts}
+    for w, group in enumerate(one.words[0]):
+        special_only = all(one.special[0][t] for t in group)
+        if not special_only:
+            x_w = x[group].mean(0)
+            sigma_w = torch.tensor([out_layers[n]["word_sigma"][w] for n in names], dtype=x.dtype)
+            attrs = word_attributes(x_w, sigma_w, embedded, table)
+        for i, name in enumerate(names):
+            entry = out_layers[name]
+            entry["A_i"].append(None if special_only else float(attrs["A_i"][i]))
+            for c in concepts:
+                entry["A_c"][c].append(None if special_only else float(attrs["A_c"][c][i]))
+                entry["r"][c].append(None if special_only else float(attrs["r"][c][i]))
+
+
 def run(
     adapter: Adapter,
     encoding: Encoding,
@@ -138,6 +179,8 @@ def run(
         entries[view.name] = _entry(result.sigma[i][0], k, bound, words, float(result.objective[i, 0]),
                                     result.start_objectives[:, i, 0].tolist(), int(result.winner[i, 0]))
     out_layers = {name: entries[name] for name in layers}
+    if params["concepts"] and out_layers:
+        attributes(adapter, one, x[0], out_layers, params["concepts"])
     stamps = {name: {"steps": [entries[v.name] for v in views if v.layer == name and v.step is not None]}
               for name in params["timestamps"]}
     for name, entry in out_layers.items():
@@ -155,6 +198,14 @@ def run(
 
         grid = [[out_layers[n]["word_scores"][w] for w in shown] for n in layers]
         figures[""] = information_map_png(layers, [labels[w] for w in shown], grid, subtitle=subtitle)
+    if params["concepts"] and out_layers:
+        from worker.render.sigma import attributes_png
+
+        w = max(shown, key=lambda w: sum(out_layers[n]["word_scores"][w] for n in layers))
+        figures["attributes"] = attributes_png(layers, {c: [out_layers[n]["r"][c][w] for n in layers]
+                                                        for c in params["concepts"]}, labels[w],
+                                               title=f"word attributes of “{labels[w]}” per layer (the word "
+                                                     "with the most information over the layers)")
     for name, stamp in stamps.items():
         from worker.render.sigma import timestamp_map_png
 

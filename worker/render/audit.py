@@ -1,5 +1,5 @@
 """Audit charts (DESIGN §7): words most used per model (Guan Fig. 6), information per layer (Fig. 3/7 over a
-corpus), faithfulness lift per method — models side by side."""
+corpus), r_{i,c} per layer (Fig. 8), faithfulness lift per method — models side by side."""
 from __future__ import annotations
 
 from typing import Any
@@ -50,6 +50,30 @@ def sigma_layers_png(aggregates: dict[str, Any]) -> bytes:
         return figure_png(fig)
 
 
+def sigma_concepts_png(aggregates: dict[str, Any]) -> bytes:
+    """Guan Fig. 8 over a corpus: mean r_{i,c} = A_i − A_c per layer for each concept, one panel per model."""
+    models = [m for m, agg in aggregates["models"].items()
+              if any((v.get("r") or {}) for v in (agg.get("sigma") or {}).values())]
+    with style():
+        fig = Figure(figsize=(4.2 * len(models) + 0.8, 3.6))
+        for i, model in enumerate(models):
+            ax = fig.add_subplot(1, len(models), i + 1)
+            layers = aggregates["models"][model]["sigma"]
+            concepts = list(next(v["r"] for v in layers.values() if v.get("r")))
+            for j, concept in enumerate(concepts):
+                names = [n for n, v in layers.items() if (v.get("r") or {}).get(concept)]
+                ax.plot(names, [layers[n]["r"][concept]["mean"] for n in names], marker="o",
+                        color=PALETTE[j % len(PALETTE)], label=concept)
+            ax.set_title(model)
+            ax.set_ylabel("mean r(i, c) = A_i − A_c")
+            ax.tick_params(axis="x", rotation=30)
+            ax.legend(frameon=False, fontsize=8)
+        fig.suptitle("Word attributes per layer (lower = the concept is used more)", x=0.02, ha="left",
+                     fontweight="bold")
+        fig.tight_layout()
+        return figure_png(fig)
+
+
 def faithfulness_png(aggregates: dict[str, Any]) -> bytes:
     with style():
         fig = Figure(figsize=(7, 3.4))
@@ -80,6 +104,8 @@ def charts(aggregates: dict[str, Any], methods: list[str]) -> dict[str, bytes]:
         out[f"top-words-{method}.png"] = top_words_png(aggregates, method)
     if any(agg.get("sigma") for agg in aggregates["models"].values()):
         out["information-per-layer.png"] = sigma_layers_png(aggregates)
+    if any((v.get("r") or {}) for agg in aggregates["models"].values() for v in (agg.get("sigma") or {}).values()):
+        out["concepts-per-layer.png"] = sigma_concepts_png(aggregates)
     if any(part.get("faithfulness") for agg in aggregates["models"].values() for part in agg["methods"].values()):
         out["faithfulness.png"] = faithfulness_png(aggregates)
     return out
