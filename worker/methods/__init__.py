@@ -4,6 +4,7 @@ Adding a method = one new module with `METHOD = Method(...)` and one line in `_M
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import platform
 from collections.abc import Callable
@@ -22,9 +23,14 @@ _MODULES = ("gradient", "smoothgrad", "grad_x_input", "integrated_gradients", "o
 
 
 def registry() -> dict[str, Method]:
+    from worker.methods.sanity import load as load_sanity
+
+    sanity = load_sanity()  # the model-randomisation check's stored result, per method (worker/methods/sanity.py)
     methods = {}
     for module in _MODULES:
         method = importlib.import_module(f"worker.methods.{module}").METHOD
+        if method.name in sanity:
+            method = dataclasses.replace(method, sanity={**method.sanity, **sanity[method.name]})
         methods[method.name] = method
     return methods
 

@@ -3,15 +3,15 @@
 
 A mask m ∈ [0, 1]^T blends each token's embedding with a baseline (``"mask"``: the mask token's embedding;
 ``"zero"``): x̃ = m ⊙ x + (1 − m) ⊙ x'. The deletion game learns the smallest, smoothest deletion that destroys the
-target's probability:
+target's score S(y) (the job's ``score``; the logit by default, because a saturated probability has no gradient):
 
-    min_m  p(y | x̃) + area · mean_t (1 − m_t) + tv · mean_t |m_{t+1} − m_t|^β
+    min_m  S(x̃) / |S(x)| + area · mean_t (1 − m_t) + tv · mean_t |m_{t+1} − m_t|^β
 
 over the non-special tokens (specials stay at m = 1), with Adam (``lr``) for ``steps`` steps from m = 1, m clipped
 to [0, 1] after each step (as the authors do). Deterministic (no sampling), so it needs no seed. Token score =
 1 − m (higher = deleting it matters more); the raw mask is kept. Specials score 0.
 
-JSON: ``{"scores": [T floats], "mask": [T floats], "probability": p(y | x̃) at the end, "objective"}``.
+JSON: ``{"scores": [T floats], "mask": [T floats], "score": S(x̃) at the end, "objective"}``.
 Tensors: ``mask`` (T), ``scores`` (T).
 """
 from __future__ import annotations
@@ -62,14 +62,16 @@ def run(
     cand = candidates(one).to(x.device)
     free = torch.ones(len(cand), dtype=x.dtype, device=x.device, requires_grad=True)
     optimiser = torch.optim.Adam([free], lr=params["lr"])
-    index = int(target.index[0])
+    one_target = Target(target.index[:1], target.score)
+    with torch.no_grad():
+        scale = float(one_target(adapter.forward(x, one).logits)[0].abs().clamp_min(1e-6))
 
     def objective() -> tuple[torch.Tensor, torch.Tensor]:
         m = torch.ones(x.shape[1], dtype=x.dtype, device=x.device).index_put((cand,), free)
         blended = m.view(1, -1, 1) * x + (1 - m.view(1, -1, 1)) * baseline
-        p = adapter.forward(blended, one).logits.softmax(-1)[0, index]
+        score = one_target(adapter.forward(blended, one).logits)[0]
         tv = (free[1:] - free[:-1]).abs().pow(params["beta"]).mean() if len(cand) > 1 else free.sum() * 0
-        return p + params["area"] * (1 - free).mean() + params["tv"] * tv, p
+        return score / scale + params["area"] * (1 - free).mean() + params["tv"] * tv, score
 
     every = max(1, params["steps"] // 10)
     with torch.enable_grad():
@@ -89,7 +91,7 @@ def run(
     values = scores.tolist()
     return MethodResult(
         tensors={"mask": mask.contiguous(), "scores": scores.contiguous()},
-        json={"scores": values, "mask": mask.tolist(), "probability": float(p), "objective": float(loss)},
+        json={"scores": values, "mask": mask.tolist(), "score": float(p), "objective": float(loss)},
         figures={"": lambda: token_figure(adapter, one, values, "meaningful perturbation (1 − mask)", target)},
     )
 
