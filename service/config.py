@@ -51,6 +51,8 @@ class Settings:
     max_upload_bytes: int = 200_000_000
     max_audit_items: int = 10_000
     max_item_chars: int = 20_000  # per corpus item field, checked before anything is queued
+    max_samples: int = 10_000  # per method: samples / noisy copies (lime, smoothgrad, sigma)
+    max_steps: int = 2000  # per method: integration / optimisation steps (integrated_gradients, perturbation)
     model_root: str = ""  # server-side bundle paths must lie under this root (empty: none allowed)
 
     # HTTP

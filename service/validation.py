@@ -46,6 +46,7 @@ def check_request(adapter: Any, request: dict[str, Any], settings: Settings) -> 
         try:
             filled[name] = methods[name].params().load(params.get(name) or {})
             _finite(filled[name], f"params.{name}")
+            _within_limits(filled[name], settings)
         except ma.ValidationError as e:
             errors.setdefault("params", {})[name] = e.messages
         except ValueError as e:
@@ -66,3 +67,10 @@ def _finite(values: dict[str, Any], where: str) -> None:
     for key, value in values.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{where}.{key} must be a finite number")
+
+
+def _within_limits(values: dict[str, Any], settings: Settings) -> None:
+    """Work limits from configuration: ``samples`` ≤ max_samples, ``steps`` ≤ max_steps (LANTERN_MAX_*)."""
+    for key, limit in (("samples", settings.max_samples), ("steps", settings.max_steps)):
+        if isinstance(values.get(key), int) and values[key] > limit:
+            raise ValueError(f"{key} is {values[key]}; this service allows at most {limit} (LANTERN_MAX_{key.upper()})")
