@@ -201,11 +201,9 @@ def run(
     if params["concepts"] and out_layers:
         from worker.render.sigma import attributes_png
 
-        w = max(shown, key=lambda w: sum(out_layers[n]["word_scores"][w] for n in layers))
+        w = max(shown, key=lambda w: sum(out_layers[n]["word_scores"][w] for n in layers))  # the most-kept word
         figures["attributes"] = attributes_png(layers, {c: [out_layers[n]["r"][c][w] for n in layers]
-                                                        for c in params["concepts"]}, labels[w],
-                                               title=f"word attributes of “{labels[w]}” per layer (the word "
-                                                     "with the most information over the layers)")
+                                                        for c in params["concepts"]}, labels[w])
     for name, stamp in stamps.items():
         from worker.render.sigma import timestamp_map_png
 
