@@ -20,9 +20,9 @@ KEEP = ("tokens", "special", "words", "word_strings", "prediction", "target", "m
 
 
 def run_batch(rt: Runtime, job: Job, worker: str, progress) -> tuple[dict[str, Any], dict]:
-    from worker.methods import explain
-    from worker.models.base import InputError
-    from worker.runner import problem_of
+    """All unfinished items of the micro-batch in one engine pass (explain_batch); if that pass fails, item by
+    item, so one bad item costs only itself."""
+    from worker.methods import explain_batch
 
     with rt.db.session() as s:
         audit = s.get(Audit, job.audit_id)
@@ -34,31 +34,74 @@ def run_batch(rt: Runtime, job: Job, worker: str, progress) -> tuple[dict[str, A
             .order_by(AuditItem.position)).all()
     req = audit.request
     adapter = rt.adapters.get(ModelRef(job.model_name, job.model_revision, _is_zoo(rt, job)))
-    done = failed = 0
-    for n, item in enumerate(todo):
-        progress(n / max(1, len(todo)))
-        for attempt in range(1, rt.settings.max_attempts + 1):
-            try:
-                ex = explain(adapter, item.input, req["methods"], req.get("layers"), req["target"], req["score"],
-                             req["params"], req["seed"], figures=False)
-                write_item(rt, item.id, job.id, worker, "done", attempt,
-                           result={k: ex.result[k] for k in KEEP})
-                done += 1
-                break
-            except InputError as e:  # this item cannot be explained: no retry
-                write_item(rt, item.id, job.id, worker, "failed", attempt, error=problem_of(e))
-                failed += 1
-                break
-            except Exception as e:  # a transient failure gets the item's remaining attempts
-                if _stops_the_batch(e):
-                    raise
-                log.warning("audit %s item %d attempt %d failed: %s", audit.id, item.position, attempt,
-                            type(e).__name__)
-                if attempt == rt.settings.max_attempts:
-                    write_item(rt, item.id, job.id, worker, "failed", attempt, error=problem_of(e))
-                    failed += 1
+
+    def engine(items: list[AuditItem]) -> list[dict[str, Any]]:
+        explanations = explain_batch(adapter, [i.input for i in items], req["methods"], req.get("layers"),
+                                     req["target"], req["score"], req["params"], req["seed"], figures=False)
+        return [{k: ex.result[k] for k in KEEP} for ex in explanations]
+
+    progress(0.0)
+    fits = [item for item in todo if within_limit(rt, job, worker, adapter, item)]
+    failed_early, todo = len(todo) - len(fits), fits
+    try:
+        results = engine(todo) if todo else []
+    except Exception as e:
+        if _stops_the_batch(e):
+            raise
+        log.warning("audit %s batch %s: batched pass failed (%s); item by item", audit.id, job.request["batch"],
+                    type(e).__name__)
+        results = None
+    if results is not None:
+        for item, result in zip(todo, results, strict=True):
+            write_item(rt, item.id, job.id, worker, "done", 1, result=result)
+        done, failed = len(todo), failed_early
+    else:
+        done, failed = 0, failed_early
+        for n, item in enumerate(todo):
+            progress(n / len(todo))
+            ok = one_item(rt, job, worker, item, engine)
+            done, failed = done + ok, failed + (not ok)
     progress(1.0)
-    return {"items": len(todo), "done": done, "failed": failed}, {}
+    return {"items": done + failed, "done": done, "failed": failed}, {}
+
+
+def within_limit(rt: Runtime, job: Job, worker: str, adapter, item: AuditItem) -> bool:
+    """The service's token limit holds for audit items as for jobs; an item over it fails with the reason."""
+    from service.errors import Problem
+    from worker.models.base import InputError
+
+    try:
+        n = adapter.count_tokens(item.input)
+    except InputError as e:
+        error = Problem(422, "Cannot explain this input", str(e)).body()
+    else:
+        if n <= rt.settings.max_tokens:
+            return True
+        error = Problem(422, "Input too long", f"the input has {n} tokens; the limit is "
+                                               f"{rt.settings.max_tokens}").body()
+    write_item(rt, item.id, job.id, worker, "failed", 1, error=error)
+    return False
+
+
+def one_item(rt: Runtime, job: Job, worker: str, item: AuditItem, engine) -> bool:
+    """An item alone, with its remaining attempts for transient failures; an InputError is final at once."""
+    from worker.models.base import InputError
+    from worker.runner import problem_of
+
+    for attempt in range(1, rt.settings.max_attempts + 1):
+        try:
+            write_item(rt, item.id, job.id, worker, "done", attempt, result=engine([item])[0])
+            return True
+        except InputError as e:  # this item cannot be explained: no retry
+            write_item(rt, item.id, job.id, worker, "failed", attempt, error=problem_of(e))
+            return False
+        except Exception as e:
+            if _stops_the_batch(e):
+                raise
+            log.warning("audit item %d attempt %d failed: %s", item.position, attempt, type(e).__name__)
+            if attempt == rt.settings.max_attempts:
+                write_item(rt, item.id, job.id, worker, "failed", attempt, error=problem_of(e))
+    return False
 
 
 def _stops_the_batch(error: Exception) -> bool:

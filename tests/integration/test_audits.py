@@ -153,3 +153,16 @@ def test_too_many_items_and_good_upload(api, runtime):
     assert resp.status_code == 202 and resp.get_json()["counts"]["total"] == 2
     with runtime.db.session() as s:
         assert s.scalar(select(Audit).where(Audit.id == resp.get_json()["id"])).total == 2
+
+
+def test_a_bad_item_fails_alone(api, runtime):
+    """One item the model cannot take (over the token limit) fails with its reason; its batch-mates succeed."""
+    items = [{"text": "A fine film."}, {"text": "word " * 600}, {"text": "A dull film."}]
+    audit_id = api.post("/v1/audits", json={"model": "minilm-rt", "corpus": {"items": items},
+                                            "methods": ["gradient"], "batch_size": 3}).get_json()["id"]
+    run_all(runtime, audit_id)
+    doc = api.get(f"/v1/audits/{audit_id}").get_json()
+    assert doc["status"] == "succeeded" and doc["counts"] == {"total": 3, "done": 2, "failed": 1}
+    with runtime.db.session() as s:
+        bad = s.scalars(select(AuditItem).where(AuditItem.audit_id == audit_id, AuditItem.position == 1)).one()
+    assert bad.status == "failed" and bad.error["status"] == 422
