@@ -20,12 +20,12 @@ FILLER = ["the", "film", "story", "actor", "a", "with", "and", "its", "of", "sce
 METHODS = {
     "gradient": {}, "grad_x_input": {}, "smoothgrad": {"samples": 8, "batch_size": 8},
     "integrated_gradients": {"steps": 16, "baseline": "mask"}, "occlusion": {}, "lime": {"samples": 200},
-    "perturbation": {"steps": 30, "lr": 0.2},
+    "perturbation": {},
 }
 # measured on this task (20 held-out sentences): 1.0 for gradient, smoothgrad, IG (mask baseline), occlusion and
-# LIME; 0.35 for grad_x_input (its sign and the embedding norms mislead it); 0.15 for perturbation with its defaults
+# LIME; 0.65 for perturbation; 0.35 for grad_x_input (its sign and the embedding norms mislead it)
 MIN_HIT_RATE = {"gradient": 0.9, "smoothgrad": 0.9, "integrated_gradients": 0.9, "occlusion": 0.9, "lime": 0.9,
-                "grad_x_input": 0.2, "perturbation": 0.0}
+                "perturbation": 0.5, "grad_x_input": 0.2}
 LIFTED = ("gradient", "smoothgrad", "integrated_gradients", "occlusion", "lime")  # mean faithfulness lift > 0.05
 
 

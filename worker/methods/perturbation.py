@@ -7,8 +7,8 @@ target's score S(y) (the job's ``score``; the logit by default, because a satura
 
     min_m  S(x̃) / |S(x)| + area · mean_t (1 − m_t) + tv · mean_t |m_{t+1} − m_t|^β
 
-over the non-special tokens (specials stay at m = 1), with Adam (``lr``) for ``steps`` steps from m = 1, m clipped
-to [0, 1] after each step (as the authors do). Deterministic (no sampling), so it needs no seed. Token score =
+over the non-special tokens (specials stay at m = 1), with Adam (``lr``) for ``steps`` steps from m = 0.5 (from m = 1
+the gradient is often too flat to leave it), m clipped to [0, 1] after each step (as the authors do). Deterministic (no sampling), so it needs no seed. Token score =
 1 − m (higher = deleting it matters more); the raw mask is kept. Specials score 0.
 
 JSON: ``{"scores": [T floats], "mask": [T floats], "score": S(x̃) at the end, "objective"}``.
@@ -33,7 +33,7 @@ class PerturbationParams(ma.Schema):
                               metadata={"description": "optimisation steps"})
     lr = ma.fields.Float(load_default=0.1, allow_nan=False, validate=ma.validate.Range(1e-5, 10.0),
                          metadata={"description": "Adam learning rate"})
-    area = ma.fields.Float(load_default=0.1, allow_nan=False, validate=ma.validate.Range(0.0, 100.0),
+    area = ma.fields.Float(load_default=0.02, allow_nan=False, validate=ma.validate.Range(0.0, 100.0),
                            metadata={"description": "weight of the deleted fraction mean(1 − m)"})
     tv = ma.fields.Float(load_default=0.05, allow_nan=False, validate=ma.validate.Range(0.0, 100.0),
                          metadata={"description": "weight of the total variation of m along the tokens"})
@@ -60,7 +60,7 @@ def run(
     x = adapter.embed(one)
     baseline = baseline_embedding(adapter, one, params["baseline"])
     cand = candidates(one).to(x.device)
-    free = torch.ones(len(cand), dtype=x.dtype, device=x.device, requires_grad=True)
+    free = torch.full((len(cand),), 0.5, dtype=x.dtype, device=x.device, requires_grad=True)
     optimiser = torch.optim.Adam([free], lr=params["lr"])
     one_target = Target(target.index[:1], target.score)
     with torch.no_grad():
