@@ -29,9 +29,11 @@ def test_randomised_copy_differs_and_leaves_the_model_alone(minilm_rt):
     assert torch.equal(before, after)
 
 
-def test_gradient_depends_on_the_weights(minilm_rt):
-    result = check("minilm-rt", sentences=2, methods=["gradient"], log=lambda line: None)
-    assert result["gradient"]["spearman"] < 0.9 and result["gradient"]["sentences"] == 2
+def test_occlusion_depends_on_the_weights(minilm_rt):
+    """Occlusion's ranking changes with the weights (|ρ| well below 1). Vanilla gradient's does not much: its stored
+    ρ ≈ 0.89 flags it weak, as Adebayo et al. found for plain gradients."""
+    result = check("minilm-rt", sentences=2, methods=["occlusion"], log=lambda line: None)
+    assert abs(result["occlusion"]["spearman"]) < 0.7 and result["occlusion"]["sentences"] == 2
 
 
 def test_registry_carries_the_stored_check():
