@@ -11,8 +11,9 @@ statistics) or, as fallback, the mean of s² over the sentence's elements (``mea
 A *view* is one state s to explain: a layer (``"layer.3"``: all real positions × hidden units, Guan §5.2), a ``B×H``
 layer (``pool``, ``output``), or one time step of a ``B×T×H`` layer (``View("decoder", step=t)``: timestamp mode,
 Guan Fig. 2). :func:`fit` minimises L for every (restart, view, sentence) of a batch at once: each step draws
-``samples`` noise copies per group and runs **one** forward pass of ``samples × restarts × views × sentences``
-sequences, only as deep as the deepest view (``upto``); s is computed once. Groups stop on their own when their loss
+``samples`` noise copies per group and runs the ``samples × restarts × views × sentences`` sequences in one forward
+pass per layer, each only as deep as its layer (a view all of whose groups have stopped is no longer run); s is
+computed once. Groups stop on their own when their loss
 plateaus (the step size is halved on each plateau; a group is done after ``decays`` halvings), so a batch stops when
 its slowest group has converged or at ``max_steps``.
 
@@ -144,19 +145,32 @@ def element_weights(encoding: Encoding, views: Sequence[View], s: list[torch.Ten
 
 # ----------------------------------------------------------------------------------------------- objective
 def _noisy_states(adapter: Adapter, x: torch.Tensor, encoding: Encoding, views: Sequence[View],
-                  sigma: torch.Tensor, noise: torch.Tensor) -> list[torch.Tensor]:
-    """sigma: G×V×B×T, noise: n×G×V×B×T×K -> per view v the states of its copies, n×G×B×E."""
+                  sigma: torch.Tensor, noise: torch.Tensor,
+                  skip: Sequence[bool] | None = None) -> list[torch.Tensor | None]:
+    """sigma: G×V×B×T, noise: n×G×V×B×T×K -> per view v the states of its copies, n×G×B×E (None where skip[v]).
+
+    One forward pass per layer, over the copies of that layer's views only, run only as deep as that layer (views
+    of one layer, e.g. the time steps of timestamp mode, share their pass)."""
     n, g, nv, b = noise.shape[:4]
-    xt = x[None, None, None] + sigma[None, ..., None] * noise  # n×G×V×B×T×K
-    flat = xt.reshape(n * g * nv * b, *x.shape[1:])
-    out = _flat(states(adapter, flat, encoding.repeat(n * g * nv), views))
-    return [o.reshape(n, g, nv, b, -1)[:, :, v] for v, o in enumerate(out)]
+    out: list[torch.Tensor | None] = [None] * nv
+    for layer in dict.fromkeys(v.layer for v in views):
+        group = [i for i, v in enumerate(views) if v.layer == layer and not (skip is not None and skip[i])]
+        if not group:
+            continue
+        xt = x[None, None, None] + sigma[None, :, group, ..., None] * noise[:, :, group]  # n×G×V'×B×T×K
+        flat = xt.reshape(n * g * len(group) * b, *x.shape[1:])
+        got = _flat(states(adapter, flat, encoding.repeat(n * g * len(group)), [views[i] for i in group]))
+        for j, i in enumerate(group):
+            out[i] = got[j].reshape(n, g, len(group), b, -1)[:, :, j]
+    return out
 
 
-def _fit_loss(s_noisy: list[torch.Tensor], s: list[torch.Tensor], weights: list[torch.Tensor],
+def _fit_loss(s_noisy: list[torch.Tensor | None], s: list[torch.Tensor], weights: list[torch.Tensor],
               sigma: torch.Tensor, tokens: torch.Tensor, settings: Settings) -> torch.Tensor:
-    """G×V×B objective (noise term averaged over the n copies)."""
-    fit = torch.stack([((sn - sv[None, None]) ** 2 * w[None, None]).sum(-1).mean(0)
+    """G×V×B objective (noise term averaged over the n copies; 0 for a skipped view)."""
+    g, b = sigma.shape[0], sigma.shape[2]
+    fit = torch.stack([((sn - sv[None, None]) ** 2 * w[None, None]).sum(-1).mean(0) if sn is not None
+                       else sigma.new_zeros(g, b)
                        for sn, sv, w in zip(s_noisy, s, weights, strict=True)], dim=1)  # G×V×B
     logs = (torch.log(sigma.clamp_min(1e-30) / settings.bound) * tokens).sum(-1) / tokens.sum(-1)
     return fit - settings.lam * logs
@@ -281,7 +295,8 @@ def fit(
         sigma = settings.bound * torch.sigmoid(r)
         eps = _draw((samples, r_count, nv, b, t, k), generator, x) * tokens[None, None, None, :, :, None]
         with torch.enable_grad():
-            sn = _noisy_states(adapter, x, encoding, views, sigma, eps)
+            # views whose every (start, sentence) group has stopped are not run any more (they no longer move)
+            sn = _noisy_states(adapter, x, encoding, views, sigma, eps, skip=done.all(2).all(0).tolist())
             loss = _fit_loss(sn, s, weights, sigma, tokens, settings)  # R×V×B
             (grad,) = torch.autograd.grad(loss.sum(), r)
         with torch.no_grad():
