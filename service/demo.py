@@ -23,7 +23,8 @@ def _free_port() -> int:
 
 def start_embedded(data_dir: Path, port: int) -> tuple[subprocess.Popen, str]:
     """`lantern up` in a child process; returns it and the development key it printed."""
-    env = dict(os.environ, LANTERN_DATA_DIR=str(data_dir.resolve()), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, LANTERN_DATA_DIR=str(data_dir.resolve()), PYTHONUNBUFFERED="1",
+               LANTERN_LOG_LEVEL=os.environ.get("LANTERN_LOG_LEVEL", "WARNING"))  # the demo prints its own story
     proc = subprocess.Popen([sys.executable, "-m", "service.cli", "up", "--port", str(port)], env=env,
                             stdout=subprocess.PIPE, text=True)
     key = None
