@@ -69,11 +69,13 @@ def test_reaper_requeues_expired_leases_and_resends_lost_messages(runtime):
     with runtime.db.session() as s:
         s.execute(update(Job).where(Job.id == running).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
     counts = jobs.reap(runtime.db, runtime.settings, lambda job_id, queue: sent.append(job_id))
-    assert counts == {"requeued": 1, "dead": 0, "resent": 2, "finalizers": 0}  # `lost` never had enqueued_at set
-    assert sorted(sent) == sorted([running, lost])
+    # (on PostgreSQL the database is shared by the session: other tests' rows may be reaped too)
+    assert counts["requeued"] >= 1 and counts["dead"] == 0 and counts["resent"] == len(sent)
+    assert {running, lost} <= set(sent)  # `lost` never had enqueued_at set
     assert state(runtime, running).status == "queued" and state(runtime, running).lease_owner is None
     sent.clear()
-    assert jobs.reap(runtime.db, runtime.settings, lambda j, q: sent.append(j))["resent"] == 0  # not again soon
+    jobs.reap(runtime.db, runtime.settings, lambda j, q: sent.append(j))
+    assert not {running, lost} & set(sent)  # not again soon
 
 
 def test_dead_letter_after_max_attempts(runtime):
