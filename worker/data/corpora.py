@@ -2,7 +2,7 @@
 with an optional "label"."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 
 def _rt(split: str) -> list[dict[str, str]]:

@@ -25,12 +25,12 @@ from typing import Any
 import marshmallow as ma
 import torch
 
-from worker.methods.base import Method, MethodResult, Target
+from worker.methods.base import Method, MethodResult, Params, Target
 from worker.methods.perturb import candidates
 from worker.models.base import Adapter, Encoding, InputError
 
 
-class ActivationsParams(ma.Schema):
+class ActivationsParams(Params):
     layer = ma.fields.String(load_default=None, allow_none=True,
                              metadata={"description": "a per-token layer (default: the deepest one)"})
     top = ma.fields.Integer(load_default=10, strict=True, validate=ma.validate.Range(1, 256),
@@ -42,9 +42,6 @@ class ActivationsParams(ma.Schema):
                              metadata={"description": "one number per word (rank_by=correlation)"})
     pattern_regex = ma.fields.String(load_default=None, allow_none=True, validate=ma.validate.Length(1, 200),
                                      metadata={"description": "regex on the text marking the words of the pattern"})
-
-    class Meta:
-        unknown = ma.RAISE
 
 
 def per_token_layers(adapter: Adapter) -> list[str]:

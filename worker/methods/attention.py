@@ -23,20 +23,17 @@ import marshmallow as ma
 import torch
 
 from worker.methods.attention_maps import has_self_attention, transformer_view
-from worker.methods.base import Method, MethodResult, Target
+from worker.methods.base import Method, MethodResult, Params, Target
 from worker.models.base import Adapter, Encoding, InputError
 from worker.models.esim import is_esim
 
 
-class Params(ma.Schema):
+class Params(Params):
     figure_layer = ma.fields.String(load_default=None, allow_none=True,
                                     metadata={"description": "transformers: the layer whose heads are drawn "
                                                              "(default: the last)"})
     show_special = ma.fields.Boolean(load_default=False,
                                      metadata={"description": "transformers: draw [CLS]/[SEP] rows and columns"})
-
-    class Meta:
-        unknown = ma.RAISE
 
 
 def esim_view(adapter: Adapter, encoding: Encoding, target: Target | None, params: dict[str, Any]) -> MethodResult:

@@ -17,19 +17,16 @@ from typing import Any
 import marshmallow as ma
 
 from worker.methods.attention_maps import has_self_attention, rollout, self_attention
-from worker.methods.base import Method, MethodResult, Target
+from worker.methods.base import Method, MethodResult, Params, Target
 from worker.methods.gradient import token_figure
 from worker.models.base import Adapter, Encoding
 
 
-class RolloutParams(ma.Schema):
+class RolloutParams(Params):
     query = ma.fields.String(load_default="mean", validate=ma.validate.OneOf(("mean", "first")),
                              metadata={"description": "read the flow at the mean of all positions or at the first"})
     residual = ma.fields.Float(load_default=0.5, allow_nan=False, validate=ma.validate.Range(0.0, 1.0),
                                metadata={"description": "weight of the identity (residual connection) per layer"})
-
-    class Meta:
-        unknown = ma.RAISE
 
 
 def run(

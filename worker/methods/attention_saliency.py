@@ -16,19 +16,17 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import marshmallow as ma
 import torch
 
-from worker.methods.base import Method, MethodResult, Target
+from worker.methods.base import Method, MethodResult, Params, Target
 from worker.models.base import Adapter, Encoding
 from worker.models.esim import is_esim, require_esim
 
 TOP = 5
 
 
-class Params(ma.Schema):
-    class Meta:
-        unknown = ma.RAISE
+class AttentionSaliencyParams(Params):
+    """No parameters: the target and score of the request decide S(y)."""
 
 
 def energy_saliency(adapter: Adapter, encoding: Encoding, target: Target) -> dict[str, torch.Tensor]:
@@ -100,7 +98,7 @@ METHOD = Method(
     name="attention_saliency",
     summary="ESIM attention saliency |∂S(y)/∂e_ij| over the premise × hypothesis alignment energies "
             "(Ghaeini et al. 2018).",
-    params=Params,
+    params=AttentionSaliencyParams,
     run=run,
     needs_head=True,
     token_scores=False,

@@ -29,6 +29,13 @@ class Target:
         return values.gather(-1, self.index.view(-1, 1).to(values.device)).squeeze(-1)
 
 
+class Params(ma.Schema):
+    """Base of every method's parameter schema: an unknown parameter is an error, not silently ignored."""
+
+    class Meta:
+        unknown = ma.RAISE
+
+
 @dataclass
 class MethodResult:
     """Named tensors (one safetensors file per method), the JSON part of the job result, figures as PNG bytes."""

@@ -23,12 +23,12 @@ import marshmallow as ma
 import torch
 
 from worker.methods.attention_saliency import words_of
-from worker.methods.base import Method, MethodResult, Target
+from worker.methods.base import Method, MethodResult, Params, Target
 from worker.models.base import Adapter, Encoding
 from worker.models.esim import DIRECTIONS, GATES, LSTMS, is_esim, require_esim
 
 
-class Params(ma.Schema):
+class Params(Params):
     lstms = ma.fields.List(ma.fields.String(validate=ma.validate.OneOf(LSTMS)), load_default=list(LSTMS),
                            validate=ma.validate.Length(min=1))
     directions = ma.fields.List(ma.fields.String(validate=ma.validate.OneOf(DIRECTIONS)),
@@ -38,9 +38,6 @@ class Params(ma.Schema):
     figure_gates = ma.fields.List(ma.fields.String(validate=ma.validate.OneOf(GATES)),
                                   load_default=["input", "forget", "output"],
                                   metadata={"description": "gates drawn in the figures (the paper's three)"})
-
-    class Meta:
-        unknown = ma.RAISE
 
 
 def gate_saliency(adapter: Adapter, encoding: Encoding, target: Target,

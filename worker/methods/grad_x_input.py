@@ -10,16 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import marshmallow as ma
-
-from worker.methods.base import Method, MethodResult, Target
+from worker.methods.base import Method, MethodResult, Params, Target
 from worker.methods.gradient import input_gradient, token_figure
 from worker.models.base import Adapter, Encoding
 
 
-class GradXInputParams(ma.Schema):
-    class Meta:
-        unknown = ma.RAISE
+class GradXInputParams(Params):
+    """No parameters."""
 
 
 def run(

@@ -15,18 +15,15 @@ from typing import Any
 import marshmallow as ma
 import torch
 
-from worker.methods.base import Method, MethodResult, Target
+from worker.methods.base import Method, MethodResult, Params, Target
 from worker.models.base import Adapter, Encoding
 
 AGGREGATES = ("mean_abs", "l2")
 
 
-class GradientParams(ma.Schema):
+class GradientParams(Params):
     aggregate = ma.fields.String(load_default="mean_abs", validate=ma.validate.OneOf(AGGREGATES),
                                  metadata={"description": "per-token reduction of the gradient over embedding dims"})
-
-    class Meta:
-        unknown = ma.RAISE
 
 
 def input_gradient(adapter: Adapter, x: torch.Tensor, encoding: Encoding, target: Target) -> torch.Tensor:

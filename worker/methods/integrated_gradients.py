@@ -24,7 +24,7 @@ import marshmallow as ma
 import numpy as np
 import torch
 
-from worker.methods.base import Method, MethodResult, Target
+from worker.methods.base import Method, MethodResult, Params, Target
 from worker.methods.gradient import input_gradient, token_figure
 from worker.methods.perturb import BASELINES, baseline_embedding, batched_scores
 from worker.models.base import Adapter, Encoding
@@ -33,7 +33,7 @@ QUADRATURES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle
 MAX_STEPS = 1024
 
 
-class IntegratedGradientsParams(ma.Schema):
+class IntegratedGradientsParams(Params):
     baseline = ma.fields.String(load_default="zero", validate=ma.validate.OneOf(BASELINES),
                                 metadata={"description": "reference input: zero embeddings or all tokens masked"})
     steps = ma.fields.Integer(load_default=32, strict=True, validate=ma.validate.Range(2, MAX_STEPS),
@@ -42,9 +42,6 @@ class IntegratedGradientsParams(ma.Schema):
                               metadata={"description": "quadrature rule"})
     internal_batch_size = ma.fields.Integer(load_default=16, strict=True, validate=ma.validate.Range(1, 256),
                                             metadata={"description": "path points per forward/backward pass"})
-
-    class Meta:
-        unknown = ma.RAISE
 
 
 def quadrature(steps: int, method: str = "gausslegendre") -> tuple[torch.Tensor, torch.Tensor]:

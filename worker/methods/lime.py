@@ -23,7 +23,7 @@ from typing import Any
 import marshmallow as ma
 import torch
 
-from worker.methods.base import Method, MethodResult, Target
+from worker.methods.base import Method, MethodResult, Params, Target
 from worker.methods.gradient import token_figure
 from worker.methods.perturb import masked_probabilities
 from worker.models.base import Adapter, Encoding
@@ -31,7 +31,7 @@ from worker.models.base import Adapter, Encoding
 MAX_SAMPLES = 5000
 
 
-class LimeParams(ma.Schema):
+class LimeParams(Params):
     samples = ma.fields.Integer(load_default=500, strict=True, validate=ma.validate.Range(10, MAX_SAMPLES),
                                 metadata={"description": "perturbed samples (the first is the input itself)"})
     unit = ma.fields.String(load_default="word", validate=ma.validate.OneOf(("word", "token")),
@@ -42,9 +42,6 @@ class LimeParams(ma.Schema):
                             metadata={"description": "ridge penalty α of the local linear model"})
     batch_size = ma.fields.Integer(load_default=64, strict=True, validate=ma.validate.Range(1, 512),
                                    metadata={"description": "samples per forward pass"})
-
-    class Meta:
-        unknown = ma.RAISE
 
 
 def features(encoding: Encoding, unit: str) -> list[list[int]]:

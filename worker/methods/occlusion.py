@@ -20,22 +20,19 @@ from typing import Any
 import marshmallow as ma
 import torch
 
-from worker.methods.base import Method, MethodResult, Target
+from worker.methods.base import Method, MethodResult, Params, Target
 from worker.methods.gradient import token_figure
 from worker.methods.perturb import BASELINES, baseline_embedding, batched_scores, candidates
 from worker.models.base import Adapter, Encoding
 
 
-class OcclusionParams(ma.Schema):
+class OcclusionParams(Params):
     window = ma.fields.Integer(load_default=1, strict=True, validate=ma.validate.Range(1, 64),
                                metadata={"description": "tokens occluded together (1 = leave-one-out)"})
     baseline = ma.fields.String(load_default="mask", validate=ma.validate.OneOf(BASELINES),
                                 metadata={"description": "what replaces an occluded token's embedding"})
     batch_size = ma.fields.Integer(load_default=32, strict=True, validate=ma.validate.Range(1, 256),
                                    metadata={"description": "occluded copies per forward pass"})
-
-    class Meta:
-        unknown = ma.RAISE
 
 
 def run(

@@ -22,13 +22,13 @@ from typing import Any
 import marshmallow as ma
 import torch
 
-from worker.methods.base import Method, MethodResult, Target
+from worker.methods.base import Method, MethodResult, Params, Target
 from worker.methods.gradient import token_figure
 from worker.methods.perturb import BASELINES, baseline_embedding, candidates
 from worker.models.base import Adapter, Encoding
 
 
-class PerturbationParams(ma.Schema):
+class PerturbationParams(Params):
     steps = ma.fields.Integer(load_default=100, strict=True, validate=ma.validate.Range(1, 2000),
                               metadata={"description": "optimisation steps"})
     lr = ma.fields.Float(load_default=0.1, allow_nan=False, validate=ma.validate.Range(1e-5, 10.0),
@@ -41,9 +41,6 @@ class PerturbationParams(ma.Schema):
                            metadata={"description": "exponent of the total variation"})
     baseline = ma.fields.String(load_default="mask", validate=ma.validate.OneOf(BASELINES),
                                 metadata={"description": "what a deleted token's embedding is blended towards"})
-
-    class Meta:
-        unknown = ma.RAISE
 
 
 def run(

@@ -22,7 +22,7 @@ from typing import Any
 import marshmallow as ma
 import torch
 
-from worker.methods.base import Method, MethodResult, Target
+from worker.methods.base import Method, MethodResult, Params, Target
 from worker.methods.gradient import AGGREGATES, aggregate, input_gradient, token_figure
 from worker.models.base import Adapter, Encoding
 
@@ -30,7 +30,7 @@ MAX_SAMPLES = 10_000
 MAX_BATCH = 256
 
 
-class SmoothGradParams(ma.Schema):
+class SmoothGradParams(Params):
     samples = ma.fields.Integer(load_default=25, strict=True, validate=ma.validate.Range(1, MAX_SAMPLES),
                                 metadata={"description": "number of noisy copies n"})
     noise = ma.fields.Float(load_default=0.1, allow_nan=False, validate=ma.validate.Range(0.0, 1.0),
@@ -39,9 +39,6 @@ class SmoothGradParams(ma.Schema):
                                    metadata={"description": "noisy copies per forward/backward pass"})
     aggregate = ma.fields.String(load_default="mean_abs", validate=ma.validate.OneOf(AGGREGATES),
                                  metadata={"description": "per-token reduction of each copy's gradient"})
-
-    class Meta:
-        unknown = ma.RAISE
 
 
 def run(
