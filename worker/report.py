@@ -65,10 +65,14 @@ def spearman(a: list[float], b: list[float]) -> float | None:
 
 
 def word_shares(result: dict[str, Any], method: str) -> list[tuple[str, float]]:
-    """(lower-cased word, share of the item's total |score|) for the item's real words."""
+    """(lower-cased word, share of the item's total |score|) for the item's real words (specials and punctuation
+    left out)."""
     words = result.get("word_strings") or []
     scores = result["methods"][method].get("word_scores") or []
-    pairs = [(w.lower(), abs(s)) for w, s in zip(words, scores, strict=False) if _is_word(w)]
+    special = result.get("special") or []
+    groups = result.get("words") or [[] for _ in words]
+    pairs = [(w.lower(), abs(s)) for w, s, g in zip(words, scores, groups, strict=False)
+             if _is_word(w) and not (g and all(special[t] for t in g if t < len(special)))]
     total = sum(s for _, s in pairs)
     return [(w, s / total) for w, s in pairs] if total > 0 else []
 

@@ -64,10 +64,14 @@ def test_audit_end_to_end_in_process(api, runtime):
     agg = doc["aggregates"]["models"]["minilm-rt"]
     assert agg["accuracy"] == pytest.approx(
         sum(r["prediction"]["label"] == lab for r, lab in zip(results, labels, strict=True)) / 5)
+    def real_words(r: dict) -> list[tuple[str, float]]:  # no [CLS]/[SEP], no punctuation
+        return [(w.lower(), abs(x)) for w, x, g in zip(r["word_strings"], r["methods"]["gradient"]["word_scores"],
+                                                       r["words"], strict=True)
+                if any(c.isalnum() for c in w) and not all(r["special"][t] for t in g)]
+
     share: dict[str, float] = {}
     for r in results:
-        pairs = [(w.lower(), abs(x)) for w, x in zip(r["word_strings"], r["methods"]["gradient"]["word_scores"],
-                                                       strict=True) if any(c.isalnum() for c in w)]
+        pairs = real_words(r)
         total = sum(x for _, x in pairs)
         for w, x in pairs:
             share[w] = share.get(w, 0.0) + x / total
@@ -75,9 +79,8 @@ def test_audit_end_to_end_in_process(api, runtime):
     assert top[0]["word"] == max(share, key=share.get)
     assert all(t["total_share"] == pytest.approx(share[t["word"]]) for t in top)
     k = doc["request"]["top_k"]
-    stop = [sum(w in STOP_WORDS for w, _ in sorted(
-        [(w.lower(), abs(x)) for w, x in zip(r["word_strings"], r["methods"]["gradient"]["word_scores"], strict=True)
-         if any(c.isalnum() for c in w)], key=lambda p: -p[1])[:k]) / k for r in results]
+    stop = [sum(w in STOP_WORDS for w, _ in sorted(real_words(r), key=lambda p: -p[1])[:k]) / k for r in results]
+    assert not any(t["word"].startswith("[") for t in top)
     assert agg["methods"]["gradient"]["stop_word_share_top_k"] == pytest.approx(sum(stop) / 5)
     rho = [spearman(r["methods"]["gradient"]["word_scores"], r["methods"]["grad_x_input"]["word_scores"])
            for r in results]
