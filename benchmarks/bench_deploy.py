@@ -23,20 +23,11 @@ import time
 import uuid
 from pathlib import Path
 
-from benchmarks import Row
+from benchmarks import Row, ScratchDatabase, services_up
 
-PG = os.environ.get("LANTERN_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("LANTERN_TEST_REDIS", "redis://127.0.0.1:6379/0")
 CONCURRENCY = 8
 API_WORKERS = 2
-
-
-def _port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def _free_port() -> int:
@@ -86,27 +77,21 @@ def load(session_factory, call, *, total: int | None = None, seconds: float | No
 
 
 def run(quick: bool = False) -> list[Row]:
-    if not (_port_open("127.0.0.1", 5432) and _port_open("127.0.0.1", 6379)):
+    if not services_up():
         print("bench_deploy: PostgreSQL and Redis on 127.0.0.1 are needed; skipped")
         return []
-    import psycopg
     import redis
     import requests
 
     from service.auth import create_key
     from service.db import Database
-    from service.migrate import upgrade
 
-    name = f"lantern_bench_{uuid.uuid4().hex[:10]}"
-    admin = PG.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    db_url = PG.rsplit("/", 1)[0] + f"/{name}"
+    scratch = ScratchDatabase()
+    db_url = scratch.__enter__()
     tag = uuid.uuid4().hex[:8]
     queues = (f"bench-gpu-{tag}", f"bench-cpu-{tag}")
     proc = None
     try:
-        upgrade(db_url)
         db = Database(db_url)
         with db.session() as s:
             key = create_key(s, f"bench-{tag}")[1]
@@ -173,8 +158,7 @@ def run(quick: bool = False) -> list[Row]:
                 proc.kill()
         r = redis.Redis.from_url(REDIS)
         r.delete(*queues)
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        scratch.__exit__(None, None, None)
     failures = enq_fail + poll_fail + cached_fail
     if failures:
         raise RuntimeError(f"{failures} requests failed during the bench")
