@@ -33,11 +33,9 @@ class InputsSchema(Strict):
             raise ma.ValidationError("give text, or premise and hypothesis")
 
 
-class JobRequestSchema(Strict):
-    model = ma.fields.String(required=True, validate=validate.Length(1, 100))
-    compare_with = ma.fields.List(ma.fields.String(validate=validate.Length(1, 100)),
-                                  validate=validate.Length(max=3), load_default=list)
-    inputs = ma.fields.Nested(InputsSchema, required=True)
+class ExplanationFields(Strict):
+    """What a job and an audit ask of the engine: methods, layers, target, score, params, seed."""
+
     methods = ma.fields.List(ma.fields.String(validate=validate.Length(1, 50)), required=True,
                              validate=validate.Length(1, 8))
     layers = ma.fields.List(ma.fields.String(validate=validate.Length(1, 100)), validate=validate.Length(1, 64),
@@ -51,6 +49,13 @@ class JobRequestSchema(Strict):
     def distinct_methods(self, data: dict, **_: object) -> None:
         if len(set(data.get("methods", []))) != len(data.get("methods", [])):
             raise ma.ValidationError("each method may appear once", "methods")
+
+
+class JobRequestSchema(ExplanationFields):
+    model = ma.fields.String(required=True, validate=validate.Length(1, 100))
+    compare_with = ma.fields.List(ma.fields.String(validate=validate.Length(1, 100)),
+                                  validate=validate.Length(max=3), load_default=list)
+    inputs = ma.fields.Nested(InputsSchema, required=True)
 
 
 class ArtifactSchema(ma.Schema):
@@ -137,19 +142,11 @@ class CorpusSchema(Strict):
             raise ma.ValidationError("give exactly one of items, name, upload")
 
 
-class AuditRequestSchema(Strict):
+class AuditRequestSchema(ExplanationFields):
     model = ma.fields.String(validate=validate.Length(1, 100))
     models = ma.fields.List(ma.fields.String(validate=validate.Length(1, 100)), validate=validate.Length(1, 4))
     corpus = ma.fields.Nested(CorpusSchema, required=True)
-    methods = ma.fields.List(ma.fields.String(validate=validate.Length(1, 50)), required=True,
-                             validate=validate.Length(1, 8))
-    layers = ma.fields.List(ma.fields.String(validate=validate.Length(1, 100)), validate=validate.Length(1, 64),
-                            load_default=None)
-    target = ma.fields.String(load_default="predicted", validate=validate.Length(1, 100))
-    score = ma.fields.String(load_default="logit", validate=validate.OneOf(SCORES))
-    params = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.Dict(), load_default=dict)
     sample = ma.fields.Integer(validate=validate.Range(1, 10**6), strict=True, load_default=None)
-    seed = ma.fields.Integer(load_default=0, validate=validate.Range(0, 2**31 - 1), strict=True)
     batch_size = ma.fields.Integer(load_default=16, validate=validate.Range(1, 64), strict=True,
                                    metadata={"description": "items per worker pass (micro-batch)"})
     top_k = ma.fields.Integer(load_default=3, validate=validate.Range(1, 20), strict=True,
