@@ -77,7 +77,7 @@ def run(quick: bool = False) -> list[Row]:
     n_grad, n_sigma = (32, 4) if quick else (128, 12)
     base = {"model": "minilm-rt", "corpus": {"name": "rt-test"}, "seed": 0}
     gradient = {**base, "methods": ["gradient"], "sample": n_grad}
-    sigma = {**base, "methods": ["sigma"], "layers": ["layer.3"], "sample": n_sigma, "batch_size": 4}
+    sigma = {**base, "methods": ["sigma"], "layers": ["layer.3"], "sample": n_sigma, "batch_size": 1}  # spread out
     rows = []
     with ScratchDatabase() as db_url:
         def ips(workers: int, request: dict) -> float:
