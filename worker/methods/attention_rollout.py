@@ -17,8 +17,7 @@ from typing import Any
 import marshmallow as ma
 
 from worker.methods.attention_maps import has_self_attention, rollout, self_attention
-from worker.methods.base import Method, MethodResult, Params, Target
-from worker.methods.gradient import token_figure
+from worker.methods.base import Method, MethodResult, Params, Target, token_figure
 from worker.models.base import Adapter, Encoding
 
 

@@ -8,6 +8,8 @@ from typing import Any
 import marshmallow as ma
 import torch
 
+from worker.models.base import Adapter, Encoding
+
 SCORES = ("logit", "probability", "log_probability")
 
 
@@ -78,4 +80,28 @@ class Method:
 def word_scores(token_scores: list[float], words: list[list[int]]) -> list[float]:
     """Word score = sum of its tokens' scores (attributions are additive over subwords)."""
     return [float(sum(token_scores[t] for t in group)) for group in words]
+
+
+def token_figure(adapter: Adapter, encoding: Encoding, scores: list[float], title: str,
+                 target: Target | None) -> bytes:
+    """The token-score figure of item 0 (specials hidden), titled with the method and the target explained."""
+    from worker.render import token_scores_png
+
+    label = adapter.labels[int(target.index[0])] if adapter.labels and target is not None else None
+    subtitle = f"target: {label} ({target.score})" if label else None
+    return token_scores_png(encoding.tokens[0], encoding.special[0], encoding.words[0], scores,
+                            words=encoding.word_strings(0), title=title, subtitle=subtitle)
+
+
+def token_result(adapter: Adapter, encoding: Encoding, target: Target | None, scores: torch.Tensor, title: str,
+                 tensors: dict[str, torch.Tensor] | None = None, **extra: Any) -> MethodResult:
+    """The result of a token-scoring method on item 0: `scores` (T) as a tensor and in the JSON part, the other
+    tensors moved to the CPU, `extra` JSON fields, and the figure rendered only when asked for."""
+    values = scores.detach().cpu().tolist()
+    stored = {"scores": scores, **(tensors or {})}
+    return MethodResult(
+        tensors={name: t.detach().cpu().contiguous() for name, t in stored.items()},
+        json={"scores": values, **extra},
+        figures={"": lambda: token_figure(adapter, encoding, values, title, target)},
+    )
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from worker.methods.base import Method, MethodResult, Params, Target
-from worker.methods.gradient import input_gradient, token_figure
+from worker.methods.base import Method, MethodResult, Params, Target, token_result
+from worker.methods.gradient import input_gradient
 from worker.models.base import Adapter, Encoding
 
 
@@ -34,12 +34,8 @@ def run(
     attribution = (x * input_gradient(adapter, x, one, target))[0].detach()
     scores = attribution.sum(-1)
     progress(1.0)
-    values = scores.cpu().tolist()
-    return MethodResult(
-        tensors={"attribution": attribution.cpu().contiguous(), "scores": scores.cpu().contiguous()},
-        json={"scores": values},
-        figures={"": lambda: token_figure(adapter, one, values, "gradient × input (sum over embedding dims)", target)},
-    )
+    return token_result(adapter, one, target, scores, "gradient × input (sum over embedding dims)",
+                        {"attribution": attribution})
 
 
 METHOD = Method(

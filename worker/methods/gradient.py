@@ -15,7 +15,7 @@ from typing import Any
 import marshmallow as ma
 import torch
 
-from worker.methods.base import Method, MethodResult, Params, Target
+from worker.methods.base import Method, MethodResult, Params, Target, token_result
 from worker.models.base import Adapter, Encoding
 
 AGGREGATES = ("mean_abs", "l2")
@@ -40,15 +40,6 @@ def aggregate(grad: torch.Tensor, how: str = "mean_abs") -> torch.Tensor:
     if how == "l2":
         return grad.norm(dim=-1)
     return grad.abs().mean(dim=-1)
-
-
-def token_figure(adapter: Adapter, encoding: Encoding, scores: list[float], title: str, target: Target) -> bytes:
-    from worker.render import token_scores_png
-
-    label = adapter.labels[int(target.index[0])] if adapter.labels else None
-    subtitle = f"target: {label} ({target.score})" if label else None
-    return token_scores_png(encoding.tokens[0], encoding.special[0], encoding.words[0], scores,
-                            words=encoding.word_strings(0), title=title, subtitle=subtitle)
 
 
 def run(
@@ -81,14 +72,8 @@ def run_batch(
     for i in range(len(encoding)):
         one, grad = encoding.item(i), grads[i, : len(encoding.tokens[i])]
         scores = aggregate(grad, params["aggregate"])
-        values = scores.cpu().tolist()
-        item_target = Target(target.index[i : i + 1], target.score)
-        out.append(MethodResult(
-            tensors={"gradient": grad.cpu().contiguous(), "scores": scores.cpu().contiguous()},
-            json={"scores": values, "aggregate": params["aggregate"]},
-            figures={"": lambda one=one, values=values, t=item_target: token_figure(
-                adapter, one, values, "gradient saliency |∂S/∂x|", t)},
-        ))
+        out.append(token_result(adapter, one, Target(target.index[i : i + 1], target.score), scores,
+                                "gradient saliency |∂S/∂x|", {"gradient": grad}, aggregate=params["aggregate"]))
     progress(1.0)
     return out
 

@@ -24,8 +24,8 @@ import marshmallow as ma
 import numpy as np
 import torch
 
-from worker.methods.base import Method, MethodResult, Params, Target
-from worker.methods.gradient import input_gradient, token_figure
+from worker.methods.base import Method, MethodResult, Params, Target, token_result
+from worker.methods.gradient import input_gradient
 from worker.methods.perturb import BASELINES, baseline_embedding, batched_scores
 from worker.models.base import Adapter, Encoding
 
@@ -99,14 +99,9 @@ def run(
     scores = attribution.sum(-1)
     ends = batched_scores(adapter, one, torch.cat([x, baseline]), target)
     delta = float(attribution.sum() - (ends[0] - ends[1]))
-    values = scores.cpu().tolist()
     title = f"integrated gradients ({params['steps']} steps, {params['baseline']} baseline)"
-    return MethodResult(
-        tensors={"attribution": attribution.cpu().contiguous(), "scores": scores.cpu().contiguous()},
-        json={"scores": values, "baseline": params["baseline"], "steps": params["steps"], "method": params["method"],
-              "delta": delta},
-        figures={"": lambda: token_figure(adapter, one, values, title, target)},
-    )
+    return token_result(adapter, one, target, scores, title, {"attribution": attribution},
+                        baseline=params["baseline"], steps=params["steps"], method=params["method"], delta=delta)
 
 
 METHOD = Method(

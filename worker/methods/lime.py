@@ -23,8 +23,7 @@ from typing import Any
 import marshmallow as ma
 import torch
 
-from worker.methods.base import Method, MethodResult, Params, Target
-from worker.methods.gradient import token_figure
+from worker.methods.base import Method, MethodResult, Params, Target, token_result
 from worker.methods.perturb import masked_probabilities
 from worker.models.base import Adapter, Encoding
 
@@ -103,14 +102,10 @@ def run(
     for f, group in enumerate(groups):
         scores[group] = coefficients[f] / len(group)
     progress(1.0)
-    values = scores.tolist()
-    return MethodResult(
-        tensors={"scores": scores.float().contiguous(), "coefficients": coefficients.float().contiguous(),
-                 "design": design.contiguous(), "targets": targets.float().contiguous(),
-                 "weights": weights.float().contiguous()},
-        json={"scores": values, "unit": params["unit"], "samples": n, "intercept": intercept, "r2": r2},
-        figures={"": lambda: token_figure(adapter, one, values, f"LIME ({n} samples, {params['unit']}s)", target)},
-    )
+    return token_result(adapter, one, target, scores, f"LIME ({n} samples, {params['unit']}s)",
+                        {"scores": scores.float(), "coefficients": coefficients.float(), "design": design,
+                         "targets": targets.float(), "weights": weights.float()},
+                        unit=params["unit"], samples=n, intercept=intercept, r2=r2)
 
 
 METHOD = Method(

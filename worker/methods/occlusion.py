@@ -20,8 +20,7 @@ from typing import Any
 import marshmallow as ma
 import torch
 
-from worker.methods.base import Method, MethodResult, Params, Target
-from worker.methods.gradient import token_figure
+from worker.methods.base import Method, MethodResult, Params, Target, token_result
 from worker.methods.perturb import BASELINES, baseline_embedding, batched_scores, candidates
 from worker.models.base import Adapter, Encoding
 
@@ -61,13 +60,9 @@ def run(
     counts = cover.sum(0)
     scores = (drops @ cover) / counts.clamp_min(1.0)
     progress(1.0)
-    listed = scores.cpu().tolist()
     title = "leave-one-out (occlusion)" if width == 1 else f"occlusion, {width}-token windows"
-    return MethodResult(
-        tensors={"scores": scores.cpu().contiguous(), "drops": drops.cpu().contiguous()},
-        json={"scores": listed, "window": width, "baseline": params["baseline"], "windows": len(spans)},
-        figures={"": lambda: token_figure(adapter, one, listed, title, target)},
-    )
+    return token_result(adapter, one, target, scores, title, {"drops": drops}, window=width,
+                        baseline=params["baseline"], windows=len(spans))
 
 
 METHOD = Method(

@@ -22,8 +22,7 @@ from typing import Any
 import marshmallow as ma
 import torch
 
-from worker.methods.base import Method, MethodResult, Params, Target
-from worker.methods.gradient import token_figure
+from worker.methods.base import Method, MethodResult, Params, Target, token_result
 from worker.methods.perturb import BASELINES, baseline_embedding, candidates
 from worker.models.base import Adapter, Encoding
 
@@ -85,12 +84,8 @@ def run(
         loss, p = objective()
     mask = torch.ones(x.shape[1], dtype=x.dtype).index_put((cand.cpu(),), free.detach().cpu())
     scores = 1.0 - mask
-    values = scores.tolist()
-    return MethodResult(
-        tensors={"mask": mask.contiguous(), "scores": scores.contiguous()},
-        json={"scores": values, "mask": mask.tolist(), "score": float(p), "objective": float(loss)},
-        figures={"": lambda: token_figure(adapter, one, values, "meaningful perturbation (1 − mask)", target)},
-    )
+    return token_result(adapter, one, target, scores, "meaningful perturbation (1 − mask)", {"mask": mask},
+                        mask=mask.tolist(), score=float(p), objective=float(loss))
 
 
 METHOD = Method(

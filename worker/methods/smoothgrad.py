@@ -22,8 +22,8 @@ from typing import Any
 import marshmallow as ma
 import torch
 
-from worker.methods.base import Method, MethodResult, Params, Target
-from worker.methods.gradient import AGGREGATES, aggregate, input_gradient, token_figure
+from worker.methods.base import Method, MethodResult, Params, Target, token_result
+from worker.methods.gradient import AGGREGATES, aggregate, input_gradient
 from worker.models.base import Adapter, Encoding
 
 MAX_SAMPLES = 10_000
@@ -70,14 +70,9 @@ def run(
         progress((b + 1) / batches)
     grad_mean = grad_sum / samples
     scores = score_sum / samples
-    values = scores.cpu().tolist()
-    return MethodResult(
-        tensors={"gradient": grad_mean.cpu().contiguous(), "scores": scores.cpu().contiguous()},
-        json={"scores": values, "aggregate": params["aggregate"], "samples": samples, "noise": params["noise"],
-              "sigma": sigma},
-        figures={"": lambda: token_figure(adapter, one, values, f"SmoothGrad ({samples} samples, noise {params['noise']:g})",
-                                  target)},
-    )
+    return token_result(adapter, one, target, scores, f"SmoothGrad ({samples} samples, noise {params['noise']:g})",
+                        {"gradient": grad_mean}, aggregate=params["aggregate"], samples=samples,
+                        noise=params["noise"], sigma=sigma)
 
 
 METHOD = Method(
