@@ -13,12 +13,17 @@ the model's sigma statistics). It deliberately shares no code with ``worker.sigm
     python -m scripts.sigma_reference --out tests/fixtures/sigma/reference_minilm.json [--sentences 20]
         [--iterations 3000] [--layers embeddings layer.1 ...] [--threads 1]
 
+``--replicate I [I ...]`` re-runs fixture runs I with another seed into ``replicates``: how well the original
+procedure agrees with itself is the yardstick for how well Lantern can agree with it (σ of near-equal words rank at
+random from one seed to the next).
+
 Results are appended sentence by sentence and layer by layer, so a long run can be stopped and resumed (existing
 (sentence, layer) entries are skipped). Slow on purpose: ≈ 45 ms per iteration for MiniLM on a 2-core CPU.
 """
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import math
 import os
@@ -103,6 +108,30 @@ def evaluate(adapter, text: str, layer: str, sigma: list[float], lam: float, bou
     return total / samples - lam * float(torch.log(torch.tensor(sigma) / bound).mean())
 
 
+def save(path: Path, change) -> None:
+    """Re-read the file, apply `change`, replace atomically, under a lock: a runs writer and a replicates writer
+    may share the file."""
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        doc = json.loads(path.read_text())
+        change(doc)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=1))
+        tmp.replace(path)
+
+
+def replicate(adapter, doc: dict, indices: list[int], out: Path) -> None:
+    done = {r["run"] for r in doc.get("replicates", [])}
+    for i in indices:
+        if i in done:
+            continue
+        run = doc["runs"][i]
+        result = run_one(adapter, run["text"], run["layer"], doc["lambda"], doc["bound"], doc["iterations"],
+                         run["seed"] + 1000)
+        save(out, lambda d, r={**result, "run": i}: d.setdefault("replicates", []).append(r))
+        print(f"replicate of run {i}: {result['seconds']:.0f}s", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="all-minilm-l6-v2")
@@ -115,6 +144,8 @@ def main() -> None:
     parser.add_argument("--normalization", default="mean_square", choices=("mean_square",))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--replicate", type=int, nargs="*", default=None,
+                        help="re-run these fixture runs with seed + 1000 into 'replicates'")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
@@ -129,17 +160,18 @@ def main() -> None:
         "normalization": args.normalization, "iterations": args.iterations, "procedure":
         "authors' Interpreter.py: r~N(0,1), sigma=bound*sigmoid(r), one noise draw per step, Adam lr 0.01, "
         "lowest-loss state kept", "torch": torch.__version__, "threads": args.threads, "runs": []}
-    have = {(r["text"], r["layer"]) for r in doc["runs"]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if not args.out.exists():
+        args.out.write_text(json.dumps(doc, indent=1))
+    if args.replicate is not None:
+        return replicate(adapter, doc, args.replicate, args.out)
+    have = {(r["text"], r["layer"]) for r in doc["runs"]}
     for i, text in enumerate(reference_sentences(args.sentences)):
         for layer in layers:
             if (text, layer) in have:
                 continue
             result = run_one(adapter, text, layer, doc["lambda"], doc["bound"], doc["iterations"], args.seed + i)
-            doc["runs"].append(result)
-            tmp = args.out.with_suffix(".tmp")
-            tmp.write_text(json.dumps(doc, indent=1))
-            tmp.replace(args.out)
+            save(args.out, lambda d, r=result: d["runs"].append(r))
             print(f"{i} {layer} {result['seconds']:.0f}s {result['seconds_per_iteration'] * 1e3:.1f} ms/it", flush=True)
 
 
