@@ -19,7 +19,7 @@ from worker.methods.faithfulness import faithfulness
 from worker.models.base import Adapter, Encoding, InputError
 
 _MODULES = ("gradient", "smoothgrad", "grad_x_input", "integrated_gradients", "occlusion", "perturbation",
-            "lime", "sigma", "attention", "attention_saliency", "gating", "attention_rollout", "activations")
+            "lime", "lrp", "sigma", "attention", "attention_saliency", "gating", "attention_rollout", "activations")
 
 
 def registry() -> dict[str, Method]:
