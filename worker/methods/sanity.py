@@ -68,7 +68,8 @@ def check(model: str = "minilm-rt", sentences: int = 50, methods: list[str] | No
 
     table = registry()
     trained = load_model(model).load()
-    methods = methods or [m.name for m in table.values() if m.token_scores and m.needs_head and m.name != "sigma"]
+    methods = methods or [m.name for m in table.values() if m.token_scores and m.needs_head and m.name != "sigma"
+                          and (m.applies is None or m.applies(trained))]  # e.g. lrp: the CNN only
     random_model = randomised(trained)
     rhos: dict[str, list[float]] = {m: [] for m in methods}
     lifts: dict[str, list[float]] = {m: [] for m in methods}
