@@ -29,7 +29,9 @@ def check_request(adapter: Any, request: dict[str, Any], settings: Settings) -> 
     if misfit:
         raise invalid(f"{misfit} do not apply to {adapter.name}", "methods")
     if adapter.has_head and request["target"] != "predicted" and request["target"] not in adapter.labels:
-        raise invalid(f"unknown target {request['target']!r}; labels are {adapter.labels}", "target")
+        from worker.methods import some_labels
+
+        raise invalid(f"unknown target {request['target']!r}; labels are {some_labels(adapter.labels)}", "target")
 
     layers = request.get("layers")
     if layers is not None:

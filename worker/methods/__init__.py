@@ -57,7 +57,7 @@ def resolve_target(adapter: Adapter, logits: torch.Tensor | None, target: str) -
     if target in (None, "predicted"):
         return logits.argmax(-1)
     if target not in adapter.labels:
-        raise InputError(f"unknown target {target!r}; this model's labels are {adapter.labels}")
+        raise InputError(f"unknown target {target!r}; this model's labels are {some_labels(adapter.labels)}")
     return torch.full((logits.shape[0],), adapter.labels.index(target), dtype=torch.long)
 
 
@@ -193,11 +193,27 @@ def compare_figures(methods: list[str], results: dict[str, dict[str, Any]]) -> d
     return out
 
 
+PREDICTION_TOP = 20  # a model with more labels (a language model: its vocabulary) lists its most probable only
+
+
 def prediction(adapter: Adapter, logits: torch.Tensor | None) -> dict[str, Any] | None:
+    """The predicted label and the probabilities of all labels, or of the PREDICTION_TOP most probable (in order)
+    when the model has more labels than that."""
     if logits is None or not adapter.has_head:
         return None
-    probs = logits[0].softmax(-1).tolist()
-    return {"label": adapter.labels[int(logits[0].argmax())], "probabilities": dict(zip(adapter.labels, probs, strict=True))}
+    probs = logits[0].softmax(-1)
+    if len(adapter.labels) > PREDICTION_TOP:
+        top = probs.topk(PREDICTION_TOP)
+        pairs = [(adapter.labels[int(i)], float(p)) for p, i in zip(top.values, top.indices, strict=True)]
+    else:
+        pairs = list(zip(adapter.labels, probs.tolist(), strict=True))
+    return {"label": adapter.labels[int(logits[0].argmax())], "probabilities": dict(pairs)}
+
+
+def some_labels(labels: list[str], limit: int = 20) -> str:
+    """A label list for a message: all of a classifier's, the first `limit` of a language model's vocabulary."""
+    shown = ", ".join(map(repr, labels[:limit]))
+    return f"[{shown}]" if len(labels) <= limit else f"[{shown}, …] ({len(labels)} in all)"
 
 
 def provenance(adapter: Adapter, seed: int) -> dict[str, Any]:

@@ -65,6 +65,7 @@ ADAPTERS = {
     "transformer": "worker.models.transformer:TransformerAdapter",
     "seq2seq": "worker.models.seq2seq:Seq2SeqAdapter",
     "esim": "worker.models.esim:ESIMAdapter",
+    "lstm_lm": "worker.models.lstm_lm:LSTMLanguageModelAdapter",
 }
 # files and folders that carry no model content (left out of validation and of the revision)
 _IGNORED = frozenset({".git", "__pycache__", ".gitattributes", ".DS_Store"})

@@ -216,6 +216,8 @@ TRAINERS: dict[str, ZooTrainer] = {
                           _deferred("worker.zoo.esim", "train_esim", "esim-50")),
     "esim-300": ZooTrainer("esim-300", "ESIM, spaCy 300-d vectors, hidden 100, on the generated NLI corpus",
                            _deferred("worker.zoo.esim", "train_esim", "esim-300")),
+    "lstm-lm-rt": ZooTrainer("lstm-lm-rt", "word-level LSTM language model with attention over the history, Rotten "
+                             "Tomatoes sentences", _deferred("worker.zoo.lstm_lm", "train_lstm_lm")),
 }
 
 
