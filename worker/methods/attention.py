@@ -13,6 +13,19 @@
   "head_average": L×T×T, "figure_layer"}``; tensors ``attention`` (L×H×T×T), ``head_average`` (L×T×T); figures: the
   head averages of all layers (``attention.png``) and every head of ``figure_layer`` (``attention-heads.png``),
   specials hidden unless ``show_special``.
+- LSTM language model (:mod:`worker.models.lstm_lm`; the blog's textgenrnn heat maps): the attention over the
+  history at each step. With ``generate`` = n > 0 the text is first extended greedily by up to n words
+  (deterministic; ``MAX_GENERATE`` and the model's ``max_tokens`` cap it; it stops after ``</s>``); the sequence
+  is then ``<s>``, the text's words, and the generated words but the last (which no step reads). Row t is the
+  step at position t: it reads tokens 0..t and predicts the word after token t.
+  JSON: ``{"view": "lm", "shape": [T, T], "tokens": the history (T), "special": [bool] (T), "text_tokens": how many
+  tokens come from the text (the rest were generated), "generated": the generated words (n or fewer),
+  "predicted": per step the greedy word (argmax of the logits, ``<pad>``/``<unk>``/``<s>`` excluded; for a
+  generated step, the word generated there), "next": per step the token that follows in the sequence (the last
+  step: the last generated word, or null without generation), "generated_steps": [bool] (T: the step predicted a
+  generated word), "history": T×T (row t: weights over positions 0..t, zeros beyond t; rows sum to 1)}``;
+  tensor ``attention`` (T×T); figure: rows = steps labelled by the word predicted there (``→ word`` for a
+  generated one), columns = the history words, lighter = more attention.
 """
 from __future__ import annotations
 
@@ -26,6 +39,9 @@ from worker.methods.attention_maps import has_self_attention, transformer_view
 from worker.methods.base import Method, MethodResult, Params, Target
 from worker.models.base import Adapter, Encoding, InputError
 from worker.models.esim import is_esim
+from worker.models.lstm_lm import EOS, is_language_model
+
+MAX_GENERATE = 50  # words the language-model view may generate
 
 
 class Params(Params):
@@ -34,6 +50,9 @@ class Params(Params):
                                                              "(default: the last)"})
     show_special = ma.fields.Boolean(load_default=False,
                                      metadata={"description": "transformers: draw [CLS]/[SEP] rows and columns"})
+    generate = ma.fields.Integer(load_default=0, strict=True, validate=ma.validate.Range(0, MAX_GENERATE),
+                                 metadata={"description": "language models: greedily generate this many words "
+                                                          "after the text first (0 = explain the text as given)"})
 
 
 def esim_view(adapter: Adapter, encoding: Encoding, target: Target | None, params: dict[str, Any]) -> MethodResult:
@@ -62,9 +81,44 @@ def esim_view(adapter: Adapter, encoding: Encoding, target: Target | None, param
     )
 
 
+def lm_view(adapter: Adapter, encoding: Encoding, target: Target | None, params: dict[str, Any]) -> MethodResult:
+    one = encoding.item(0)
+    generated = adapter.generate(one, params.get("generate") or 0)
+    seq = adapter.extend(one, generated[:-1])
+    with torch.no_grad():
+        trace = adapter.forward(adapter.embed(seq), seq, capture=["history", "output"])
+    history = trace.attention["history"][0, 0].float().cpu()  # T×T
+    chosen = adapter.allowed(trace.layers["output"][0]).argmax(-1).tolist()
+    predicted = [adapter.vocab.tokens[i] for i in chosen]
+    tokens, n_text = seq.tokens[0], len(one.tokens[0])
+    following = [*tokens[1:], generated[-1] if generated else None]
+    steps = [t >= n_text - 1 and bool(generated) for t in range(len(tokens))]
+
+    def figure() -> bytes:
+        from worker.render.maps import heatmaps_png
+
+        rows = [f"→ {w}" if gen else w for w, gen in zip(predicted, steps, strict=True)]
+        text = " ".join(t for t, special in zip(one.tokens[0], one.special[0], strict=True) if not special)
+        more = " " + " ".join(w for w in generated if w != EOS) if generated else ""
+        return heatmaps_png([("attention over the history", history.numpy())], rows, tokens,
+                            f"attention — {adapter.name}",
+                            subtitle=f"{text}{' ⟶' + more if generated else ''}\nrows: the word predicted at each step"
+                                     f"{' (→ generated, greedy)' if generated else ''}; columns: the history; "
+                                     "lighter = more attention",
+                            columns=1, colour_label="attention weight", cmap="magma")
+
+    return MethodResult(
+        tensors={"attention": history.contiguous()},
+        json={"view": "lm", "shape": list(history.shape), "tokens": tokens, "special": seq.special[0],
+              "text_tokens": n_text, "generated": generated, "predicted": predicted, "next": following,
+              "generated_steps": steps, "history": history.tolist()},
+        figures={"": figure},
+    )
+
+
 # (applies to this adapter?, view): the first that applies runs
 VIEWS: list[tuple[Callable[[Adapter], bool], Callable[..., MethodResult]]] = [
-    (is_esim, esim_view), (has_self_attention, transformer_view)]
+    (is_esim, esim_view), (is_language_model, lm_view), (has_self_attention, transformer_view)]
 
 
 def applies(adapter: Adapter) -> bool:
@@ -83,7 +137,8 @@ def run(adapter: Adapter, encoding: Encoding, target: Target | None, params: dic
 METHOD = Method(
     name="attention",
     summary="The model's attention weights after softmax (ESIM: the premise × hypothesis alignment, both "
-            "directions; transformers: per layer and head, and the head average).",
+            "directions; transformers: per layer and head, and the head average; LSTM language model: the weights "
+            "over the history at each step, optionally after greedy generation).",
     params=Params,
     run=run,
     needs_head=False,

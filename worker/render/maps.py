@@ -24,8 +24,10 @@ def heatmaps_png(
     columns: int = 3,
     signed: bool = False,
     colour_label: str = "",
+    cmap: str | None = None,
 ) -> bytes:
-    """panels: (panel title, rows × cols values). Tick labels are drawn on every panel when they fit."""
+    """panels: (panel title, rows × cols values). Tick labels are drawn on every panel when they fit. `cmap`
+    replaces the unsigned colour map (e.g. ``"magma"``: lighter = higher, as in textgenrnn's attention maps)."""
     n = len(panels)
     columns = max(1, min(columns, n))
     rows = math.ceil(n / columns)
@@ -38,7 +40,7 @@ def heatmaps_png(
     stack = np.stack([np.asarray(v, dtype=float) for _, v in panels]) if panels else np.zeros((1, 1, 1))
     bound = float(np.nanmax(np.abs(stack))) or 1.0
     kwargs = ({"cmap": DIVERGING, "norm": TwoSlopeNorm(0.0, -bound, bound)} if signed
-              else {"cmap": SEQUENTIAL, "vmin": min(0.0, float(np.nanmin(stack))), "vmax": bound})
+              else {"cmap": cmap or SEQUENTIAL, "vmin": min(0.0, float(np.nanmin(stack))), "vmax": bound})
     with style():
         fig = Figure(figsize=(max(4.0, columns * pw * scale + 1.2), max(2.5, rows * ph * scale + 0.9)),
                      layout="constrained")
