@@ -136,7 +136,7 @@ def train_lstm_lm(out_dir: Path, seed: int, log: Log) -> dict[str, Any]:
     from worker.zoo.glove import embedding_rows
 
     texts = {split: [text for text, _ in rt_split(split)] for split in ("train", "dev", "test")}
-    vocab = rt_vocabulary(texts["train"])
+    vocab = rt_vocabulary(texts["train"], VOCAB_WORDS, MIN_COUNT)
     config = config_for(len(vocab))
     torch.manual_seed(seed)
     module = LSTMLanguageModelAdapter.architecture(MODEL, len(vocab), len(vocab))
