@@ -29,7 +29,10 @@ the ``output`` row at each item's last real position. So every method that score
 integrated gradients, …) explains "which history words drive the predicted next word after the text".
 :meth:`generate` extends a text greedily (used by the ``attention`` method's language-model view).
 
-``config["model"]``: ``embedding_size``, ``hidden_size``, ``layers``, ``dropout`` (training only).
+``config.json`` says ``"labels": "vocab"`` (the labels are vocab.txt, which must hold ``<pad> <unk> <s> </s>``);
+``describe()`` lists them all (a few thousand words), the job result's ``prediction.probabilities`` only the most
+probable (:data:`worker.methods.PREDICTION_TOP`). ``config["model"]``: ``embedding_size``, ``hidden_size``,
+``layers``, ``dropout`` (training only).
 """
 from __future__ import annotations
 
