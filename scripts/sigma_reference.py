@@ -92,20 +92,26 @@ def evaluate(adapter, text: str, layer: str, sigma: list[float], lam: float, bou
              seed: int = 12345, chunk: int = 32) -> float:
     """The objective (mean_square form above) at fixed σ, averaged over `samples` noise draws: the independent
     evaluator the tests use for both the reference's and Lantern's σ."""
+    return float(objective_draws(adapter, text, layer, sigma, lam, bound, samples, seed, chunk).mean())
+
+
+def objective_draws(adapter, text: str, layer: str, sigma: list[float], lam: float, bound: float,
+                    samples: int = 256, seed: int = 12345, chunk: int = 32) -> torch.Tensor:
+    """The objective per noise draw (`samples` values). The draws depend only on the seed and the shapes, so two σ
+    of one (text, layer) evaluated with the same seed are compared draw by draw (a paired difference)."""
     enc = adapter.encode({"text": text})
     x = adapter.embed(enc)  # 1×T×K
     sig = torch.tensor(sigma, dtype=x.dtype)[None, :, None]
     gen = torch.Generator().manual_seed(seed)
+    fits = []
     with torch.no_grad():
         s = layer_state(adapter, x, enc, layer)
-        total, done = 0.0, 0
-        while done < samples:
+        for done in range(0, samples, chunk):
             n = min(chunk, samples - done)
-            noisy = x + sig * torch.randn((n, *x.shape[1:]), generator=gen)
-            s_tilde = layer_state(adapter, noisy, enc.repeat(n), layer)
-            total += float((((s_tilde - s) ** 2).mean((1, 2)) / (s ** 2).mean()).sum())
-            done += n
-    return total / samples - lam * float(torch.log(torch.tensor(sigma) / bound).mean())
+            eps = torch.randn((n, *x.shape[1:]), generator=gen)
+            s_tilde = layer_state(adapter, x + sig * eps, enc.repeat(n), layer)
+            fits.append(((s_tilde - s) ** 2).mean((1, 2)) / (s ** 2).mean())
+    return torch.cat(fits).double() - lam * float(torch.log(torch.tensor(sigma) / bound).mean())
 
 
 def save(path: Path, change) -> None:
