@@ -232,6 +232,74 @@ def rationale_hit_rates(adapter, pairs: list[Pair], batch_size: int = 64) -> dic
             for key, row in tally.items()}
 
 
+# token-scoring methods that apply to ESIM, with light settings (the hit-rate measure and its test)
+TOKEN_METHODS: dict[str, dict[str, Any]] = {
+    "gradient": {}, "grad_x_input": {}, "integrated_gradients": {"steps": 16}, "smoothgrad": {"samples": 8},
+    "occlusion": {}, "perturbation": {"steps": 50}, "lime": {"samples": 200},
+}
+
+
+def rationale_token_indices(adapter, encoding, pair: Pair, i: int = 0) -> list[int]:
+    """The joint token indices (the adapter's, specials skipped) of the pair's rationale: premise ∪ hypothesis
+    positions of :func:`worker.models.words.tokenize`. Raises ValueError if the adapter's words are not the
+    tokenizer's (the positions would then not map)."""
+    out = []
+    for key, joint in zip(("premise", "hypothesis"), adapter.sentence_tokens(encoding, i), strict=True):
+        words = [t for t in joint if not encoding.special[i][t]]
+        expected = [t for t, _, _ in tokenize(getattr(pair, key))]
+        if [encoding.tokens[i][t] for t in words] != expected:
+            raise ValueError(f"the adapter's {key} tokens {[encoding.tokens[i][t] for t in words]} are not "
+                             f"the corpus's {expected}")
+        out += [words[p] for p in pair.rationale[key]]
+    return sorted(out)
+
+
+def method_hit_rates(adapter, pairs: list[Pair], methods: dict[str, dict[str, Any]] | None = None,
+                     batch_size: int = 32, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """How often each token-scoring method's top tokens are rationale tokens (premise ∪ hypothesis), per gold label
+    and overall, with the scores and faithfulness that ``explain_batch`` returns (target = the model's decision):
+
+    - ``top1``: the share of pairs whose highest-scored non-special token (ties: the earlier token, as
+      faithfulness ranks) is a rationale token;
+    - ``topk``: the mean share of rationale tokens among the top k, k = the rationale's size (precision = recall
+      at k);
+    - ``chance``: the mean of |rationale| / (non-special tokens), the expected value of both for a random ranking;
+    - ``lift``: the mean faithfulness lift (comprehensiveness − random comprehensiveness).
+
+    `methods`: {name: params}, default :data:`TOKEN_METHODS`. Pairs without a rationale are skipped."""
+    from worker.methods import explain_batch
+    from worker.methods.faithfulness import ranking
+
+    methods = TOKEN_METHODS if methods is None else methods
+    pairs = [p for p in pairs if p.rationale.get("premise") or p.rationale.get("hypothesis")]
+    tally: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        inputs = [{"premise": p.premise, "hypothesis": p.hypothesis} for p in chunk]
+        explanations = explain_batch(adapter, inputs, list(methods), params=methods, seed=seed, figures=False)
+        for pair, item, ex in zip(chunk, inputs, explanations, strict=True):
+            one = adapter.encode(item)
+            assert one.tokens[0] == ex.result["tokens"]
+            rationale = set(rationale_token_indices(adapter, one, pair))
+            n, k = int(sum(not s for s in one.special[0])), len(rationale)
+            for key in (pair.label, "all"):
+                row = tally.setdefault(key, {"n": 0, "correct": 0, "chance": 0.0,
+                                             **{f: dict.fromkeys(methods, 0.0) for f in ("top1", "topk", "lift")}})
+                row["n"] += 1
+                row["correct"] += int(ex.result["prediction"]["label"] == pair.label)
+                row["chance"] += k / n
+                for name in methods:
+                    part = ex.result["methods"][name]
+                    order = ranking(part["scores"], one).tolist()
+                    row["top1"][name] += float(order[0] in rationale)
+                    row["topk"][name] += len(rationale.intersection(order[:k])) / k
+                    row["lift"][name] += part["faithfulness"]["lift"]
+    return {key: {"n": row["n"], "accuracy": round(row["correct"] / row["n"], 4),
+                  "chance": round(row["chance"] / row["n"], 4),
+                  **{f: {m: round(v / row["n"], 4) for m, v in row[f].items()} for f in ("top1", "topk", "lift")}}
+            for key, row in tally.items()}
+
+
 def heldout_pairs(limit: int | None = None) -> list[Pair]:
     """The held-out generated pairs (frames never trained on, held-out premises of seen frames; no RT premises),
     spread evenly over the test split when `limit` is given."""
@@ -239,13 +307,16 @@ def heldout_pairs(limit: int | None = None) -> list[Pair]:
     return pairs if limit is None else pairs[:: max(1, len(pairs) // limit)][:limit]
 
 
-if __name__ == "__main__":  # python -m worker.zoo.esim NAME OUT_DIR | python -m worker.zoo.esim hits MODEL [LIMIT]
+if __name__ == "__main__":
+    # python -m worker.zoo.esim NAME OUT_DIR | python -m worker.zoo.esim hits MODEL [LIMIT]
+    # | python -m worker.zoo.esim token-hits MODEL [LIMIT]
     import sys
 
-    if sys.argv[1] == "hits":
+    if sys.argv[1] in ("hits", "token-hits"):
         from worker.models import load_model
 
         limit = int(sys.argv[3]) if len(sys.argv) > 3 else None
-        print(json.dumps(rationale_hit_rates(load_model(sys.argv[2]).load(), heldout_pairs(limit)), indent=2))
+        measure = rationale_hit_rates if sys.argv[1] == "hits" else method_hit_rates
+        print(json.dumps(measure(load_model(sys.argv[2]).load(), heldout_pairs(limit)), indent=2))
     else:
         print(json.dumps(train_esim(sys.argv[1], Path(sys.argv[2]), 0, print), indent=2))
