@@ -1,4 +1,5 @@
-"""explain_batch equals explain item by item: for a method with a batched pass (gradient) and one without."""
+"""explain_batch equals explain item by item: for methods with a batched pass (gradient, integrated gradients) and
+one without."""
 from __future__ import annotations
 
 import pytest
@@ -24,6 +25,29 @@ def test_batch_equals_items(model):
             for key in ("comprehensiveness", "sufficiency", "lift"):
                 assert got.result["methods"][method]["faithfulness"][key] == pytest.approx(
                     want["methods"][method]["faithfulness"][key], rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("baseline", ["zero", "mask"])
+def test_integrated_gradients_batch_equals_items(baseline):
+    """Items of one length share passes, the others run apart; a small internal batch splits a group in several
+    passes — the scores and the completeness gaps are each item's own."""
+    import torch
+
+    from worker.methods.base import Target
+    from worker.methods.integrated_gradients import run, run_batch
+
+    adapter = load_model("minilm-rt").load()
+    texts = [{"text": t} for t in ("a fine film .", "a dull film .", "a bad film .", "Dull.", "a gripping, long film")]
+    enc = adapter.encode(texts)
+    assert len({len(t) for t in enc.tokens[:3]}) == 1 and len({len(t) for t in enc.tokens}) > 1
+    target = Target(torch.tensor([1, 0, 0, 1, 1]))
+    params = {"baseline": baseline, "steps": 8, "method": "gausslegendre", "internal_batch_size": 4}
+    batch = run_batch(adapter, enc, target, params)
+    for i, got in enumerate(batch):
+        want = run(adapter, enc.item(i), Target(target.index[i : i + 1]), params)
+        assert got.json["scores"] == pytest.approx(want.json["scores"], rel=1e-4, abs=1e-6)
+        assert got.json["delta"] == pytest.approx(want.json["delta"], rel=1e-3, abs=1e-5)
+        assert len(got.json["scores"]) == len(enc.tokens[i])
 
 
 def test_batch_figures_are_per_item():

@@ -64,6 +64,23 @@ class Encoding:
             token_type_ids=None if self.token_type_ids is None else self.token_type_ids[i : i + 1, :n],
         )
 
+    def subset(self, indices: list[int]) -> Encoding:
+        """Items `indices`, in that order, padded only to their own longest (no padding at all when they have one
+        length)."""
+        width = max(len(self.tokens[i]) for i in indices)
+        rows = torch.tensor(indices, device=self.input_ids.device)
+        return Encoding(
+            input_ids=self.input_ids[rows, :width],
+            attention_mask=self.attention_mask[rows, :width],
+            tokens=[self.tokens[i] for i in indices],
+            special=[self.special[i] for i in indices],
+            words=[self.words[i] for i in indices],
+            offsets=[self.offsets[i] for i in indices],
+            segments=[self.segments[i] for i in indices],
+            inputs=[self.inputs[i] for i in indices] if self.inputs else [],
+            token_type_ids=None if self.token_type_ids is None else self.token_type_ids[rows, :width],
+        )
+
     def repeat(self, n: int) -> Encoding:
         """The batch repeated n times (item order: all items, n times over), e.g. for noisy copies."""
         return Encoding(
