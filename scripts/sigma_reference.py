@@ -150,6 +150,8 @@ def main() -> None:
     parser.add_argument("--normalization", default="mean_square", choices=("mean_square",))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--reverse", action="store_true",
+                        help="take the sentences last first (a second runner sharing the file)")
     parser.add_argument("--replicate", type=int, nargs="*", default=None,
                         help="re-run these fixture runs with seed + 1000 into 'replicates'")
     args = parser.parse_args()
@@ -171,11 +173,11 @@ def main() -> None:
         args.out.write_text(json.dumps(doc, indent=1))
     if args.replicate is not None:
         return replicate(adapter, doc, args.replicate, args.out)
-    have = {(r["text"], r["layer"]) for r in doc["runs"]}
-    for i, text in enumerate(reference_sentences(args.sentences)):
+    sentences = list(enumerate(reference_sentences(args.sentences)))
+    for i, text in reversed(sentences) if args.reverse else sentences:
         for layer in layers:
-            if (text, layer) in have:
-                continue
+            if (text, layer) in {(r["text"], r["layer"]) for r in json.loads(args.out.read_text())["runs"]}:
+                continue  # re-read each time: another runner may have done it
             result = run_one(adapter, text, layer, doc["lambda"], doc["bound"], doc["iterations"], args.seed + i)
             save(args.out, lambda d, r=result: d["runs"].append(r))
             print(f"{i} {layer} {result['seconds']:.0f}s {result['seconds_per_iteration'] * 1e3:.1f} ms/it", flush=True)
