@@ -84,7 +84,10 @@ def up(host: str, port: int, data_dir: str | None) -> None:
     def stop(*_: Any) -> None:
         raise KeyboardInterrupt
 
+    # both explicitly: a process started in the background by a non-interactive shell inherits SIGINT ignored, and
+    # Python then never raises KeyboardInterrupt (the embedded demo stops this process with SIGINT)
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -25,8 +25,9 @@ def start_embedded(data_dir: Path, port: int) -> tuple[subprocess.Popen, str]:
     """`lantern up` in a child process; returns it and the development key it printed."""
     env = dict(os.environ, LANTERN_DATA_DIR=str(data_dir.resolve()), PYTHONUNBUFFERED="1",
                LANTERN_LOG_LEVEL=os.environ.get("LANTERN_LOG_LEVEL", "WARNING"))  # the demo prints its own story
+    # its own process group, so that a stack that does not stop in time goes down whole (no orphaned worker)
     proc = subprocess.Popen([sys.executable, "-m", "service.cli", "up", "--port", str(port)], env=env,
-                            stdout=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
     key = None
     for line in proc.stdout:
         click.echo(f"  [up] {line.rstrip()}")
@@ -66,5 +67,6 @@ def run_demo(data_dir: Path, out: Path, text: str) -> int:
         try:
             proc.wait(60)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
         click.echo("embedded stack shut down")
