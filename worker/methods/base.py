@@ -52,6 +52,15 @@ class MethodResult:
 Progress = Callable[[float], None]  # fraction 0..1 of this method; raises to cancel
 
 
+def first_item(run_batch: Callable[..., list[MethodResult]]) -> Callable[..., MethodResult]:
+    """`run` for a method whose batched pass is its only implementation: the batch pass on item 0 alone."""
+
+    def run(adapter, encoding, target, params, layers=None, progress=lambda fraction: None, seed=0) -> MethodResult:
+        return run_batch(adapter, encoding.item(0), target, params, layers, progress, seed)[0]
+
+    return run
+
+
 @dataclass(frozen=True)
 class Method:
     """A registry entry. run(adapter, encoding, target, params, layers=, progress=, seed=) -> MethodResult.

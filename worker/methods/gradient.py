@@ -15,7 +15,7 @@ from typing import Any
 import marshmallow as ma
 import torch
 
-from worker.methods.base import Method, MethodResult, Params, Target, token_result
+from worker.methods.base import Method, MethodResult, Params, Target, first_item, token_result
 from worker.models.base import Adapter, Encoding
 
 AGGREGATES = ("mean_abs", "l2")
@@ -42,19 +42,6 @@ def aggregate(grad: torch.Tensor, how: str = "mean_abs") -> torch.Tensor:
     return grad.abs().mean(dim=-1)
 
 
-def run(
-    adapter: Adapter,
-    encoding: Encoding,
-    target: Target,
-    params: dict[str, Any],
-    layers: list[str] | None = None,
-    progress: Callable[[float], None] = lambda fraction: None,
-    seed: int = 0,
-) -> MethodResult:
-    """One forward + backward pass on item 0 of `encoding`."""
-    return run_batch(adapter, encoding.item(0), target, params, layers, progress, seed)[0]
-
-
 def run_batch(
     adapter: Adapter,
     encoding: Encoding,
@@ -76,6 +63,9 @@ def run_batch(
                                 "gradient saliency |∂S/∂x|", {"gradient": grad}, aggregate=params["aggregate"]))
     progress(1.0)
     return out
+
+
+run = first_item(run_batch)
 
 
 METHOD = Method(

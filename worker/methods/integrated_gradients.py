@@ -28,7 +28,7 @@ import marshmallow as ma
 import numpy as np
 import torch
 
-from worker.methods.base import Method, MethodResult, Params, Target, token_result
+from worker.methods.base import Method, MethodResult, Params, Target, first_item, token_result
 from worker.methods.gradient import input_gradient
 from worker.methods.perturb import BASELINES, baseline_embedding, batched_scores
 from worker.models.base import Adapter, Encoding
@@ -85,18 +85,6 @@ def integrated_gradients(
     return diff * total
 
 
-def run(
-    adapter: Adapter,
-    encoding: Encoding,
-    target: Target,
-    params: dict[str, Any],
-    layers: list[str] | None = None,
-    progress: Callable[[float], None] = lambda fraction: None,
-    seed: int = 0,
-) -> MethodResult:
-    return run_batch(adapter, encoding.item(0), target, params, layers, progress, seed)[0]
-
-
 def run_batch(
     adapter: Adapter,
     encoding: Encoding,
@@ -135,6 +123,9 @@ def _result(adapter: Adapter, one: Encoding, x: torch.Tensor, baseline: torch.Te
     title = f"integrated gradients ({params['steps']} steps, {params['baseline']} baseline)"
     return token_result(adapter, one, target, scores, title, {"attribution": attribution},
                         baseline=params["baseline"], steps=params["steps"], method=params["method"], delta=delta)
+
+
+run = first_item(run_batch)
 
 
 METHOD = Method(

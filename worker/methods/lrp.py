@@ -37,7 +37,7 @@ from typing import Any
 import marshmallow as ma
 import torch
 
-from worker.methods.base import Method, MethodResult, Params, Target, token_result
+from worker.methods.base import Method, MethodResult, Params, Target, first_item, token_result
 from worker.models.base import Adapter, Encoding
 from worker.models.cnn import CNNAdapter, KimCNN
 
@@ -104,18 +104,6 @@ def relevance(module: KimCNN, x: torch.Tensor, mask: torch.Tensor, target: Targe
     return (cols.detach() * grad).transpose(1, 2), start.detach(), logits.detach()
 
 
-def run(
-    adapter: Adapter,
-    encoding: Encoding,
-    target: Target,
-    params: dict[str, Any],
-    layers: list[str] | None = None,
-    progress: Callable[[float], None] = lambda fraction: None,
-    seed: int = 0,
-) -> MethodResult:
-    return run_batch(adapter, encoding.item(0), target, params, layers, progress, seed)[0]
-
-
 def run_batch(
     adapter: Adapter,
     encoding: Encoding,
@@ -145,6 +133,9 @@ def run_batch(
                                 total=total, absorbed=float(start[i]) - total))
     progress(1.0)
     return out
+
+
+run = first_item(run_batch)
 
 
 METHOD = Method(
