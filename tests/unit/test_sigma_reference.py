@@ -1,99 +1,93 @@
 """Lantern's sigma against the original procedure (the authors' single-sentence, single-layer, one-draw-per-step
 loop, scripts/sigma_reference.py), whose slow results are a fixture: tests/fixtures/sigma/reference_minilm.json.
 
-Both σ are scored by the script's own evaluator (256 noise draws, the same draws for both, so the difference of the
-two objectives is paired and has a standard error). Criteria (issue 3):
+The rule and the comparison live in scripts/sigma_agreement.py (which checks every fixture run and prints the
+summary the README reports): Lantern's objective is never worse than the reference's by more than 1 %; where it is
+lower by more than 2 standard errors of the paired difference, the lower objective decides; otherwise the kept words
+agree (Jaccard ≥ 0.8) and, unless the objectives tie, the ranks agree (Spearman ≥ 0.9). This amends the issue's
+"Spearman ≥ 0.9", which ranks near-equal σ: the original procedure itself, run twice with two seeds (the script's
+``--replicate``), ranks layers 3 and 2 of sentence 1 with Spearman 0.86 and 0.89.
 
-- Lantern's objective is never worse than the reference's by more than 1 %.
-- Where the evaluator finds Lantern's objective lower (by more than 2 standard errors), the lower objective decides:
-  disagreement is allowed, the reference sits in a worse spot.
-- Otherwise the kept words (σ < bound/2) agree (Jaccard ≥ 0.8) and the ranks agree (Spearman ≥ 0.9 where few tokens
-  saturate) — except at a tie (the objectives within 2 standard errors or 0.01 %), where the objective cannot say which
-  ranking is right, so a Spearman shortfall is allowed. This amends the issue's "Spearman ≥ 0.9", which ranks
-  near-equal σ: at MiniLM's embeddings all σ lie within 0.012–0.014, and the original procedure itself, run twice
-  with two seeds (the script's ``--replicate``), ranks with Spearman 0.86 and 0.89 on layers 3 and 2 of sentence 1.
+Here: the fast suite checks the cheapest run live; ``make test`` checks a diagonal subset, every layer on 4 of the
+20 sentences and every sentence on 1-2 layers (fitted as jobs fit: all of a sentence's layers at once).
 """
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-from scripts.sigma_reference import objective_draws
-from worker.sigma import Settings, View, fit
+from scripts.sigma_agreement import (
+    FIXTURE,
+    agreement,
+    check,
+    jaccard,
+    lantern_sigma,
+    mean,
+    paired,
+    sentence_index,
+)
+from scripts.sigma_reference import reference_sentences
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "sigma" / "reference_minilm.json"
-TIE = 1e-4  # objectives closer than this (relative), or than 2 standard errors, are equal
-LIVE = 1  # fixture entries checked live in the fast suite (each: one Lantern fit + 2 × 256 forward passes)
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    ra, rb = a.argsort().argsort().double(), b.argsort().argsort().double()
-    return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
-
-
-def kept(sigma: torch.Tensor, bound: float) -> set[int]:
-    return {i for i, s in enumerate(sigma.tolist()) if s < bound / 2}
-
-
-def cases():
-    """The cheap live subset: the shallowest non-embedding layers first (a fit runs only as deep as its layer)."""
-    doc = json.loads(FIXTURE.read_text())
-    runs = [r for r in doc["runs"] if r["layer"] != "embeddings"] or doc["runs"]
-    depth = {name: i for i, name in enumerate(["embeddings", *(f"layer.{k}" for k in range(1, 7))])}
-    return doc, sorted(runs, key=lambda r: depth.get(r["layer"], 99))[:LIVE]
+DEPTH = ["embeddings", *(f"layer.{k}" for k in range(1, 7))]
+STRIDE = 5  # the slow subset: runs whose sentence index − layer depth is a multiple of this
 
 
-ALL_RUNS = len(json.loads(FIXTURE.read_text())["runs"])
+def fixture() -> dict:
+    return json.loads(FIXTURE.read_text())
 
 
-@pytest.mark.parametrize("index", range(LIVE))
-def test_lantern_matches_or_beats_the_original_procedure(minilm, index):
-    doc, runs = cases()
-    if index >= len(runs):
-        pytest.skip("the fixture holds fewer reference runs")
-    check(minilm, doc, runs[index])
+def diagonal(doc: dict) -> dict[int, list[dict]]:
+    """The slow subset, by sentence index."""
+    texts = reference_sentences(20)
+    chosen: dict[int, list[dict]] = {}
+    for run in doc["runs"]:
+        i = sentence_index(texts, run)
+        if (i - DEPTH.index(run["layer"])) % STRIDE == 0:
+            chosen.setdefault(i, []).append(run)
+    return chosen
+
+
+def assert_passes(rows: list[dict]) -> None:
+    for row in rows:
+        print(f"{row['layer']} of {row['text'][:30]!r}: ours {row['objective']:.5f} reference "
+              f"{row['reference_objective']:.5f} ± {row['se']:.5f}, Jaccard {row['jaccard']:.2f}, "
+              f"Spearman {row['spearman']:.2f}: {row['verdict']}")
+    assert all(row["ok"] for row in rows), [(r["layer"], r["verdict"], r["relative"]) for r in rows if not r["ok"]]
+
+
+def test_lantern_matches_or_beats_the_original_procedure(minilm):
+    """The cheapest run (a fit runs only as deep as its layer): layer.1 of the first sentence."""
+    doc = fixture()
+    run = next(r for r in doc["runs"] if r["layer"] == "layer.1" and r["text"] == reference_sentences(1)[0])
+    assert_passes(check(minilm, doc, [run]))
+
+
+def test_the_rule_fails_a_worse_sigma(minilm):
+    """The rule can fail: σ with two kept words swapped for two dropped ones is worse and is refused."""
+    doc = fixture()
+    run = next(r for r in doc["runs"] if r["layer"] == "layer.1" and r["text"] == reference_sentences(1)[0])
+    reference = torch.tensor(run["sigma"])
+    worse = reference.clone()
+    order = reference.argsort()
+    worse[order[:2]], worse[order[-2:]] = reference[order[-2:]], reference[order[:2]]
+    row = agreement(minilm, doc, run, worse)
+    assert not row["ok"] and row["verdict"] == "worse", row
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("index", range(ALL_RUNS))
-def test_every_fixture_run(minilm, index):
-    """The same check on every run the fixture holds (it grows as the reference script runs in the background)."""
-    doc = json.loads(FIXTURE.read_text())
-    check(minilm, doc, doc["runs"][index])
-
-
-def paired(minilm, doc: dict, run: dict, a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, float]:
-    """(objective of σ a, objective of σ b, standard error of their difference), on the same 256 draws."""
-    draws = [objective_draws(minilm, run["text"], run["layer"], s.tolist(), doc["lambda"], doc["bound"]) for s in (a, b)]
-    diff = draws[0] - draws[1]
-    return float(draws[0].mean()), float(draws[1].mean()), float(diff.std() / len(diff) ** 0.5)
-
-
-def check(minilm, doc: dict, run: dict) -> None:
-    assert doc["revision"] == minilm.revision or doc["model"] == "all-minilm-l6-v2"
-    lam, bound = doc["lambda"], doc["bound"]
-    enc = minilm.encode({"text": run["text"]})
-    assert enc.tokens[0] == run["tokens"]
-    ours = fit(minilm, enc, [View(run["layer"])], Settings(lam=lam, bound=bound, normalization="mean_square"),
-               seed=0).sigma[0][0]
-    reference = torch.tensor(run["sigma"])
-    obj_ours, obj_ref, se = paired(minilm, doc, run, ours, reference)
-    a, b = kept(ours, bound), kept(reference, bound)
-    jaccard = len(a & b) / max(len(a | b), 1)
-    rho = spearman(ours, reference)
-    print(f"{run['layer']} of {run['text'][:30]!r}: objective ours {obj_ours:.5f} reference {obj_ref:.5f} "
-          f"(± {se:.5f}), Jaccard {jaccard:.2f}, Spearman {rho:.2f}")
-    assert obj_ours <= obj_ref * 1.01, (obj_ours, obj_ref)
-    if obj_ours < obj_ref - 2 * se:
-        return  # disagreement allowed: the lower objective decides, and it is Lantern's
-    assert jaccard >= 0.8
-    saturated = max(int((ours > 0.9 * bound).sum()), int((reference > 0.9 * bound).sum()))
-    tie = abs(obj_ours - obj_ref) <= 2 * se + TIE * abs(obj_ref)
-    if saturated <= len(ours) // 5 and not tie:
-        assert rho >= 0.9
+@pytest.mark.parametrize("index", range(20))
+def test_a_diagonal_subset_of_the_fixture(minilm, index):
+    doc = fixture()
+    runs = diagonal(doc).get(index)
+    if not runs:
+        pytest.skip(f"the fixture holds no run of sentence {index + 1} in the subset")
+    rows = check(minilm, doc, runs)
+    assert_passes(rows)
+    close = [r for r in rows if r["verdict"] != "lower"]
+    if close:
+        assert mean([r["jaccard"] for r in close]) >= 0.8
 
 
 @pytest.mark.slow
@@ -101,18 +95,15 @@ def test_lantern_is_as_good_as_the_best_of_two_seeds_of_the_original(minilm):
     """The original procedure is itself seed-dependent after its 3,000 steps (replicates: the run again with another
     seed): Lantern's objective must be within 1 % of the better of the two seeds' (the issue's bound, against the
     stronger of two references). Measured: 0.002 %, 0.006 % and 0.03 % above it on runs 0, 3 and 2."""
-    doc = json.loads(FIXTURE.read_text())
+    doc = fixture()
     if not doc.get("replicates"):
         pytest.skip("no replicates in the fixture")
     for rep in doc["replicates"]:
         run = doc["runs"][rep["run"]]
         first, second = torch.tensor(run["sigma"]), torch.tensor(rep["sigma"])
-        enc = minilm.encode({"text": run["text"]})
-        ours = fit(minilm, enc, [View(run["layer"])],
-                   Settings(lam=doc["lambda"], bound=doc["bound"], normalization="mean_square"), seed=0).sigma[0][0]
+        ours = lantern_sigma(minilm, doc, run["text"], [run["layer"]])[run["layer"]]
         best = min((first, second), key=lambda s: paired(minilm, doc, run, s, ours)[0])
         obj_best, obj_ours, se = paired(minilm, doc, run, best, ours)
-        print(f"run {rep['run']} ({run['layer']}): seeds agree with Spearman {spearman(first, second):.3f}, "
-              f"Jaccard {len(kept(first, doc['bound']) & kept(second, doc['bound'])) / max(len(kept(first, doc['bound']) | kept(second, doc['bound'])), 1):.2f}; "
-              f"best seed {obj_best:.5f}, Lantern {obj_ours:.5f} ± {se:.5f}")
+        print(f"run {rep['run']} ({run['layer']}): the seeds' kept words Jaccard "
+              f"{jaccard(first, second, doc['bound']):.2f}; best seed {obj_best:.5f}, Lantern {obj_ours:.5f} ± {se:.5f}")
         assert obj_ours <= obj_best * 1.01
