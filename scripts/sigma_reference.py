@@ -1,5 +1,5 @@
 """The original sigma procedure (Guan et al. 2019, the authors' Interpreter.py), reimplemented cleanly, as the
-reference that Lantern's batched engine is checked against (tests/unit/test_sigma_reference.py, benchmarks).
+reference that Lantern's batched engine is checked against (scripts/sigma_agreement.py, its tests, benchmarks).
 
 One sentence, one layer at a time; σ = bound · sigmoid(r) with r ~ N(0, 1); ONE noise draw per step; Φ(x) recomputed
 every step; Adam, lr 0.01; a fixed number of iterations; the state with the lowest (one-draw) loss is kept. Loss, in the
@@ -88,17 +88,11 @@ def run_one(adapter, text: str, layer: str, lam: float, bound: float, iterations
             "seconds_per_iteration": seconds / iterations, "seed": seed}
 
 
-def evaluate(adapter, text: str, layer: str, sigma: list[float], lam: float, bound: float, samples: int = 256,
-             seed: int = 12345, chunk: int = 32) -> float:
-    """The objective (mean_square form above) at fixed σ, averaged over `samples` noise draws: the independent
-    evaluator the tests use for both the reference's and Lantern's σ."""
-    return float(objective_draws(adapter, text, layer, sigma, lam, bound, samples, seed, chunk).mean())
-
-
 def objective_draws(adapter, text: str, layer: str, sigma: list[float], lam: float, bound: float,
                     samples: int = 256, seed: int = 12345, chunk: int = 32) -> torch.Tensor:
-    """The objective per noise draw (`samples` values). The draws depend only on the seed and the shapes, so two σ
-    of one (text, layer) evaluated with the same seed are compared draw by draw (a paired difference)."""
+    """The objective (the mean-square form above) at fixed σ, per noise draw (`samples` values): the independent
+    evaluator that scores both the reference's and Lantern's σ (scripts/sigma_agreement.py). The draws depend only
+    on the seed and the shapes, so two σ of one (text, layer) are compared draw by draw (a paired difference)."""
     enc = adapter.encode({"text": text})
     x = adapter.embed(enc)  # 1×T×K
     sig = torch.tensor(sigma, dtype=x.dtype)[None, :, None]
