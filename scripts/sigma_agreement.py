@@ -13,6 +13,7 @@ error. A run passes when:
   near-equal σ differently).
 
     python -m scripts.sigma_agreement [--fixture tests/fixtures/sigma/reference_minilm.json] [--json OUT]
+        [--sentences 1 2 ...]
 
 prints one line per run and a summary; exit status 1 when a run fails. tests/unit/test_sigma_reference.py checks a
 subset of the runs with the same code.
@@ -134,6 +135,7 @@ def main() -> None:
     parser.add_argument("--fixture", type=Path, default=FIXTURE)
     parser.add_argument("--json", type=Path, help="write every row and the summary here")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--sentences", type=int, nargs="*", help="only these sentences (1-20, the fixture's order)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
@@ -143,6 +145,8 @@ def main() -> None:
     adapter = load_model(doc["model"]).load()
     texts = reference_sentences(20)
     runs = sorted(doc["runs"], key=lambda r: sentence_index(texts, r))
+    if args.sentences:
+        runs = [r for r in runs if sentence_index(texts, r) + 1 in args.sentences]
     rows = check(adapter, doc, runs, log=lambda r: print(
         f"{sentence_index(texts, r) + 1:>2} {r['layer']:<10} ours {r['objective']:.5f} reference "
         f"{r['reference_objective']:.5f} ± {r['se']:.5f} ({r['relative']:+.2%}) Jaccard {r['jaccard']:.2f} "

@@ -107,3 +107,14 @@ def test_lantern_is_as_good_as_the_best_of_two_seeds_of_the_original(minilm):
         print(f"run {rep['run']} ({run['layer']}): the seeds' kept words Jaccard "
               f"{jaccard(first, second, doc['bound']):.2f}; best seed {obj_best:.5f}, Lantern {obj_ours:.5f} ± {se:.5f}")
         assert obj_ours <= obj_best * 1.01
+
+
+def test_caching_the_state_leaves_the_reference_unchanged(minilm):
+    """Fixture runs made with ``--cache-state`` (s computed once, not every step) are the original's bit for bit."""
+    from scripts.sigma_reference import run_one
+
+    doc = fixture()
+    text = reference_sentences(1)[0]
+    runs = [run_one(minilm, text, "layer.1", doc["lambda"], doc["bound"], 25, seed=0, cache_state=cached)
+            for cached in (False, True)]
+    assert runs[0]["sigma"] == runs[1]["sigma"] and runs[0]["best_step_loss"] == runs[1]["best_step_loss"]
