@@ -4,7 +4,8 @@ layer, one noise draw per step, 3,000 Adam steps at lr 0.01), side by side in on
 The original is timed live on a few iterations per layer of the first sentence (after a 2-iteration warm-up) and
 extrapolated linearly to 3,000 iterations × 7 layers × N sentences: its cost per iteration does not depend on the
 iteration, and the sentences (6-18 words) cost about what the first does (the fixture
-tests/fixtures/sigma/reference_minilm.json records full runs: 60-240 s per layer on an idle machine). Both sides run
+tests/fixtures/sigma/reference_minilm.json records the time of each full run; those with ``cached_state`` computed
+s once and do not time the original). Both sides run
 on one torch thread, as the workers do. Lantern: one fit per sentence over all 7 layers (the default settings: linear
 start, 4 noise draws per step, stop on convergence, final objective re-estimated with 256 draws). Peak memory:
 ru_maxrss of this process (MiB) after the Lantern run. ``--quick``: 2 sentences, 10 probe iterations per layer.
