@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -18,7 +19,9 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
-def upgrade(url: str, revision: str = "head") -> None:
+def upgrade(url: str, revision: str = "head", store: Any = None) -> None:
+    """Migrate the database at url; `store` is the object store that data migrations read (by default the one
+    the LANTERN_* environment names)."""
     from service.db import make_engine
 
     engine = make_engine(url)
@@ -28,6 +31,7 @@ def upgrade(url: str, revision: str = "head") -> None:
                 conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7412)")
             cfg = alembic_config(url)
             cfg.attributes["connection"] = conn
+            cfg.attributes["store"] = store
             command.upgrade(cfg, revision)
     finally:
         engine.dispose()

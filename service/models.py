@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.db import Model
-from service.errors import not_found
+from service.errors import conflict, not_found
 from service.storage import Store
 
 
@@ -61,6 +61,8 @@ class AdapterCache:
         self._lock = threading.Lock()
 
     def get(self, ref: ModelRef):
+        """The adapter for a revision. The revision is the content hash of every file the loader reads, so the
+        loaded copy is checked against it: a cache keyed by revision can only ever hold those bytes."""
         from worker.models import load_model
 
         with self._lock:
@@ -68,16 +70,27 @@ class AdapterCache:
             if adapter is None:
                 source = ref.name if ref.zoo else str(self._materialise(ref))
                 adapter = load_model(source).to(self.device)
+                if adapter.revision != ref.revision:
+                    raise conflict(f"model {ref.name!r}: the stored files have revision {adapter.revision[:12]}, "
+                                   f"not the registered {ref.revision[:12]}; register the bundle again")
                 self._adapters[ref.revision] = adapter
             return adapter
 
     def _materialise(self, ref: ModelRef) -> Path:
+        from worker.models.bundle import CACHE_MARKER
+
         target = self.cache_dir / ref.revision
-        if not (target / ".complete").exists():
-            target.mkdir(parents=True, exist_ok=True)
-            for key in self.store.list(ref.storage_key):
-                dest = target / key[len(ref.storage_key):].lstrip("/")
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_bytes(self.store.get(key))
-            (target / ".complete").touch()
+        if not (target / CACHE_MARKER).exists():
+            materialise(self.store, ref.storage_key or "", target)
+            (target / CACHE_MARKER).touch()
         return target
+
+
+def materialise(store: Store, prefix: str, target: Path) -> Path:
+    """Copy a registered bundle's files from object storage into a directory."""
+    target.mkdir(parents=True, exist_ok=True)
+    for key in store.list(prefix):
+        dest = target / key[len(prefix):].lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(store.get(key))
+    return target

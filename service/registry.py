@@ -63,7 +63,7 @@ def smoke_test(bundle: Path) -> Any:
 
 def register(session: Session, store: Store, tenant_id: str, name: str, bundle: Path) -> tuple[Model, bool]:
     """Register the bundle directory under `name` for the tenant. Returns (row, created)."""
-    from worker.models import bundle_revision
+    from worker.models.bundle import bundle_files, bundle_revision
 
     check_name(name)
     adapter = smoke_test(bundle)
@@ -73,7 +73,7 @@ def register(session: Session, store: Store, tenant_id: str, name: str, bundle: 
     if existing is not None:
         return existing, False
     key = f"models/{tenant_id}/{revision}"
-    for path in sorted(p for p in bundle.rglob("*") if p.is_file() and not p.name.startswith(".")):
+    for path in bundle_files(bundle):  # every byte the revision covers, so the stored copy has that revision
         store.put(f"{key}/{path.relative_to(bundle).as_posix()}", path.read_bytes(), "application/octet-stream")
     card = adapter.describe()
     row = Model(tenant_id=tenant_id, name=name, revision=revision, storage_key=key,
@@ -115,3 +115,44 @@ def server_path(path: str, root: str) -> Path:
     if not target.is_dir():
         raise invalid("no bundle directory at that path", "path")
     return target
+
+
+def reidentify(conn: Any, store: Store) -> dict[str, int]:
+    """Recompute every registered model's revision with the content hash of today (migration 0002).
+
+    A bundle whose stored copy no longer validates (before 0002 dot-files were neither hashed nor stored, so a
+    config that pointed at one cannot load) is withdrawn: its row and objects go, and its queued or running jobs
+    fail with a 409 that says to register it again. A changed revision is written to the row and to the jobs still
+    waiting for it; finished jobs keep the revision they ran with, as their record."""
+    from sqlalchemy import delete, update
+
+    from service.db import Job, utcnow
+    from service.models import materialise
+    from worker.models import InputError
+    from worker.models.bundle import bundle_revision
+
+    counts = {"unchanged": 0, "changed": 0, "withdrawn": 0}
+    for row in conn.execute(select(Model.id, Model.tenant_id, Model.name, Model.revision, Model.storage_key)).all():
+        waiting = (Job.tenant_id == row.tenant_id, Job.model_name == row.name, Job.model_revision == row.revision,
+                   Job.status.in_(("queued", "running")))
+        with tempfile.TemporaryDirectory(prefix="lantern-rehash-") as tmp:
+            try:
+                new = bundle_revision(materialise(store, row.storage_key, Path(tmp)))
+            except InputError as err:
+                new, why = None, str(err)
+        if new == row.revision:
+            counts["unchanged"] += 1
+        elif new is not None:
+            conn.execute(update(Model).where(Model.id == row.id).values(revision=new))
+            conn.execute(update(Job).where(*waiting).values(model_revision=new))
+            counts["changed"] += 1
+        else:
+            problem = conflict(f"model {row.name!r} revision {row.revision[:12]} was withdrawn: its stored files do "
+                               f"not form a valid bundle ({why[:200]}); register it again").body()
+            conn.execute(update(Job).where(*waiting).values(status="failed", error=problem, finished_at=utcnow(),
+                                                             lease_owner=None, lease_expires_at=None))
+            conn.execute(delete(Model).where(Model.id == row.id))
+            for key in store.list(row.storage_key):
+                store.delete(key)
+            counts["withdrawn"] += 1
+    return counts

@@ -33,9 +33,12 @@ Safety rules (DESIGN §4; the service never unpickles): weights only as ``*.safe
 weights (``*.bin``, ``*.pt``, ``*.pth``, ``*.pkl``, ``*.pickle``, ``*.ckpt``), Python files, or an ``auto_map`` (remote
 code) in any of its JSON configs is refused with an :class:`InputError`; symbolic links must stay inside the bundle.
 
-The revision of a bundle is the sha256 over the relative paths and contents of all its files (dot-files such as a
-cache's ``.complete`` marker excepted), plus the files of the encoder directory it points to (so a different base
-model is a different revision).
+The revision of a bundle is the sha256 over the relative paths and contents of every file a loader may read: all its
+files, dot-files included, plus the files of the encoder directory it points to (so a different base model is a
+different revision). Only entries that carry no model content are left out (``_IGNORED``: VCS metadata, caches, the
+model cache's ``.complete`` marker), and a bundle whose JSON names one of those as a path is refused, so nothing a
+config can point at escapes the hash: two bundles with the same revision are the same bytes, and every cache keyed by
+revision is keyed by content.
 """
 from __future__ import annotations
 
@@ -67,8 +70,10 @@ ADAPTERS = {
     "esim": "worker.models.esim:ESIMAdapter",
     "lstm_lm": "worker.models.lstm_lm:LSTMLanguageModelAdapter",
 }
-# files and folders that carry no model content (left out of validation and of the revision)
-_IGNORED = frozenset({".git", "__pycache__", ".gitattributes", ".DS_Store"})
+# the model cache's marker that a bundle copied from object storage is complete (service.models.AdapterCache)
+CACHE_MARKER = ".complete"
+# files and folders that carry no model content (left out of validation and of the revision; a config may not name one)
+_IGNORED = frozenset({".git", "__pycache__", ".gitattributes", ".DS_Store", CACHE_MARKER})
 
 
 @dataclass(frozen=True)
@@ -103,26 +108,44 @@ def _is_hf_classifier(config: dict[str, Any]) -> bool:
     return any(str(a).endswith("ForSequenceClassification") for a in config.get("architectures") or [])
 
 
-def _files(root: Path, hidden: bool = True) -> list[Path]:
-    """All files under root, sorted by relative path, skipping VCS/cache entries (and, with hidden=False, every
-    dot-file such as a cache's ``.complete`` marker)."""
+def bundle_files(root: Path) -> list[Path]:
+    """Every file under root that carries model content (dot-files included), sorted by relative path: what the
+    revision covers and what registration stores."""
     out = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if d not in _IGNORED and (hidden or not d.startswith(".")))
-        for fname in sorted(filenames):
-            if fname not in _IGNORED and (hidden or not fname.startswith(".")):
-                out.append(Path(dirpath) / fname)
+        dirnames[:] = sorted(d for d in dirnames if d not in _IGNORED)
+        out += [Path(dirpath) / fname for fname in sorted(filenames) if fname not in _IGNORED]
     return sorted(out, key=lambda p: p.relative_to(root).as_posix())
+
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise InputError(f"{path.name} is not readable JSON: {err}") from None
     if not isinstance(value, dict):
         raise InputError(f"{path.name} must hold a JSON object")
     return value
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string in a JSON value, keys included."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in [k, *_strings(v)]]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def _names_ignored_path(value: Any) -> str | None:
+    """A string in a config that names a path through an entry the revision leaves out (e.g. ".git/w.safetensors")."""
+    for text in _strings(value):
+        if any(part in _IGNORED for part in text.replace("\\", "/").split("/")):
+            return text
+    return None
 
 
 def _has_key(value: Any, key: str) -> bool:
@@ -137,7 +160,7 @@ def _check_dir(root: Path, what: str, require_weights: bool = True) -> None:
     """Refuse pickled weights, code and remote-code configs under root; links must stay inside root."""
     real_root = root.resolve()
     safetensors = 0
-    for path in _files(root):
+    for path in bundle_files(root):
         rel = path.relative_to(root).as_posix()
         lower = path.name.lower()
         if path.is_symlink() and not path.resolve().is_relative_to(real_root):
@@ -154,14 +177,87 @@ def _check_dir(root: Path, what: str, require_weights: bool = True) -> None:
         if lower.endswith(".json"):
             try:
                 value = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
                 raise InputError(f"{what}: {rel} is not readable JSON: {err}") from None
             if _has_key(value, "auto_map"):
                 raise InputError(f"{what}: {rel} declares auto_map (remote code); such bundles are refused")
+            ignored = _names_ignored_path(value)
+            if ignored is not None:
+                raise InputError(f"{what}: {rel} names {ignored[:100]!r}, a path Lantern does not treat as model "
+                                 f"content ({', '.join(sorted(_IGNORED))}); move that file")
+        if lower.endswith(".safetensors"):
+            check_safetensors(path, f"{what}: {rel}")
     if not (root / "config.json").is_file():
         raise InputError(f"{what}: config.json is missing")
     if require_weights and safetensors == 0:
         raise InputError(f"{what}: no *.safetensors weights found")
+
+
+# bits per element of each safetensors dtype
+_DTYPE_BITS = {"BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "I16": 16, "U16": 16,
+               "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "I64": 64, "U64": 64, "F64": 64,
+               "C64": 64, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6}
+_MAX_HEADER = 100_000_000  # the safetensors library's own limit
+
+
+def check_safetensors(path: Path, what: str) -> None:
+    """Parse a safetensors file's header without loading it: a JSON table of tensors (dtype, shape, byte range) whose
+    ranges tile the data section exactly. Anything else stored under that name (pickle bytes, a truncated upload)
+    is refused here, at registration, rather than when a job first loads it."""
+    def bad(why: str) -> InputError:
+        return InputError(f"{what} is not a valid safetensors file: {why}")
+
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise bad("shorter than its 8-byte header length")
+        length = int.from_bytes(head, "little")
+        if length > min(_MAX_HEADER, size - 8):
+            raise bad(f"header length {length} does not fit the file ({size} bytes)")
+        try:
+            header = json.loads(handle.read(length).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise bad("the header is not JSON") from None
+    if not isinstance(header, dict):
+        raise bad("the header is not a JSON object")
+    end = 0
+    entries = [(k, v) for k, v in header.items() if k != "__metadata__"]
+    for name, entry in sorted(entries, key=lambda kv: _first_offset(kv[1])):
+        try:
+            begin, stop = _tensor_range(entry)
+        except ValueError as err:
+            raise bad(f"tensor {name[:60]!r}: {err}") from None
+        if begin != end:
+            raise bad(f"tensor {name[:60]!r} does not start where the previous one ends")
+        end = stop
+    if end != size - 8 - length:
+        raise bad(f"the tensors cover {end} bytes of a {size - 8 - length}-byte data section")
+
+
+def _first_offset(entry: Any) -> int:
+    offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+    return offsets[0] if isinstance(offsets, list) and offsets and _is_int(offsets[0]) else -1
+
+
+def _tensor_range(entry: Any) -> tuple[int, int]:
+    """(begin, end) of a tensor's bytes after checking its dtype and shape agree with them."""
+    if not isinstance(entry, dict):
+        raise ValueError("a tensor entry is not an object")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in _DTYPE_BITS:
+        raise ValueError(f"unknown dtype {str(dtype)[:20]!r}")
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise ValueError("a shape is not a list of non-negative integers")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1]):
+        raise ValueError("bad data_offsets")
+    bits = _DTYPE_BITS[dtype]
+    for dim in shape:
+        bits *= dim
+    if bits % 8 or offsets[1] - offsets[0] != bits // 8:
+        raise ValueError("a tensor's byte range does not match its dtype and shape")
+    return offsets[0], offsets[1]
 
 
 def resolve_encoder(bundle: Path, ref: str) -> Path:
@@ -209,7 +305,7 @@ def validate_bundle(path: str | os.PathLike[str]) -> BundleSpec:
         if config.get("adapter", "hf") not in ADAPTERS:
             raise InputError(f"config.json: unknown adapter {config.get('adapter')!r}; one of {sorted(ADAPTERS)}")
         kind, encoder_dir = "lantern", resolve_encoder(root, config.get("encoder", "."))
-    key = (str(real_root), _stamp(root, hidden=True), str(encoder_dir), _stamp(encoder_dir, hidden=True))
+    key = (str(real_root), _stamp(root), str(encoder_dir), _stamp(encoder_dir))
     with _validated_lock:
         if key in _validated:
             return _validated[key]
@@ -269,7 +365,7 @@ _revisions_lock = threading.Lock()
 
 
 def _hash_files(digest: hashlib._Hash, root: Path, prefix: str) -> None:
-    for path in _files(root, hidden=False):
+    for path in bundle_files(root):
         rel = path.relative_to(root).as_posix()
         digest.update(f"{prefix}{rel}\0".encode())
         file_digest = hashlib.sha256()
@@ -279,10 +375,10 @@ def _hash_files(digest: hashlib._Hash, root: Path, prefix: str) -> None:
         digest.update(file_digest.digest())
 
 
-def _stamp(root: Path, hidden: bool = False) -> tuple:
+def _stamp(root: Path) -> tuple:
     """(relative path, size, mtime) of every file: a cheap key that changes when any file is rewritten."""
     out = []
-    for p in _files(root, hidden=hidden):
+    for p in bundle_files(root):
         st = p.stat()
         out.append((p.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns))
     return tuple(out)
