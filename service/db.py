@@ -111,6 +111,8 @@ class Job(Base):
     queue: Mapped[str] = mapped_column(String(50))
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # one entry per attempt: worker, device, started_at, ended_at, outcome (jobs.claim opens it, the end closes it)
+    attempt_history: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=list)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None]

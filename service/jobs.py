@@ -123,6 +123,7 @@ def document(job: Job, artifacts: list[Artifact], with_result: bool = True) -> d
         "status": job.status,
         "progress": round(job.progress, 4),
         "attempts": job.attempts,
+        "attempt_history": job.attempt_history or [],
         "cancel_requested": job.cancel_requested,
         "created_at": _iso(job.created_at),
         "started_at": _iso(job.started_at),
@@ -159,28 +160,47 @@ class Claim:
 def claim(db: Database, job_id: str, worker: str, settings: Settings, device: str) -> Claim | None:
     """Take a queued job (or one whose lease expired) for this worker; None if someone else has it or it ended.
 
-    A job delivered more than max_attempts times is dead-lettered to `failed` instead."""
+    A job whose attempts are spent is dead-lettered to `failed` instead, but only once no worker holds a live
+    lease on it: a duplicate delivery of a running job's message must not fail the attempt that is running."""
     now = utcnow()
     with db.session() as s:
         job = s.get(Job, job_id)
         if job is None:
             return None
-        if job.attempts >= settings.max_attempts and job.status in IN_FLIGHT:
-            s.execute(update(Job).where(Job.id == job_id, Job.status.in_(IN_FLIGHT)).values(
-                status="failed", finished_at=now, lease_owner=None, lease_expires_at=None,
-                error=dead_letter(job.attempts)))
-            return None
         claimable = or_(Job.status == "queued",
                         and_(Job.status == "running", Job.lease_expires_at < now))
+        spent = s.execute(update(Job).where(Job.id == job_id, claimable, Job.attempts >= settings.max_attempts)
+                          .values(status="failed", finished_at=now, lease_owner=None, lease_expires_at=None,
+                                  error=dead_letter(job.attempts))).rowcount
+        if spent:
+            _close_attempt(s, job_id, "lease expired", now)
+            return None
         won = s.execute(update(Job).where(Job.id == job_id, claimable, Job.cancel_requested.is_(False)).values(
             status="running", attempts=Job.attempts + 1, lease_owner=worker, device=device,
             lease_expires_at=now + timedelta(seconds=settings.lease_seconds), progress=0.0,
-            started_at=func.coalesce(Job.started_at, now))).rowcount
+            started_at=now)).rowcount
         if not won:
             return None
         s.flush()
         s.refresh(job)
+        history = _closed(job.attempt_history, "lease expired", now)  # the attempt before, if its worker died
+        job.attempt_history = [*history, {"attempt": job.attempts, "worker": worker, "device": device,
+                                          "started_at": now.isoformat(), "ended_at": None, "outcome": None}]
         return Claim(job, job.attempts)
+
+
+def _closed(history: list[dict[str, Any]] | None, outcome: str, at: datetime) -> list[dict[str, Any]]:
+    """The history with its open attempt (if any) ended now with that outcome."""
+    history = [dict(h) for h in history or []]
+    if history and history[-1].get("ended_at") is None:
+        history[-1].update(ended_at=at.isoformat(), outcome=outcome)
+    return history
+
+
+def _close_attempt(session: Session, job_id: str, outcome: str, at: datetime) -> None:
+    """End the open attempt in the row's history; call in the transaction that made the transition."""
+    history = session.scalar(select(Job.attempt_history).where(Job.id == job_id))
+    session.execute(update(Job).where(Job.id == job_id).values(attempt_history=_closed(history, outcome, at)))
 
 
 def heartbeat(db: Database, job_id: str, worker: str, settings: Settings, progress: float | None = None) -> bool:
@@ -208,6 +228,7 @@ def finish(db: Database, job_id: str, worker: str, status: str, *, result: dict 
                                 progress=1.0 if status == "succeeded" else Job.progress,
                                 lease_owner=None, lease_expires_at=None)).rowcount
         if won:
+            _close_attempt(s, job_id, status, utcnow())
             for old in s.scalars(select(Artifact).where(Artifact.job_id == job_id)):
                 s.delete(old)
             s.flush()
@@ -236,15 +257,19 @@ def reap(db: Database, settings: Settings, send: Callable[[str, str], None]) -> 
         for job in expired:
             lost = and_(Job.id == job.id, Job.status == "running", Job.lease_expires_at < now)
             if job.attempts >= settings.max_attempts:
-                counts["dead"] += s.execute(update(Job).where(lost).values(
+                done = s.execute(update(Job).where(lost).values(
                     status="failed", finished_at=now, lease_owner=None, lease_expires_at=None,
                     error=dead_letter(job.attempts))).rowcount
+                counts["dead"] += done
             elif job.cancel_requested:
-                s.execute(update(Job).where(lost).values(status="cancelled", finished_at=now, lease_owner=None,
-                                                         lease_expires_at=None))
+                done = s.execute(update(Job).where(lost).values(status="cancelled", finished_at=now,
+                                                                lease_owner=None, lease_expires_at=None)).rowcount
             else:
-                counts["requeued"] += s.execute(update(Job).where(lost).values(
+                done = s.execute(update(Job).where(lost).values(
                     status="queued", lease_owner=None, lease_expires_at=None, enqueued_at=None)).rowcount
+                counts["requeued"] += done
+            if done:
+                _close_attempt(s, job.id, "lease expired", now)
     stale = now - timedelta(seconds=settings.requeue_after)
     with db.session() as s:
         lost = s.execute(select(Job.id, Job.queue).where(

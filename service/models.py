@@ -61,8 +61,9 @@ class AdapterCache:
         self._lock = threading.Lock()
 
     def get(self, ref: ModelRef):
-        """The adapter for a revision. The revision is the content hash of every file the loader reads, so the
-        loaded copy is checked against it: a cache keyed by revision can only ever hold those bytes."""
+        """The adapter for a revision. A registered revision is the content hash of every file the loader reads, so
+        the copy loaded from storage is checked against it: a cache keyed by revision only ever holds those bytes.
+        (Zoo models come with the code; their revision is whatever the installed files hash to.)"""
         from worker.models import load_model
 
         with self._lock:
@@ -70,7 +71,7 @@ class AdapterCache:
             if adapter is None:
                 source = ref.name if ref.zoo else str(self._materialise(ref))
                 adapter = load_model(source).to(self.device)
-                if adapter.revision != ref.revision:
+                if not ref.zoo and adapter.revision != ref.revision:
                     raise conflict(f"model {ref.name!r}: the stored files have revision {adapter.revision[:12]}, "
                                    f"not the registered {ref.revision[:12]}; register the bundle again")
                 self._adapters[ref.revision] = adapter

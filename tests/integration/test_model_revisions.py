@@ -145,10 +145,12 @@ def fresh_db(backend, tmp_path, request):
 def test_migration_reidentifies_registered_models(fresh_db, tmp_path):
     """Rows registered under the old hash: a valid bundle keeps its revision; one whose config pointed at a
     dot-file (never stored before) is withdrawn and its waiting job fails with a 409 saying so."""
-    from sqlalchemy import select
+    import uuid
+
+    from sqlalchemy import select, text
 
     from service.auth import create_key
-    from service.db import Database, Job, Model, Tenant
+    from service.db import Database, Job, Model, Tenant, utcnow
     from service.migrate import upgrade
     from service.registry import register
     from service.storage import open_store
@@ -167,12 +169,12 @@ def test_migration_reidentifies_registered_models(fresh_db, tmp_path):
         for key in store.list(broken_key):  # what the old registry stored: no dot-files
             if "/." in key:
                 store.delete(key)
-        with db.session() as s:
-            job = Job(tenant_id=tenant, model_name="broken", model_revision=broken_rev,
-                      request={"model": "broken"}, request_hash="x", queue="cpu", status="queued")
-            s.add(job)
-            s.flush()
-            job_id = job.id
+        job_id = str(uuid.uuid4())
+        with db.session() as s:  # the 0001 columns only (the model class has later ones)
+            s.execute(text("INSERT INTO jobs (id, tenant_id, kind, status, model_name, model_revision, request, "
+                           "request_hash, queue, progress, attempts, cancel_requested, created_at, updated_at) "
+                           "VALUES (:id, :t, 'explain', 'queued', 'broken', :rev, '{}', 'x', 'cpu', 0, 0, false, "
+                           ":now, :now)"), {"id": job_id, "t": tenant, "rev": broken_rev, "now": utcnow()})
 
         upgrade(fresh_db, store=store)
 
