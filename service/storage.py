@@ -1,6 +1,7 @@
 """Object storage behind one interface: a local directory (embedded) or an S3 bucket (production)."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -62,9 +63,14 @@ class LocalStore(Store):
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as f:  # write then rename: readers never see half a file
-            f.write(data)
-        os.replace(tmp, path)
+        try:
+            with os.fdopen(fd, "wb") as f:  # write then rename: readers never see half a file
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:  # a full disk, a kill: leave no half-written temporary behind
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
     def get(self, key: str) -> bytes:
         try:

@@ -1,6 +1,8 @@
 """Object storage: the local directory store, and the S3 store over HTTP against a local S3 server (moto)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import requests
 
@@ -97,3 +99,27 @@ def test_presigned_urls_name_the_public_endpoint(s3_endpoint, monkeypatch):
     url = store.presigned_url("a/b.txt", "b.txt", 60)
     assert url.startswith(public)
     assert requests.get(url, timeout=10).content == b"hello"  # signed for the host the client calls
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path):
+    """A write the file system refuses (here a file-size limit, as a full disk would) leaves nothing behind."""
+    import subprocess
+    import sys
+
+    script = (
+        "import resource, signal, sys\n"
+        "from service.storage import LocalStore\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
+        "store = LocalStore(sys.argv[1])\n"
+        "store.put('jobs/j/small.json', b'{}', 'application/json')\n"
+        "try:\n"
+        "    store.put('jobs/j/big.bin', b'x' * 100_000, 'application/octet-stream')\n"
+        "except OSError as e:\n"
+        "    print('refused', e.errno)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
+                         timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.startswith("refused"), out.stderr
+    left = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert left == ["jobs/j/small.json"]
