@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.config import Settings
-from service.db import FINISHED, IN_FLIGHT, Artifact, Database, Job, utcnow
+from service.db import FINISHED, IN_FLIGHT, Artifact, Database, Job, Lease, utcnow
 from service.errors import Problem, conflict, not_found, too_many
 
 # --- API side --------------------------------------------------------------------------------------------
@@ -245,9 +245,32 @@ def dead_letter(attempts: int) -> dict[str, Any]:
 # --- housekeeping ----------------------------------------------------------------------------------------
 
 
-def reap(db: Database, settings: Settings, send: Callable[[str, str], None]) -> dict[str, int]:
+def lead(db: Database, name: str, owner: str, seconds: float) -> bool:
+    """Take or renew the named lease for `owner`; False while another owner holds it unexpired. Workers on many
+    machines each run a reaper thread; this makes one of them do the work at a time."""
+    now = utcnow()
+    until = now + timedelta(seconds=seconds)
+    with db.session() as s:
+        if s.execute(update(Lease).where(Lease.name == name, or_(Lease.owner == owner, Lease.expires_at < now))
+                     .values(owner=owner, expires_at=until)).rowcount:
+            return True
+        if s.get(Lease, name) is not None:
+            return False
+    try:
+        with db.session() as s:
+            s.add(Lease(name=name, owner=owner, expires_at=until))
+        return True
+    except IntegrityError:  # another owner inserted it first
+        return False
+
+
+def reap(db: Database, settings: Settings, send: Callable[[str, str], None],
+         held: Callable[[], set[str] | None] | None = None) -> dict[str, int]:
     """Re-queue jobs whose lease expired, dead-letter those out of attempts, re-send queued jobs the broker lost,
-    and start the finaliser of audits whose batches have all ended."""
+    and start the finaliser of audits whose batches have all ended.
+
+    `held` says which job ids the broker still holds (service.queue.held_job_ids): a job queued long but still
+    waiting in the broker is not lost, and re-sending it would only grow the queue (and what scales on it)."""
     from service.audits import release_finalizers
 
     now = utcnow()
@@ -274,10 +297,12 @@ def reap(db: Database, settings: Settings, send: Callable[[str, str], None]) -> 
     with db.session() as s:
         lost = s.execute(select(Job.id, Job.queue).where(
             Job.status == "queued", or_(Job.enqueued_at.is_(None), Job.enqueued_at < stale))).all()
+    in_broker = held() if held is not None and lost else None
     for job_id, queue in lost:
-        send(job_id, queue)
+        if in_broker is None or job_id not in in_broker:
+            send(job_id, queue)
+            counts["resent"] += 1
         mark_enqueued(db, job_id)
-        counts["resent"] += 1
     counts["finalizers"] = release_finalizers(db, send)
     return counts
 

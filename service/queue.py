@@ -4,6 +4,8 @@ Redis in production, kombu's server-less SQLAlchemy transport in the embedded de
 """
 from __future__ import annotations
 
+import json
+
 from celery import Celery
 from kombu import Exchange, Queue
 
@@ -45,8 +47,34 @@ def _queue(name: str) -> Queue:
 
 
 def send_job(app: Celery, job_id: str, queue: str) -> None:
-    """The message carries the job id only."""
-    app.send_task(RUN_JOB, args=[job_id], queue=queue)
+    """The message carries the job id only (as its argument, and as the task id, so the broker can be asked
+    which jobs it holds)."""
+    app.send_task(RUN_JOB, args=[job_id], queue=queue, task_id=job_id)
+
+
+def held_job_ids(app: Celery, queues: list[str]) -> set[str] | None:
+    """The ids of the jobs whose message the broker holds now: waiting in one of the queues, or (Redis) delivered
+    to a worker and not yet acknowledged. None where the broker cannot be asked this."""
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        if hasattr(channel, "message_cls"):  # kombu's SQLAlchemy transport: rows stay, delivered ones invisible
+            q, m = channel.queue_cls, channel.message_cls
+            rows = channel.session.query(m.payload).filter(m.queue_id == q.id, q.name.in_(queues),
+                                                           m.visible.is_(True)).all()
+            return {_task_id(payload) for (payload,) in rows}
+        client = getattr(channel, "client", None)
+        if client is None or not hasattr(client, "lrange"):
+            return None
+        payloads = [raw for queue in queues for raw in client.lrange(queue, 0, -1)]
+        payloads += [json.dumps(json.loads(raw)[0]) for raw in client.hvals(channel.unacked_key)]
+        return {_task_id(raw) for raw in payloads}
+
+
+def _task_id(payload: str | bytes) -> str:
+    try:
+        return str(json.loads(payload).get("headers", {}).get("id"))
+    except (ValueError, AttributeError):
+        return ""
 
 
 def broker_ok(app: Celery) -> None:
