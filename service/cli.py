@@ -119,7 +119,8 @@ def serve(bind: str, workers: int) -> None:
 
     # request metrics summed over gunicorn's worker processes (service/metrics.py)
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="lantern-api-metrics-"))
-    os.execvp(sys.executable, [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(workers),
+    os.execvp(sys.executable, [sys.executable, "-m", "gunicorn", "--config", "python:service.gunicorn_conf",
+                               "--bind", bind, "--workers", str(workers),
                                "--graceful-timeout", "30", "--timeout", "60", "--access-logfile", "-",
                                "service.wsgi:app"])
 
