@@ -13,7 +13,6 @@ from service.errors import Problem, invalid
 def check_request(adapter: Any, request: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """Raise a 4xx Problem for anything the worker would refuse; return the request with defaults filled in."""
     from worker.methods import registry
-    from worker.models.base import InputError
 
     methods = registry()
     errors: dict[str, Any] = {}
@@ -49,6 +48,7 @@ def check_request(adapter: Any, request: dict[str, Any], settings: Settings) -> 
             filled[name] = methods[name].params().load(params.get(name) or {})
             _finite(filled[name], f"params.{name}")
             _within_limits(filled[name], settings)
+            _method_check(methods[name], adapter, filled[name])
         except ma.ValidationError as e:
             errors.setdefault("params", {})[name] = e.messages
         except ValueError as e:
@@ -56,13 +56,44 @@ def check_request(adapter: Any, request: dict[str, Any], settings: Settings) -> 
     if errors:
         raise Problem(422, "Invalid request", "some method parameters are invalid", errors)
 
-    try:
-        n_tokens = adapter.count_tokens(request["inputs"])
-    except InputError as e:
-        raise invalid(str(e), "inputs") from e
-    if n_tokens > settings.max_tokens:
-        raise invalid(f"the input has {n_tokens} tokens; the limit is {settings.max_tokens}", "inputs")
+    problem = input_problem(adapter, request["inputs"], settings)
+    if problem:
+        raise invalid(problem, "inputs")
     return {**request, "params": filled}
+
+
+def input_problem(adapter: Any, inputs: dict[str, str], settings: Settings) -> str | None:
+    """Why the worker would refuse this input, or None. The adapter's own encode (tokenizer and vocabulary only,
+    no weights) is the judge, so texts that are empty once tokenised (e.g. only zero-width characters) are caught
+    here as the worker would catch them."""
+    from worker.models.base import InputError
+
+    try:
+        n_tokens = len(adapter.encode(inputs).tokens[0])
+    except InputError as e:
+        return str(e)
+    if n_tokens > settings.max_tokens:
+        return f"the input has {n_tokens} tokens; the limit is {settings.max_tokens}"
+    return None
+
+
+def check_items(adapter: Any, items: list[tuple[int, dict[str, str]]], settings: Settings) -> None:
+    """Every (position, item) of an audit as the worker will see it: a 422 naming the first item it would refuse."""
+    for position, item in items:
+        problem = input_problem(adapter, {k: v for k, v in item.items() if k != "label"}, settings)
+        if problem:
+            raise invalid(f"item {position}: {problem}", "corpus")
+
+
+def _method_check(method: Any, adapter: Any, params: dict[str, Any]) -> None:
+    """The method's own checks of its params against the model (layer names, patterns), as the worker runs them."""
+    from worker.models.base import InputError
+
+    if method.check is not None:
+        try:
+            method.check(adapter, params)
+        except InputError as e:
+            raise ValueError(str(e)) from None
 
 
 def _finite(values: dict[str, Any], where: str) -> None:

@@ -15,7 +15,7 @@ from service.app import runtime
 from service.db import Artifact
 from service.errors import invalid, not_found
 from service.queue import send_job
-from service.validation import check_request
+from service.validation import check_items, check_request
 
 log = logging.getLogger("lantern.api")
 blp = Blueprint("audits", __name__, url_prefix="/v1/audits", description="Corpus audits: fan-out and aggregates")
@@ -39,7 +39,9 @@ class Audits(MethodView):
             for name in body["models"]:  # methods, layers and params checked against each model, on item one
                 ref = model_field(s, tenant, name, "models")
                 probe = {**body, "model": name, "inputs": first}
-                checked = {**body, "params": check_request(rt.adapters.get(ref), probe, rt.settings)["params"]}
+                adapter = rt.adapters.get(ref)
+                checked = {**body, "params": check_request(adapter, probe, rt.settings)["params"]}
+                check_items(adapter, chosen, rt.settings)  # every item's tokens, as its batch will encode them
                 revisions[name] = ref.revision
             stored = {k: v for k, v in checked.items() if k != "corpus"}
             stored["corpus"] = {k: v for k, v in body["corpus"].items() if k != "items"} or {"items": len(items)}

@@ -159,10 +159,16 @@ def test_too_many_items_and_good_upload(api, runtime):
 
 
 def test_a_bad_item_fails_alone(api, runtime):
-    """One item the model cannot take (over the token limit) fails with its reason; its batch-mates succeed."""
-    items = [{"text": "A fine film."}, {"text": "word " * 600}, {"text": "A dull film."}]
+    """One item the model cannot take (over the token limit) fails with its reason; its batch-mates succeed.
+    Submit refuses such an item now (test_hardening_worker), so it is planted in the stored row afterwards."""
+    from sqlalchemy import update
+
+    items = [{"text": "A fine film."}, {"text": "A good film."}, {"text": "A dull film."}]
     audit_id = api.post("/v1/audits", json={"model": "minilm-rt", "corpus": {"items": items},
                                             "methods": ["gradient"], "batch_size": 3}).get_json()["id"]
+    with runtime.db.session() as s:
+        s.execute(update(AuditItem).where(AuditItem.audit_id == audit_id, AuditItem.position == 1)
+                  .values(input={"text": "word " * 600}))
     run_all(runtime, audit_id)
     doc = api.get(f"/v1/audits/{audit_id}").get_json()
     assert doc["status"] == "succeeded" and doc["counts"] == {"total": 3, "done": 2, "failed": 1}

@@ -146,6 +146,8 @@ def check_methods(adapter: Adapter, table: dict[str, Method], methods: list[str]
             chosen[name] = table[name].params().load(params.get(name) or {})
         except ma.ValidationError as err:
             raise InputError(f"params.{name}: {err.messages}") from None
+        if table[name].check is not None:
+            table[name].check(adapter, chosen[name])
     return chosen
 
 

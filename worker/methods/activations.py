@@ -8,7 +8,8 @@ h (T×H) are read in one forward pass. Neurons are ranked over the non-special t
 - ``rank_by="correlation"``: |Pearson correlation| between h[:, j] and a user pattern over the tokens. The pattern is
   ``pattern`` (one number per word, e.g. 1 inside quotes and 0 elsewhere; a word's value goes to all its tokens) or
   ``pattern_regex`` (a regular expression on the text: a word is 1 where its characters overlap a match, else 0;
-  ``"[^"]*"`` marks quoted spans).
+  ``"[^"]*"`` marks quoted spans). Patterns run on RE2, in time linear in the text: a pattern cannot stall a worker
+  however it backtracks in other engines, and what RE2 cannot run (backreferences, lookaround) is refused.
 
 The ``top`` neurons' traces are returned (signed correlation kept). No target is needed: headless models run it.
 
@@ -18,11 +19,11 @@ JSON: ``{"layer", "rank_by", "neurons": [top indices], "traces": top×T, "varian
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
 import marshmallow as ma
+import re2
 import torch
 
 from worker.methods.base import Method, MethodResult, Params, Target
@@ -44,8 +45,41 @@ class ActivationsParams(Params):
                                      metadata={"description": "regex on the text marking the words of the pattern"})
 
 
+NO_PATTERN = "rank_by=correlation needs pattern (one number per word) or pattern_regex"
+
+
 def per_token_layers(adapter: Adapter) -> list[str]:
     return [n for n in adapter.layer_names if n not in ("pool", "output")]
+
+
+def chosen_layer(adapter: Adapter, params: dict[str, Any]) -> str:
+    allowed = per_token_layers(adapter)
+    layer = params.get("layer") or allowed[-1]
+    if layer not in allowed:
+        raise InputError(f"activations need a per-token layer, one of {allowed}; got {layer!r}")
+    return layer
+
+
+def compile_pattern(pattern: str) -> re2._Regexp:
+    """A user's pattern compiled by RE2 (linear time, no backtracking), or an InputError saying why not."""
+    options = re2.Options()
+    options.log_errors = False  # a refused pattern is the user's error, not a line in the worker's log
+    try:
+        return re2.compile(pattern, options)
+    except re2.error as err:
+        why = err.args[0].decode(errors="replace") if err.args and isinstance(err.args[0], bytes) else str(err)
+        raise InputError(f"pattern_regex cannot be used: {why} (patterns run on RE2: no backreferences, "
+                         "lookahead or lookbehind)") from None
+
+
+def check(adapter: Adapter, params: dict[str, Any]) -> None:
+    """What the API checks at submit too: the layer exists and is per token, the pattern compiles."""
+    chosen_layer(adapter, params)
+    if params.get("pattern_regex") is not None:
+        compile_pattern(params["pattern_regex"])
+    if params.get("rank_by") == "correlation" and params.get("pattern") is None \
+            and params.get("pattern_regex") is None:
+        raise InputError(NO_PATTERN)
 
 
 def token_pattern(encoding: Encoding, params: dict[str, Any]) -> torch.Tensor:
@@ -57,10 +91,7 @@ def token_pattern(encoding: Encoding, params: dict[str, Any]) -> torch.Tensor:
             raise InputError(f"pattern has {len(values)} values; the input has {len(words)} words "
                              "(specials included, as in the result's word_strings)")
     elif params.get("pattern_regex") is not None:
-        try:
-            expression = re.compile(params["pattern_regex"])
-        except re.error as err:
-            raise InputError(f"pattern_regex is not a valid regular expression: {err}") from None
+        expression = compile_pattern(params["pattern_regex"])
         item = encoding.inputs[0]
         text = item.get("text", item.get("premise", ""))
         spans = [m.span() for m in expression.finditer(text) if m.end() > m.start()]
@@ -72,7 +103,7 @@ def token_pattern(encoding: Encoding, params: dict[str, Any]) -> torch.Tensor:
             start, end = encoding.offsets[0][group[0]][0], encoding.offsets[0][group[-1]][1]
             values.append(float(any(a < end and start < b for a, b in spans)))
     else:
-        raise InputError("rank_by=correlation needs pattern (one number per word) or pattern_regex")
+        raise InputError(NO_PATTERN)
     out = torch.zeros(len(encoding.tokens[0]), dtype=torch.float64)
     for value, group in zip(values, words, strict=True):
         out[group] = value
@@ -98,10 +129,7 @@ def run(
 ) -> MethodResult:
     progress(0.0)
     one = encoding.item(0)
-    allowed = per_token_layers(adapter)
-    layer = params["layer"] or allowed[-1]
-    if layer not in allowed:
-        raise InputError(f"activations need a per-token layer, one of {allowed}; got {layer!r}")
+    layer = chosen_layer(adapter, params)
     with torch.no_grad():
         states = adapter.forward(adapter.embed(one), one, capture=[layer], upto=layer).layers[layer][0]
     states = states.double().cpu()  # T×H
@@ -151,4 +179,5 @@ METHOD = Method(
     needs_head=False,
     token_scores=False,
     tensors=("states", "traces"),
+    check=check,
 )

@@ -125,6 +125,15 @@ def applies(adapter: Adapter) -> bool:
     return any(test(adapter) for test, _ in VIEWS)
 
 
+def check(adapter: Adapter, params: dict[str, Any]) -> None:
+    """What the API checks at submit too: figure_layer names one of the transformer's attention layers (the other
+    views draw no per-layer figure and ignore it)."""
+    layer = params.get("figure_layer")
+    view = next((view for test, view in VIEWS if test(adapter)), None)
+    if layer is not None and view is transformer_view and layer not in adapter.attention_names:
+        raise InputError(f"figure_layer {layer!r} is not one of {list(adapter.attention_names)}")
+
+
 def run(adapter: Adapter, encoding: Encoding, target: Target | None, params: dict[str, Any], layers=None,
         progress: Callable[[float], None] = lambda fraction: None, seed: int = 0) -> MethodResult:
     for test, view in VIEWS:
@@ -145,4 +154,5 @@ METHOD = Method(
     token_scores=False,
     tensors=("attention", "energy", "head_average"),
     applies=applies,
+    check=check,
 )

@@ -84,6 +84,9 @@ class Method:
     run_batch: Callable[..., list[MethodResult]] | None = None
     # the side-by-side figure of a compare_with job: {model name: this method's JSON part} -> PNG (None = none)
     compare: Callable[[dict[str, dict[str, Any]]], bytes] | None = None
+    # checks of the loaded params against the model that need no weights (layer names, patterns): raises
+    # InputError. The API calls it at submit and the worker before any work, so both refuse the same requests.
+    check: Callable[[Any, dict[str, Any]], None] | None = None
 
 
 def word_scores(token_scores: list[float], words: list[list[int]]) -> list[float]:

@@ -95,6 +95,28 @@ def default_layers(adapter: Adapter) -> list[str]:
     return [name for name in adapter.layer_names if name not in HEAD_LAYERS]
 
 
+def check(adapter: Adapter, params: dict[str, Any]) -> None:
+    """What the API checks at submit too: the timestamp layers exist (the request's ``layers`` are checked for
+    every method)."""
+    stamps = params.get("timestamps") or ()
+    unknown = [n for n in stamps if n not in adapter.layer_names]
+    if unknown:
+        raise InputError(f"timestamps: unknown layer(s) {unknown}; {adapter.name} has {adapter.layer_names}")
+    pooled = [n for n in stamps if not per_token(adapter, n)]
+    if pooled:
+        raise InputError(f"timestamp mode needs per-token layers; {pooled} hold one vector per input")
+
+
+def per_token(adapter: Adapter, name: str) -> bool:
+    """Whether a layer has a row per token, told from its name alone: ``pool`` never; a classifier's ``output`` is
+    one row of logits, while a language model's (or a headless seq2seq's) has one per step."""
+    from worker.models.lstm_lm import is_language_model
+
+    if name == "pool":
+        return False
+    return name != "output" or not adapter.has_head or is_language_model(adapter)
+
+
 def settings_for(adapter: Adapter, params: dict[str, Any]) -> Settings:
     bound = params.get("bound")
     if bound is None:
@@ -235,4 +257,5 @@ METHOD = Method(
     takes_layers=True,
     token_scores=False,
     tensors=("sigma.<layer>", "scores.<layer>", "entropy.<layer>", "sigma.<layer>@steps"),
+    check=check,
 )
