@@ -54,6 +54,21 @@ def migrate(data_dir: str | None) -> None:
 
 
 @main.command()
+@data_dir_option
+def purge(data_dir: str | None) -> None:
+    """Remove what is older than its retention (LANTERN_RETAIN_*_DAYS): rows and stored objects together."""
+    from service.retention import purge as run_purge
+    from service.runtime import Runtime
+
+    rt = Runtime(_settings(data_dir))
+    try:
+        counts = run_purge(rt.db, rt.store, rt.settings)
+    finally:
+        rt.close()
+    click.echo(", ".join(f"{n} {what}" for what, n in counts.items()) + " purged")
+
+
+@main.command()
 @click.option("--host", default="127.0.0.1")
 @click.option("--port", default=8000, type=int)
 @data_dir_option
@@ -162,12 +177,17 @@ def _db(data_dir: str | None):
 
 @keys.command("create")
 @click.option("--tenant", required=True)
-@click.option("--expires", type=float, default=None, help="days until the key expires")
+@click.option("--expires", type=float, default=None,
+              help="days until the key expires (more than 0); omit it for a key that never expires")
 @data_dir_option
 def keys_create(tenant: str, expires: float | None, data_dir: str | None) -> None:
     """Make a key (and the tenant if needed). The key is printed alone on the last line."""
-    from service.auth import create_key
+    from service.auth import check_expiry, create_key
 
+    try:
+        check_expiry(expires)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--expires") from None
     db = _db(data_dir)
     with db.session() as s:
         row, plain = create_key(s, tenant, expires)

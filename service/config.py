@@ -55,6 +55,11 @@ class Settings:
     max_steps: int = 2000  # per method: integration / optimisation steps (integrated_gradients, perturbation)
     model_root: str = ""  # server-side bundle paths must lie under this root (empty: none allowed)
 
+    # retention in days, 0 = forever (service/retention.py; `lantern purge`, and the reaper's leader once a day)
+    retain_jobs_days: float = 0  # finished jobs and audits, with their stored files
+    retain_artifacts_days: float = 0  # only the stored files of finished jobs (the documents stay)
+    retain_uploads_days: float = 0  # corpus uploads (audits copy their items when created)
+
     # HTTP
     log_level: str = "INFO"
     log_json: bool = False
@@ -118,6 +123,8 @@ def _convert(kind: Any, raw: str) -> Any:
     kind = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
     if kind == "int":
         return int(raw)
+    if kind == "float":
+        return float(raw)
     if kind == "bool":
         return _bool(raw)
     return raw
