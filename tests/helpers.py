@@ -70,6 +70,15 @@ def wait_for(check, timeout: float, what: str, every: float = 0.1):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def is_ancestor(pid: int, child: int) -> bool:
+    """Whether process `pid` is `child` or one of its ancestors (a worker's main process and its pool child)."""
+    while child > 1:
+        if child == pid:
+            return True
+        child = int(Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return False
+
+
 def api_ready(url: str) -> bool:
     import requests
 
@@ -141,7 +150,8 @@ def production_stack(pg_url: str, redis_url: str, tmp: Path, *, api_workers: int
                     LANTERN_DATA_DIR=str(tmp / "data"), LANTERN_JOB_QUEUE=f"gpu-{tag}",
                     LANTERN_CPU_QUEUE=f"cpu-{tag}", LANTERN_LEASE_SECONDS="3", LANTERN_REAPER_INTERVAL="1",
                     LANTERN_REQUEUE_AFTER="600", AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test",
-                    HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", **(env or {}))
+                    HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    full_env.update(env or {})  # a test may override any of the above (e.g. a local store on a small disk)
     boto3.client("s3", endpoint_url=full_env["LANTERN_S3_ENDPOINT_URL"], region_name="us-east-1",
                  aws_access_key_id="test", aws_secret_access_key="test").create_bucket(Bucket=f"lantern-{tag}")
     st = Stack(full_env, tmp)

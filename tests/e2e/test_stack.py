@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
 from service.db import Job
-from tests.helpers import LANTERN, production_stack
+from tests.helpers import LANTERN, is_ancestor, production_stack
 from tests.helpers import wait_for as _wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis, pytest.mark.s3]
@@ -57,7 +56,7 @@ def test_a_killed_worker_s_job_finishes_once_on_another(stack):
 
     owner = _wait_for(running_owner, 180, "the job to run")
     child_pid = int(owner.split(":")[1])
-    victim = next(w for w in stack.workers if _is_ancestor(w.pid, child_pid))
+    victim = next(w for w in stack.workers if is_ancestor(w.pid, child_pid))
     os.killpg(victim.pid, signal.SIGKILL)  # the machine is gone: main process and pool child, no goodbye
     victim.wait(10)
 
@@ -73,14 +72,6 @@ def test_a_killed_worker_s_job_finishes_once_on_another(stack):
     assert f"job {job_id} attempt 2" in (stack.tmp / f"{survivor.name}.log").read_text()
     assert f"job {job_id} attempt 2" not in (stack.tmp / f"{victim.name}.log").read_text()
 
-
-def _is_ancestor(pid: int, child: int) -> bool:
-    while child > 1:
-        if child == pid:
-            return True
-        stat = Path(f"/proc/{child}/stat").read_text()
-        child = int(stat.rsplit(")", 1)[1].split()[1])
-    return False
 
 
 def test_embedded_demo_runs_and_shuts_down(tmp_path):
