@@ -14,6 +14,7 @@ from service.db import ApiKey, Tenant, utcnow
 from service.errors import Problem, not_found
 
 PREFIX = "lt_"
+MAX_EXPIRES_DAYS = 36_500  # beyond this, datetime arithmetic overflows soon enough to matter
 
 
 @dataclass(frozen=True)
@@ -37,15 +38,24 @@ def ensure_tenant(session: Session, name: str) -> Tenant:
 
 
 def create_key(session: Session, tenant_name: str, expires_days: float | None = None) -> tuple[ApiKey, str]:
-    """Make a key for the tenant (created if needed). The plain key is returned once and never stored."""
+    """Make a key for the tenant (created if needed). The plain key is returned once and never stored.
+    `expires_days` None: the key never expires; otherwise a positive number of days, at most MAX_EXPIRES_DAYS."""
+    check_expiry(expires_days)
     tenant = ensure_tenant(session, tenant_name)
     key_id = secrets.token_hex(6)
     plain = f"{PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
-    expires = utcnow() + timedelta(days=expires_days) if expires_days else None
+    expires = utcnow() + timedelta(days=expires_days) if expires_days is not None else None
     row = ApiKey(id=key_id, tenant_id=tenant.id, secret_hash=_digest(plain), expires_at=expires)
     session.add(row)
     session.flush()
     return row, plain
+
+
+def check_expiry(expires_days: float | None) -> None:
+    """0 once meant "never expires" by accident; a key that never expires is asked for by giving no expiry."""
+    if expires_days is not None and not 0 < expires_days <= MAX_EXPIRES_DAYS:  # also refuses NaN
+        raise ValueError(f"expiry must be more than 0 and at most {MAX_EXPIRES_DAYS} days; "
+                         "for a key that never expires, give none")
 
 
 def list_keys(session: Session) -> list[tuple[ApiKey, str]]:
