@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from typing import Any
 
@@ -25,28 +24,39 @@ class LeaseLost(Exception):
     """Another worker (or the reaper) took this job: stop without writing anything."""
 
 
-class Heartbeat(threading.Thread):
-    """Keeps the lease alive while the engine computes, and carries the latest progress to the row."""
+class Heartbeat:
+    """Keeps the lease alive while the engine computes, and carries the latest progress to the row.
+
+    The beats come from the lease keeper's sidecar process (worker/lease.py), not from a thread here: a method that
+    holds the interpreter lock in one long C call must not make a live worker look dead."""
 
     def __init__(self, rt: Runtime, job_id: str, worker: str) -> None:
-        super().__init__(daemon=True, name=f"heartbeat-{job_id[:8]}")
         self.rt, self.job_id, self.worker = rt, job_id, worker
-        self.progress: float | None = None
-        self.owned = True
-        self.stopped = threading.Event()
+        self._lease = None
+        self._progress: float | None = None
 
-    def run(self) -> None:
-        interval = max(self.rt.settings.lease_seconds / 3, 0.2)
-        while not self.stopped.wait(interval):
-            try:
-                self.owned = jobs.heartbeat(self.rt.db, self.job_id, self.worker, self.rt.settings, self.progress)
-            except Exception:  # a blip in the database: the lease has slack for two more beats
-                log.warning("heartbeat failed for job %s", self.job_id)
-            if not self.owned:
-                return
+    def start(self) -> None:
+        from worker.lease import hold
+
+        self._lease = hold(self.rt.settings, self.job_id, self.worker)
 
     def stop(self) -> None:
-        self.stopped.set()
+        if self._lease is not None:
+            self._lease.release()
+
+    @property
+    def progress(self) -> float | None:
+        return self._progress
+
+    @progress.setter
+    def progress(self, fraction: float | None) -> None:
+        self._progress = fraction
+        if self._lease is not None:
+            self._lease.set_progress(fraction)
+
+    @property
+    def owned(self) -> bool:
+        return self._lease is None or self._lease.owned
 
 
 def run_job(rt: Runtime, job_id: str, worker: str) -> str:
