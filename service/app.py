@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
+from http import HTTPStatus
 from typing import Any
 
 from flask import Flask, Response, current_app, g, json, request
@@ -18,23 +20,35 @@ log = logging.getLogger("lantern.api")
 PUBLIC = ("/healthz", "/readyz", "/metrics", "/docs", "/v1/openapi.json")
 
 
+MAX_HEADER_BYTES = 16 * 1024  # below gunicorn's and werkzeug's own limits, so that we answer the 431 ourselves
+
+
 class ProblemApi(Api):
-    """flask-smorest's Api, answering every HTTP error as application/problem+json."""
+    """flask-smorest's Api, answering every HTTP error as application/problem+json, and documenting it so."""
+
+    DEFAULT_ERROR_RESPONSE_NAME = None  # each operation lists its own error statuses (base.Blueprint.problems)
+
+    def _register_responses(self) -> None:
+        from service.api.base import ProblemSchema
+
+        for status in HTTPStatus:
+            if status >= 400:
+                self.spec.components.response(status.name, {"description": status.phrase, "content": {
+                    PROBLEM_JSON: {"schema": ProblemSchema}}}, lazy=True)
 
     def handle_http_exception(self, error: HTTPException) -> Response:
-        errors = None
         data = getattr(error, "data", None) or {}
-        if "messages" in data:  # webargs validation: {"json": {...field errors}}
-            messages = data["messages"]
-            errors = messages.get("json", messages) if isinstance(messages, dict) else messages
+        messages = data.get("messages")  # webargs: {"json": {...field errors}} or {"json": ["Invalid JSON body."]}
+        body = isinstance(messages, dict) and (messages.get("json") or messages.get("form"))
+        errors = body or messages if isinstance(messages, dict) else None  # a body's fields unprefixed
         detail = error.description if isinstance(error.description, str) else ""
         if error.code == 422:
             detail = "the request body does not match the schema; see errors"
-        elif error.code == 400 and "JSON" in json.dumps(errors or "").upper():
+        elif error.code == 400 and messages:
             detail = "the request body is not valid JSON"
         elif error.code == 413:
             detail = f"the request body is larger than {current_app.config['MAX_CONTENT_LENGTH']} bytes"
-        problem = Problem(error.code or 500, error.name, detail, errors)
+        problem = Problem(error.code or 500, error.name, detail, errors if isinstance(errors, dict) else None)
         return problem_response(problem, getattr(error, "get_headers", lambda: [])())
 
 
@@ -51,6 +65,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     runtime = runtime or Runtime(settings or Settings.from_env())
     settings = runtime.settings
     app = Flask("lantern")
+    from service.api.base import IdConverter
+
+    app.url_map.converters["id"] = IdConverter
     app.config.update(
         API_TITLE="Lantern",
         API_VERSION="v1",
@@ -69,6 +86,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     )
     app.extensions["lantern"] = runtime
     api = ProblemApi(app)
+    api.register_converter(IdConverter, lambda _: {"type": "string", "minLength": 1})
     app.extensions["lantern.api"] = api
     metrics = Metrics(runtime)
     app.extensions["lantern.metrics"] = metrics
@@ -79,6 +97,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     api.register_blueprint(audits.blp)
     api.register_blueprint(catalog.blp)
     app.register_blueprint(health.blp)
+    from service.api.schemas import document
+
+    document(api.spec)
 
     @app.errorhandler(Problem)
     def _problem(problem: Problem) -> Response:
@@ -92,14 +113,23 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         return problem_response(Problem(500, "Internal Server Error", "an unexpected error; it was logged"))
 
     @app.before_request
-    def _authenticate() -> None:
+    def _header_size() -> None:
         g.started = time.perf_counter()
+        if sum(len(k) + len(v) + 4 for k, v in request.headers.items()) > MAX_HEADER_BYTES:
+            raise Problem(431, "Request header fields too large",
+                          f"the request's headers are larger than {MAX_HEADER_BYTES} bytes")
+
+    @app.before_request
+    def _authenticate() -> None:
+        if request.method == "OPTIONS":  # only says which methods a path has (and CORS preflights carry no key)
+            return
         if request.path in PUBLIC or request.path.startswith("/docs") or not request.path.startswith("/v1"):
             return
         from service.auth import authenticate
 
         with runtime.db.session() as s:
             g.caller = authenticate(s, request.headers.get("Authorization"))
+        _check_query(api)
 
     @app.after_request
     def _observe(resp: Response) -> Response:
@@ -107,6 +137,37 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         return resp
 
     return app
+
+
+def _check_query(api: ProblemApi) -> None:
+    """Query parameters the operation does not document are a 422, not silently ignored; query and path values
+    must be valid text."""
+    from service.api.guard import check_strings
+
+    if request.url_rule is None:
+        return
+    method = "get" if request.method == "HEAD" else request.method.lower()
+    path = re.sub(r"<(?:[^<>:]+:)?([^<>]+)>", r"{\1}", request.url_rule.rule)  # as flask-smorest documents it
+    known = _query_names(api).get((path, method), set())
+    unknown = sorted(set(request.args) - known)
+    if unknown:
+        raise Problem(422, "Invalid request", f"unknown query parameter(s): {', '.join(unknown)}",
+                      {"query": {name: ["Unknown field."] for name in unknown}})
+    check_strings(request.args, "query")
+    check_strings(request.view_args or {}, "path")
+
+
+def _query_names(api: ProblemApi) -> dict[tuple[str, str], set[str]]:
+    """(OpenAPI path, method) -> the query parameters the OpenAPI document gives it; built once."""
+    app = current_app
+    if "lantern.query" not in app.extensions:
+        names = {}
+        for path, ops in api.spec.to_dict()["paths"].items():
+            for method, op in ops.items():
+                if isinstance(op, dict):
+                    names[(path, method)] = {p["name"] for p in op.get("parameters", []) if p.get("in") == "query"}
+        app.extensions["lantern.query"] = names
+    return app.extensions["lantern.query"]
 
 
 def runtime() -> Runtime:

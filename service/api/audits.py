@@ -1,14 +1,16 @@
 """/v1/audits: corpus audits — submit, upload a corpus file, poll progress and aggregates, cancel, download."""
 from __future__ import annotations
 
+import csv
 import logging
 
 from flask import g, request
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from sqlalchemy import select
 
 from service import audits
+from service.api.base import Blueprint
+from service.api.guard import check_upload_lines
 from service.api.jobs import artifact_response, model_field
 from service.api.schemas import AuditRequestSchema, AuditSchema, UploadSchema
 from service.app import runtime
@@ -23,8 +25,10 @@ blp = Blueprint("audits", __name__, url_prefix="/v1/audits", description="Corpus
 
 @blp.route("")
 class Audits(MethodView):
-    @blp.arguments(AuditRequestSchema)
+    @blp.arguments(AuditRequestSchema, example={"model": "minilm-rt", "methods": ["gradient"], "corpus": {
+        "items": [{"text": "A gripping, moving film.", "label": "positive"}, {"text": "Dull.", "label": "negative"}]}})
     @blp.response(202, AuditSchema)
+    @blp.problems(400, 413, 429)  # 429: too many audits in flight
     def post(self, body: dict):
         """Audit a corpus: every item through every model, in micro-batches over the workers."""
         rt, tenant = runtime(), g.caller.tenant_id
@@ -59,8 +63,9 @@ class Audits(MethodView):
 @blp.route("/uploads")
 class Uploads(MethodView):
     @blp.response(201, UploadSchema)
-    @blp.doc(requestBody={"content": {"multipart/form-data": {"schema": {
-        "type": "object", "required": ["file"],
+    @blp.problems(400, 413)
+    @blp.doc(requestBody={"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["file"], "additionalProperties": False,
         "properties": {"file": {"type": "string", "format": "binary",
                                 "description": "JSONL or CSV with text (or premise + hypothesis) and label"}}}}}})
     def post(self):
@@ -70,29 +75,37 @@ class Uploads(MethodView):
         file = request.files.get("file")
         if file is None:
             raise invalid("send the corpus as multipart field 'file'", "file")
+        data = file.read()
+        check_upload_lines(data)
         with rt.db.session() as s:
-            upload = audits.store_upload(s, rt.store, g.caller.tenant_id, file.filename or "corpus", file.read(),
-                                         rt.settings)
+            try:
+                upload = audits.store_upload(s, rt.store, g.caller.tenant_id, file.filename or "corpus", data,
+                                             rt.settings)
+            except csv.Error as e:  # e.g. a bare carriage return inside a row; csv's message quotes no data
+                raise invalid(f"the CSV file cannot be read: {e}", "file") from None
             return {"upload": upload.id, "items": upload.items, "bytes": upload.bytes, "filename": upload.filename}
 
 
-@blp.route("/<audit_id>")
+@blp.route("/<id:audit_id>")
 class AuditById(MethodView):
     @blp.response(200, AuditSchema)
+    @blp.problems(404)
     def get(self, audit_id: str):
         """Progress (done/failed/total, throughput, ETA), aggregates so far, report artifacts."""
         with runtime().db.session() as s:
             return audits.document(s, audits.get(s, g.caller.tenant_id, audit_id))
 
     @blp.response(202, AuditSchema)
+    @blp.problems(404, 409)  # 409: the audit already finished
     def delete(self, audit_id: str):
         """Cancel: queued batches at once, running ones at their next item."""
         with runtime().db.session() as s:
             return audits.document(s, audits.cancel(s, g.caller.tenant_id, audit_id))
 
 
-@blp.route("/<audit_id>/artifacts/<name>")
+@blp.route("/<id:audit_id>/artifacts/<name>")
 @blp.response(200, description="the artifact's bytes, or a 302 to a presigned URL (S3)")
+@blp.problems(404)
 def artifact(audit_id: str, name: str):
     rt = runtime()
     with rt.db.session() as s:

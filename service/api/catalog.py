@@ -3,18 +3,25 @@ from __future__ import annotations
 
 from flask import current_app, g, request
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from service import models, registry
-from service.api.schemas import MethodListSchema, ModelListSchema, ModelSchema
+from service.api.base import Blueprint
+from service.api.schemas import (
+    MethodListSchema,
+    ModelFormSchema,
+    ModelListSchema,
+    ModelPathSchema,
+    ModelSchema,
+)
 from service.app import runtime
-from service.errors import invalid
+from service.errors import Problem
 
 blp = Blueprint("catalog", __name__, url_prefix="/v1", description="Methods and models")
 
 
 @blp.route("/methods")
 @blp.response(200, MethodListSchema)
+@blp.problems()
 def list_methods():
     """Every method with its parameters (JSON schema with defaults)."""
     from worker.methods import registry
@@ -30,6 +37,7 @@ def list_methods():
 @blp.route("/models")
 class Models(MethodView):
     @blp.response(200, ModelListSchema)
+    @blp.problems()
     def get(self):
         """The zoo models and the caller's registered models."""
         with runtime().db.session() as s:
@@ -37,14 +45,14 @@ class Models(MethodView):
 
     @blp.response(201, ModelSchema)
     @blp.alt_response(200, description="this exact revision was already registered under this name")
-    @blp.doc(requestBody={"content": {
-        "multipart/form-data": {"schema": {"type": "object", "required": ["name", "files"], "properties": {
-            "name": {"type": "string"},
-            "files": {"type": "array", "items": {"type": "string", "format": "binary"},
-                      "description": "the bundle's files; each file name is its path inside the bundle"}}}},
-        "application/json": {"schema": {"type": "object", "required": ["name", "path"], "properties": {
-            "name": {"type": "string"},
-            "path": {"type": "string", "description": "a bundle directory under the server's LANTERN_MODEL_ROOT"}}}},
+    @blp.problems(400, 403, 409, 413, 415)  # 403: server paths disabled or outside the root; 409: a zoo name
+    @blp.doc(requestBody={"required": True, "content": {
+        "multipart/form-data": {"schema": {
+            "type": "object", "required": ["name", "files"], "additionalProperties": False, "properties": {
+                "name": {"type": "string", "minLength": 1, "maxLength": 64},
+                "files": {"type": "array", "items": {"type": "string", "format": "binary"},
+                          "description": "the bundle's files; each file name is its path inside the bundle"}}}},
+        "application/json": {"schema": ModelPathSchema},
     }})
     def post(self):
         """Register a model bundle (config JSON + safetensors + vocabulary/tokenizer; never pickle).
@@ -53,16 +61,18 @@ class Models(MethodView):
         sha256 of the bundle's files and is immutable; registering new files under a name adds a revision."""
         rt = runtime()
         request.max_content_length = rt.settings.max_upload_bytes
+        parser = blp.ARGUMENTS_PARSER
         if request.mimetype == "multipart/form-data":
-            name = request.form.get("name", "")
+            name = parser.parse(ModelFormSchema, request, location="form")["name"]
             files = {f.filename or "": f.read() for f in request.files.getlist("files")}
             with registry.Staging(files) as bundle:
                 row, created = _register(rt, name, bundle)
-        else:
-            body = request.get_json(silent=True)
-            if not isinstance(body, dict) or set(body) != {"name", "path"}:
-                raise invalid("send multipart/form-data with 'name' and 'files', or JSON {name, path}")
+        elif request.is_json:
+            body = parser.parse(ModelPathSchema, request, location="json")
             row, created = _register(rt, body["name"], registry.server_path(body["path"], rt.settings.model_root))
+        else:
+            raise Problem(415, "Unsupported media type",
+                          "send multipart/form-data with 'name' and 'files', or JSON {name, path}")
         doc = {**row.card, "name": row.name, "revision": row.revision, "zoo": False,
                "created_at": row.created_at.isoformat()}
         return doc, 201 if created else 200, {"Location": f"/v1/models/{row.name}"}
@@ -75,6 +85,7 @@ def _register(rt, name: str, bundle):
 
 @blp.route("/models/<name>")
 @blp.response(200, ModelSchema)
+@blp.problems(404)
 def describe_model(name: str):
     """Labels, layer names, attention and gate names, and the methods that apply."""
     rt = runtime()

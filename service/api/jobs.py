@@ -6,11 +6,11 @@ import logging
 
 from flask import Response, g, redirect, request, stream_with_context
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from sqlalchemy import select
 
 from service import jobs, models
-from service.api.schemas import JobListQuery, JobListSchema, JobRequestSchema, JobSchema
+from service.api.base import Blueprint
+from service.api.schemas import IdempotencyHeaders, JobListQuery, JobListSchema, JobRequestSchema, JobSchema
 from service.app import runtime
 from service.db import Artifact
 from service.errors import Problem, invalid, not_found
@@ -24,14 +24,15 @@ blp = Blueprint("jobs", __name__, url_prefix="/v1/jobs", description="Explanatio
 
 @blp.route("")
 class Jobs(MethodView):
-    @blp.arguments(JobRequestSchema)
+    @blp.arguments(JobRequestSchema, example={"model": "minilm-rt", "inputs": {"text": "A gripping, moving film."},
+                                              "methods": ["gradient"]})
+    @blp.arguments(IdempotencyHeaders, location="headers")
     @blp.response(202, JobSchema)
-    @blp.alt_response(409, description="Idempotency-Key reused with a different body")
-    @blp.alt_response(429, description="over the tenant's rate or in-flight limit")
-    def post(self, body: dict):
+    @blp.problems(400, 409, 413, 429)  # 409: Idempotency-Key reused with another body; 429: over a tenant limit
+    def post(self, body: dict, headers: dict):
         """Submit one explanation job. Answers 202 at once; poll the Location."""
         rt, caller = runtime(), g.caller
-        key = request.headers.get("Idempotency-Key")
+        key = headers.get("key")
         digest = jobs.request_hash(body)
         with rt.db.session() as s:
             replay = jobs.find_idempotent(s, caller.tenant_id, key, digest)
@@ -57,6 +58,7 @@ class Jobs(MethodView):
 
     @blp.arguments(JobListQuery, location="query")
     @blp.response(200, JobListSchema)
+    @blp.problems(400)  # a cursor this API did not return
     def get(self, query: dict):
         """The caller's jobs, newest first (without results)."""
         with runtime().db.session() as s:
@@ -79,10 +81,11 @@ def _accepted(doc: dict):
     return doc, 202, {"Location": f"/v1/jobs/{doc['id']}", "Retry-After": str(rt.settings.retry_after)}
 
 
-@blp.route("/<job_id>")
+@blp.route("/<id:job_id>")
 class JobById(MethodView):
     @blp.response(200, JobSchema)
     @blp.alt_response(304, description="not modified since the ETag given in If-None-Match")
+    @blp.problems(404)
     def get(self, job_id: str):
         """The job document: status, progress, timings, attempts, error, result, artifacts."""
         with runtime().db.session() as s:
@@ -98,7 +101,7 @@ class JobById(MethodView):
         return Response(body, status=200, mimetype="application/json", headers=headers)
 
     @blp.response(202, JobSchema)
-    @blp.alt_response(409, description="the job already finished")
+    @blp.problems(404, 409)  # 409: the job already finished
     def delete(self, job_id: str):
         """Cancel: a queued job at once, a running one at its next step."""
         with runtime().db.session() as s:
@@ -106,8 +109,9 @@ class JobById(MethodView):
             return jobs.document(job, jobs.artifacts_of(s, job.id))
 
 
-@blp.route("/<job_id>/artifacts/<name>")
+@blp.route("/<id:job_id>/artifacts/<name>")
 @blp.response(200, description="the artifact's bytes, or a 302 to a presigned URL (S3)")
+@blp.problems(404)
 def artifact(job_id: str, name: str):
     """Download one artifact of a job."""
     rt = runtime()

@@ -1,4 +1,6 @@
-"""Marshmallow schemas of the HTTP contract (DESIGN §6, §9)."""
+"""Marshmallow schemas of the HTTP contract (DESIGN §6, §9). Where the server checks more than a field's type
+(one of several shapes, not blank), the OpenAPI metadata says the same, so the document admits only what the
+server accepts."""
 from __future__ import annotations
 
 import marshmallow as ma
@@ -8,15 +10,27 @@ SCORES = ("logit", "probability", "log_probability")
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
+NOT_BLANK = {"pattern": r"\S"}  # at least one non-whitespace character, as `.strip()` decides
+ZOO_EXAMPLE = {"examples": ["minilm-rt"], "description": "a model name; see GET /v1/models"}
+
+
+def exactly_one_of(*shapes: tuple[str, ...]) -> dict:
+    """JSON Schema for "exactly one of these field groups": each group's fields, and none of the others'."""
+    every = {name for shape in shapes for name in shape}
+    return {"oneOf": [{"required": list(shape), "not": {"anyOf": [{"required": [other]}
+                                                                 for other in sorted(every - set(shape))]}}
+                      for shape in shapes]}
+
+
 class Strict(ma.Schema):
     class Meta:
         unknown = ma.RAISE
 
 
 class InputsSchema(Strict):
-    text = ma.fields.String(metadata={"description": "a single text"})
-    premise = ma.fields.String()
-    hypothesis = ma.fields.String()
+    text = ma.fields.String(metadata={"description": "a single text", **NOT_BLANK})
+    premise = ma.fields.String(metadata=NOT_BLANK)
+    hypothesis = ma.fields.String(metadata=NOT_BLANK)
 
     @ma.validates_schema
     def one_shape(self, data: dict, **_: object) -> None:
@@ -37,7 +51,7 @@ class ExplanationFields(Strict):
     """What a job and an audit ask of the engine: methods, layers, target, score, params, seed."""
 
     methods = ma.fields.List(ma.fields.String(validate=validate.Length(1, 50)), required=True,
-                             validate=validate.Length(1, 8))
+                             validate=validate.Length(1, 8), metadata={"uniqueItems": True})
     layers = ma.fields.List(ma.fields.String(validate=validate.Length(1, 100)), validate=validate.Length(1, 64),
                             load_default=None)
     target = ma.fields.String(load_default="predicted", validate=validate.Length(1, 100))
@@ -52,10 +66,21 @@ class ExplanationFields(Strict):
 
 
 class JobRequestSchema(ExplanationFields):
-    model = ma.fields.String(required=True, validate=validate.Length(1, 100))
-    compare_with = ma.fields.List(ma.fields.String(validate=validate.Length(1, 100)),
+    model = ma.fields.String(required=True, validate=validate.Length(1, 100), metadata=ZOO_EXAMPLE)
+    compare_with = ma.fields.List(ma.fields.String(validate=validate.Length(1, 100), metadata=ZOO_EXAMPLE),
                                   validate=validate.Length(max=3), load_default=list)
-    inputs = ma.fields.Nested(InputsSchema, required=True)
+    inputs = ma.fields.Nested(InputsSchema, required=True,
+                              metadata=exactly_one_of(("text",), ("premise", "hypothesis")))
+
+
+class IdempotencyHeaders(ma.Schema):
+    class Meta:
+        unknown = ma.EXCLUDE  # every other header
+
+    key = ma.fields.String(data_key="Idempotency-Key",
+                           validate=[validate.Length(1, 200), validate.Regexp(r"^[!-~]+$")],
+                           metadata={"description": "replays the first job made with this key (visible ASCII, "
+                                                    "at most 200 characters)"})
 
 
 class ArtifactSchema(ma.Schema):
@@ -71,6 +96,8 @@ class JobSchema(ma.Schema):
     status = ma.fields.String(validate=validate.OneOf(STATUSES))
     progress = ma.fields.Float()
     attempts = ma.fields.Integer()
+    attempt_history = ma.fields.List(ma.fields.Dict(), metadata={"description": "each attempt: worker, device, "
+                                                                                "start, end, outcome"})
     cancel_requested = ma.fields.Boolean()
     created_at = ma.fields.String()
     started_at = ma.fields.String(allow_none=True)
@@ -131,8 +158,30 @@ class ModelListSchema(ma.Schema):
     models = ma.fields.List(ma.fields.Nested(ModelSchema))
 
 
+class ModelPathSchema(Strict):
+    name = ma.fields.String(required=True, validate=validate.Length(1, 64))
+    # relative, at most 16 parts of at most 255 characters: what a file system can name
+    path = ma.fields.String(required=True, validate=validate.Regexp(r"^[^/]{1,255}(/[^/]{1,255}){0,15}/?$"),
+                            metadata={"description": "a bundle directory, relative to the server's "
+                                                     "LANTERN_MODEL_ROOT"})
+
+
+class ModelFormSchema(Strict):
+    name = ma.fields.String(required=True, validate=validate.Length(1, 64))
+
+
+TEXT = {"type": "string", **NOT_BLANK}
+CORPUS_ITEM = {  # as audits.check_item reads an item: text first, else premise + hypothesis; other fields ignored
+    "type": "object",
+    "anyOf": [{"required": ["text"], "properties": {"text": TEXT}},
+              {"required": ["premise", "hypothesis"], "not": {"required": ["text"]},
+               "properties": {"premise": TEXT, "hypothesis": TEXT}}],
+}
+
+
 class CorpusSchema(Strict):
-    items = ma.fields.List(ma.fields.Dict(), metadata={"description": "[{text} | {premise, hypothesis}, label?]"})
+    items = ma.fields.List(ma.fields.Dict(metadata=CORPUS_ITEM), validate=validate.Length(min=1),
+                           metadata={"description": "[{text} | {premise, hypothesis}, label?]"})
     name = ma.fields.String(metadata={"description": "a built-in corpus, e.g. rt-test"})
     upload = ma.fields.String(metadata={"description": "an id from POST /v1/audits/uploads"})
 
@@ -143,9 +192,12 @@ class CorpusSchema(Strict):
 
 
 class AuditRequestSchema(ExplanationFields):
-    model = ma.fields.String(validate=validate.Length(1, 100))
-    models = ma.fields.List(ma.fields.String(validate=validate.Length(1, 100)), validate=validate.Length(1, 4))
-    corpus = ma.fields.Nested(CorpusSchema, required=True)
+    OPENAPI = exactly_one_of(("model",), ("models",))  # schema-level: added to its component by document()
+    model = ma.fields.String(validate=validate.Length(1, 100), metadata=ZOO_EXAMPLE)
+    models = ma.fields.List(ma.fields.String(validate=validate.Length(1, 100), metadata=ZOO_EXAMPLE),
+                            validate=validate.Length(1, 4), metadata={"uniqueItems": True})
+    corpus = ma.fields.Nested(CorpusSchema, required=True, metadata=exactly_one_of(("items",), ("name",),
+                                                                                   ("upload",)))
     sample = ma.fields.Integer(validate=validate.Range(1, 10**6), strict=True, load_default=None)
     batch_size = ma.fields.Integer(load_default=16, validate=validate.Range(1, 64), strict=True,
                                    metadata={"description": "items per worker pass (micro-batch)"})
@@ -190,3 +242,16 @@ class UploadSchema(ma.Schema):
     items = ma.fields.Integer()
     bytes = ma.fields.Integer()
     filename = ma.fields.String()
+
+
+def document(spec) -> None:
+    """Rules that apispec has no field for, added to the registered components: the schema-level "model or
+    models", and the method and built-in corpus names (fixed registries in the code, so honest enums)."""
+    from worker.data.corpora import CORPORA
+    from worker.methods import registry
+
+    schemas = spec.components.schemas
+    schemas["AuditRequest"].update(AuditRequestSchema.OPENAPI)
+    for name in ("JobRequest", "AuditRequest"):
+        schemas[name]["properties"]["methods"]["items"]["enum"] = sorted(registry())
+    schemas["Corpus"]["properties"]["name"]["enum"] = sorted(CORPORA)

@@ -1,0 +1,45 @@
+"""What every /v1 blueprint shares: the guarded argument parser, the documented problem responses, and the
+converter for resource ids."""
+from __future__ import annotations
+
+from http import HTTPStatus
+
+import flask_smorest
+import marshmallow as ma
+from werkzeug.routing import BaseConverter
+
+from service.api.guard import Parser
+
+# Every /v1 operation can answer these: a missing or bad key, unknown or invalid query parameters, headers larger
+# than the server reads.
+ALWAYS = (401, 422, 431)
+
+
+class ProblemSchema(ma.Schema):
+    """RFC 9457 problem details."""
+
+    type = ma.fields.String(required=True)
+    title = ma.fields.String(required=True)
+    status = ma.fields.Integer(required=True)
+    detail = ma.fields.String()
+    instance = ma.fields.String()
+    errors = ma.fields.Dict(metadata={"description": "field errors, by field"})
+
+
+class Blueprint(flask_smorest.Blueprint):
+    ARGUMENTS_PARSER = Parser()
+
+    def problems(self, *codes: int):
+        """Document the problem+json answers an operation gives (besides ALWAYS)."""
+        def decorate(view):
+            for code in sorted(set(codes) | set(ALWAYS), reverse=True):
+                view = self.alt_response(code, response=HTTPStatus(code).name)(view)
+            return view
+        return decorate
+
+
+class IdConverter(BaseConverter):
+    """A resource id in a path: any one segment except the names of sibling routes (e.g. /v1/audits/uploads), so
+    that those routes' methods, and OPTIONS/Allow, are what the sibling really answers."""
+
+    regex = r"(?!uploads(?![^/]))[^/]+"
