@@ -70,7 +70,6 @@ def run_job(rt: Runtime, job_id: str, worker: str) -> str:
     job = claim.job
     log.info("job %s attempt %d on %s", job_id, claim.attempt, rt.device)
     beat = Heartbeat(rt, job_id, worker)
-    beat.start()
     last_check = [0.0]
 
     def progress(fraction: float) -> None:
@@ -86,6 +85,7 @@ def run_job(rt: Runtime, job_id: str, worker: str) -> str:
     status = "failed"
     started, reason = time.monotonic(), None
     try:
+        beat.start()  # inside: a keeper that cannot start fails the job with its reason, not by a lease run out
         if job.kind == "explain":
             result, files = explain_job(rt, job.request, job.model_revision, progress)
         else:  # an audit's micro-batch or its finaliser: the same claim, lease and outcome, other work
