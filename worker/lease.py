@@ -12,8 +12,8 @@ The two share one small memory-mapped table (a memfd passed down): per job in fl
 settings (database URL, lease length: in memory, never on a command line), a generation (bumped on every hold and
 release), the latest progress and whether the lease is still ours. Writes of spec + generation take a POSIX record
 lock on that file, which the kernel drops if its holder dies; progress and the owned verdict are single aligned
-words. The sidecar beats every lease_seconds/3 while a slot holds a job, and
-exits as soon as its parent is gone (SIGKILL and OOM included), so a dead worker's lease still runs out.
+words. The sidecar beats every lease_seconds/3 while a slot holds a job, and exits as soon as its parent is gone
+(SIGKILL and OOM included), so a dead worker's lease still runs out.
 """
 from __future__ import annotations
 
