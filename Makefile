@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint bench clean fuzz
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -31,3 +31,8 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) lantern-data demo-output *.egg-info
+
+fuzz: $(STAMP)
+	# a longer schemathesis pass than the suite's (LANTERN_FUZZ_EXAMPLES per operation, LANTERN_FUZZ_SEED)
+	HF_HUB_OFFLINE=1 LANTERN_FUZZ_EXAMPLES=$${LANTERN_FUZZ_EXAMPLES:-1000} $(PY) -m pytest -q -s -p no:cacheprovider \
+		tests/integration/test_fuzz_api.py
