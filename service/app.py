@@ -12,7 +12,8 @@ from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
 from service.config import Settings
-from service.errors import PROBLEM_JSON, Problem
+from service.db import is_unavailable
+from service.errors import PROBLEM_JSON, Problem, unavailable
 from service.metrics import Metrics
 from service.runtime import Runtime
 
@@ -20,6 +21,7 @@ log = logging.getLogger("lantern.api")
 PUBLIC = ("/healthz", "/readyz", "/metrics", "/docs", "/v1/openapi.json")
 
 
+OUTAGE_RETRY_AFTER = 5  # seconds a client should wait when the database is unreachable
 MAX_HEADER_BYTES = 16 * 1024  # below gunicorn's and werkzeug's own limits, so that we answer the 431 ourselves
 
 
@@ -109,6 +111,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     def _crash(error: Exception) -> Response:
         if isinstance(error, HTTPException):
             return api.handle_http_exception(error)
+        if is_unavailable(error):  # a dependency's outage, not a bug: the client should come back
+            log.warning("database unreachable on %s %s (%s)", request.method, request.path, type(error).__name__)
+            return problem_response(unavailable("the database is unreachable; try again shortly",
+                                                OUTAGE_RETRY_AFTER))
         log.exception("unhandled error on %s %s", request.method, request.path)
         return problem_response(Problem(500, "Internal Server Error", "an unexpected error; it was logged"))
 

@@ -79,11 +79,14 @@ def _jsonl_rows(text: str):
 
 def _csv_rows(text: str):
     csv.field_size_limit(1 << 30)  # our own per-item limit gives the clearer message
-    reader = csv.DictReader(io.StringIO(text))
-    if not reader.fieldnames:
-        raise invalid("the CSV file has no header row", "file")
-    for n, row in enumerate(reader, 2):
-        yield n, {k: v for k, v in row.items() if k is not None}
+    reader = csv.DictReader(io.StringIO(text, newline=""))  # newline="": quoted line breaks stay in their field
+    try:
+        if not reader.fieldnames:
+            raise invalid("the CSV file has no header row", "file")
+        for n, row in enumerate(reader, 2):
+            yield n, {k: v for k, v in row.items() if k is not None}
+    except csv.Error as e:  # e.g. a bare carriage return inside a row; csv's message quotes no data
+        raise invalid(f"the CSV file cannot be read: {e}", "file") from None
 
 
 def store_upload(session: Session, store, tenant_id: str, filename: str, data: bytes,

@@ -197,6 +197,16 @@ class Artifact(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+def is_unavailable(error: BaseException) -> bool:
+    """The database could not be reached (down, restarting, connection cut): try again later. Not the request's
+    fault, so the API answers 503 and a worker puts its message back instead of failing the job."""
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    if isinstance(error, OperationalError | InterfaceError):
+        return True
+    return isinstance(error, DBAPIError) and bool(error.connection_invalidated)
+
+
 # --- engine and sessions ---------------------------------------------------------------------------------
 
 

@@ -40,3 +40,7 @@ def conflict(detail: str) -> Problem:
 
 def too_many(detail: str, retry_after: int) -> Problem:
     return Problem(429, "Too many requests", detail, headers={"Retry-After": str(max(1, retry_after))})
+
+
+def unavailable(detail: str, retry_after: int) -> Problem:
+    return Problem(503, "Service unavailable", detail, headers={"Retry-After": str(max(1, retry_after))})

@@ -11,3 +11,11 @@ def post_fork(server, worker) -> None:  # gunicorn calls it with these two
     from service.wsgi import app
 
     app.extensions["lantern"].close()
+
+
+# Header limits above the app's own (service.app.MAX_HEADER_BYTES, 16 KiB in all): an oversized header then gets
+# the app's 431 problem+json, not gunicorn's plain-text page. Still bounded, so a client cannot make a worker
+# buffer without end.
+limit_request_field_size = 32 * 1024
+limit_request_fields = 200
+limit_request_line = 8190

@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 
 from celery import signals
@@ -53,26 +54,51 @@ def worker_name() -> str:
     return _names.setdefault(pid, f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex[:6]}")
 
 
+PURGE_EVERY_SECONDS = 24 * 3600
+
+
 class Reaper(threading.Thread):
-    """Re-queues jobs whose worker died and re-sends queued jobs the broker lost. Every worker runs one:
-    each transition is a conditional UPDATE, so reapers on many machines do not step on each other."""
+    """Re-queues jobs whose worker died, re-sends queued jobs the broker lost, and once a day purges what is past
+    its retention. Every worker runs one, but only the holder of the "reaper" lease works: one set of re-sends,
+    not one per worker (each transition is a conditional UPDATE besides, so two could not step on each other)."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True, name="reaper")
         self.stopped = threading.Event()
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:reaper:{uuid.uuid4().hex[:6]}"
+        self.next_purge = 0.0  # monotonic time of the next purge: the first pass purges
 
     def run(self) -> None:
-        from service import jobs
-        from service.queue import send_job
-
         rt = Runtime(app.conf.lantern_settings)
         while not self.stopped.wait(rt.settings.reaper_interval):
             try:
-                counts = jobs.reap(rt.db, rt.settings, lambda job_id, queue: send_job(app, job_id, queue))
-                if any(counts.values()):
-                    log.info("reaper: %s", counts)
-            except Exception:
-                log.exception("reaper pass failed")
+                self.work(rt)
+            except Exception as e:
+                from service.db import is_unavailable
+
+                if is_unavailable(e):
+                    log.warning("reaper pass skipped: the database is unreachable")
+                else:
+                    log.exception("reaper pass failed")
+
+    def work(self, rt: Runtime) -> None:
+        from service import jobs
+        from service.queue import held_job_ids, send_job
+
+        if not jobs.lead(rt.db, "reaper", self.owner, rt.settings.reaper_interval * 3):
+            return
+        queues = [rt.settings.job_queue, rt.settings.cpu_queue]
+        counts = jobs.reap(rt.db, rt.settings, lambda job_id, queue: send_job(app, job_id, queue),
+                           held=lambda: held_job_ids(app, queues))
+        if any(counts.values()):
+            log.info("reaper: %s", counts)
+        if time.monotonic() >= self.next_purge:
+            from service.retention import purge
+
+            self.next_purge = time.monotonic() + PURGE_EVERY_SECONDS
+            purged = purge(rt.db, rt.store, rt.settings)
+            if any(purged.values()):
+                log.info("purge: %s", purged)
 
 
 _reaper = Reaper()

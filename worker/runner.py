@@ -4,13 +4,16 @@ Thin by design (DESIGN §10): the engine (worker.methods.explain) knows nothing 
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from service import jobs
-from service.db import Artifact
+from service.db import Artifact, is_unavailable
 from service.errors import Problem
 from service.metrics import observe_job
 from service.models import ModelRef
@@ -22,6 +25,14 @@ log = logging.getLogger("lantern.worker")
 
 class LeaseLost(Exception):
     """Another worker (or the reaper) took this job: stop without writing anything."""
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached: nothing can be recorded, so the task puts the job back and retries later."""
+
+
+# how long a finished job's worker waits for the database to come back to record the outcome
+RECORD_PATIENCE_SECONDS = 300.0
 
 
 class Heartbeat:
@@ -63,7 +74,12 @@ def run_job(rt: Runtime, job_id: str, worker: str) -> str:
     """Run a job if this worker can claim it. Returns the final status, or 'skipped'."""
     from worker.methods import Cancelled
 
-    claim = jobs.claim(rt.db, job_id, worker, rt.settings, rt.device)
+    try:
+        claim = jobs.claim(rt.db, job_id, worker, rt.settings, rt.device)
+    except Exception as e:
+        if is_unavailable(e):
+            raise DatabaseUnavailable(job_id) from e
+        raise
     if claim is None:
         log.info("job %s not claimable here (taken, finished, cancelled or dead-lettered)", job_id)
         return "skipped"
@@ -79,7 +95,7 @@ def run_job(rt: Runtime, job_id: str, worker: str) -> str:
         now = time.monotonic()
         if now - last_check[0] >= 0.5:
             last_check[0] = now
-            if jobs.cancel_requested(rt.db, job_id):
+            if _cancel_requested(rt, job_id):
                 raise Cancelled(job_id)
 
     status = "failed"
@@ -94,18 +110,25 @@ def run_job(rt: Runtime, job_id: str, worker: str) -> str:
             result, files = AUDIT_WORK[job.kind](rt, job, worker, progress)
         artifacts = store_artifacts(rt, job_id, files)
         status = "succeeded"
-        finished = jobs.finish(rt.db, job_id, worker, status, result=result, artifacts=artifacts)
+        finished = _when_recorded(lambda: jobs.finish(rt.db, job_id, worker, status, result=result,
+                                                      artifacts=artifacts))
+        if not finished:  # another attempt owns the job now; its own files replace these
+            log.warning("job %s: finished after its lease was taken; the outcome was not recorded", job_id)
     except Cancelled:
         status = "cancelled"
-        finished = jobs.finish(rt.db, job_id, worker, status)
+        finished = _when_recorded(lambda: jobs.finish(rt.db, job_id, worker, status))
     except LeaseLost:
         status = "lost"
         log.warning("job %s: lease lost; another worker owns it now", job_id)
         return "skipped"
     except Exception as e:
+        if is_unavailable(e):  # the row cannot be written: the lease runs out and the task's retry claims it again
+            status = "lost"
+            log.warning("job %s: the database is unreachable; the job goes back to the queue", job_id)
+            raise DatabaseUnavailable(job_id) from e
         problem = problem_of(e)
         reason = str(problem.get("status", "unknown"))
-        finished = jobs.finish(rt.db, job_id, worker, status, error=problem)
+        finished = _when_recorded(lambda: jobs.finish(rt.db, job_id, worker, status, error=problem))
         if not isinstance(e, Problem) and not _is_input_error(e):
             log.exception("job %s failed", job_id)
         if _is_time_limit(e):
@@ -116,6 +139,29 @@ def run_job(rt: Runtime, job_id: str, worker: str) -> str:
         if job.audit_id:
             _release_finalizers(rt)
     return status if finished else "skipped"
+
+
+def _cancel_requested(rt: Runtime, job_id: str) -> bool:
+    try:
+        return jobs.cancel_requested(rt.db, job_id)
+    except Exception as e:  # an outage: ask again at the next step; the lease keeper rides it out meanwhile
+        if is_unavailable(e):
+            return False
+        raise
+
+
+def _when_recorded(record: Callable[[], bool]) -> bool:
+    """Record a finished job's outcome, waiting (with backoff) for an unreachable database to come back: the work
+    is done and its files stored, so an outage shorter than RECORD_PATIENCE_SECONDS loses nothing."""
+    deadline, delay = time.monotonic() + RECORD_PATIENCE_SECONDS, 0.5
+    while True:
+        try:
+            return record()
+        except Exception as e:
+            if not is_unavailable(e) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 10.0)
 
 
 def _release_finalizers(rt: Runtime) -> None:
@@ -176,12 +222,19 @@ def _ref(rt: Runtime, name: str, revision: str) -> ModelRef:
 
 
 def store_artifacts(rt: Runtime, job_id: str, files: dict[str, tuple[bytes, str]]) -> list[Artifact]:
-    rows = []
-    for name, (data, content_type) in files.items():
-        key = f"jobs/{job_id}/{name}"
-        rt.store.put(key, data, content_type)
-        rows.append(Artifact(job_id=job_id, name=name, content_type=content_type, bytes=len(data),
-                             sha256=sha256(data), storage_key=key))
+    """Store every file or none: when one write fails (a full store), the ones written before it are removed."""
+    rows: list[Artifact] = []
+    try:
+        for name, (data, content_type) in files.items():
+            key = f"jobs/{job_id}/{name}"
+            rt.store.put(key, data, content_type)
+            rows.append(Artifact(job_id=job_id, name=name, content_type=content_type, bytes=len(data),
+                                 sha256=sha256(data), storage_key=key))
+    except BaseException:
+        for row in rows:
+            with contextlib.suppress(Exception):
+                rt.store.delete(row.storage_key)
+        raise
     return rows
 
 
@@ -198,6 +251,9 @@ def problem_of(error: Exception) -> dict[str, Any]:
         return Problem(422, "Cannot explain this input", str(error)).body()
     if _is_time_limit(error):
         return Problem(504, "Time limit", "the job ran past its time limit").body()
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return Problem(507, "Insufficient storage", "the object store is full; nothing of this job was kept. "
+                                                    "Submit it again once space is freed.").body()
     return Problem(500, "Job failed", f"{type(error).__name__}: {str(error)[:500]}").body()
 
 

@@ -34,3 +34,22 @@ def test_the_port_opens_after_the_app_has_loaded(pg_url, redis_url, tmp_path):
     finally:
         stack.stop()
     assert "Traceback" not in stack.log("api"), stack.log("api")[-3000:]
+
+
+def test_an_oversized_header_gets_a_problem_from_the_served_app(pg_url, redis_url, tmp_path):
+    env = dict(os.environ, LANTERN_DATABASE_URL=pg_url, LANTERN_BROKER_URL=redis_url, LANTERN_DATA_DIR=str(tmp_path))
+    stack = Stack(env, tmp_path)
+    stack.spawn("serve", "--bind", f"127.0.0.1:{stack.port}", "--workers", "1", name="api")
+    try:
+        wait_for(lambda: _answers(stack.url), 120, "the API")
+        resp = requests.get(f"{stack.url}/v1/jobs", headers={"X-Padding": "x" * 20_000}, timeout=10)
+        assert resp.status_code == 431 and resp.headers["Content-Type"] == "application/problem+json"
+    finally:
+        stack.stop()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/healthz", timeout=2).ok
+    except requests.RequestException:
+        return False

@@ -1,0 +1,43 @@
+"""With the database unreachable the API answers 503 problem+json with Retry-After, never 500, authentication
+included (an unknown key cannot be judged, so it is not a 401); liveness stays 200, readiness says 503
+(issue 16, defect 3). The chaos tests stop a real PostgreSQL under load; this one points at a closed port."""
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers import Api, free_port, make_settings
+
+
+@pytest.fixture
+def down_api(tmp_path):
+    from service.app import create_app
+    from service.auth import PREFIX
+
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/postgres"  # nothing listens there
+    settings = make_settings(tmp_path, database_url=url)
+    return Api(create_app(settings), f"{PREFIX}0123456789ab_unknownsecret")
+
+
+@pytest.mark.parametrize("call", [
+    lambda api: api.get("/v1/jobs"),
+    lambda api: api.get("/v1/jobs/00000000-0000-0000-0000-000000000000"),
+    lambda api: api.post("/v1/jobs", json={"model": "cnn-rt", "inputs": {"text": "fine"}, "methods": ["gradient"]}),
+    lambda api: api.get("/v1/models"),
+    lambda api: api.get("/v1/audits/00000000-0000-0000-0000-000000000000"),
+])
+def test_every_call_is_503_with_retry_after(down_api, call):
+    resp = call(down_api)
+    assert resp.status_code == 503, resp.get_data(as_text=True)
+    assert resp.content_type == "application/problem+json" and int(resp.headers["Retry-After"]) >= 1
+    assert "database" in resp.get_json()["detail"]
+
+
+def test_liveness_stays_up_readiness_says_why(down_api):
+    assert down_api.client.get("/healthz").status_code == 200
+    ready = down_api.client.get("/readyz")
+    assert ready.status_code == 503 and "database" in ready.get_json()["errors"]["checks"]
+    assert ready.get_json()["errors"]["checks"]["database"] != "ok"
+
+
+def test_a_missing_key_is_still_401(down_api):
+    assert down_api.client.get("/v1/jobs").status_code == 401  # judged without the database
