@@ -295,11 +295,13 @@ def reap(db: Database, settings: Settings, send: Callable[[str, str], None],
                 _close_attempt(s, job.id, "lease expired", now)
     stale = now - timedelta(seconds=settings.requeue_after)
     with db.session() as s:
-        lost = s.execute(select(Job.id, Job.queue).where(
+        # enqueued_at is None: never sent (the broker was down) or requeued above (its message went with a dead
+        # worker, though the broker may still list it as delivered): send. Stale: send unless the broker holds it.
+        lost = s.execute(select(Job.id, Job.queue, Job.enqueued_at.is_(None)).where(
             Job.status == "queued", or_(Job.enqueued_at.is_(None), Job.enqueued_at < stale))).all()
     in_broker = held() if held is not None and lost else None
-    for job_id, queue in lost:
-        if in_broker is None or job_id not in in_broker:
+    for job_id, queue, unsent in lost:
+        if unsent or in_broker is None or job_id not in in_broker:
             send(job_id, queue)
             counts["resent"] += 1
         mark_enqueued(db, job_id)

@@ -66,7 +66,10 @@ def held_job_ids(app: Celery, queues: list[str]) -> set[str] | None:
         if client is None or not hasattr(client, "lrange"):
             return None
         payloads = [raw for queue in queues for raw in client.lrange(queue, 0, -1)]
-        payloads += [json.dumps(json.loads(raw)[0]) for raw in client.hvals(channel.unacked_key)]
+        for raw in client.hvals(channel.unacked_key):  # one hash for every queue: [message, exchange, routing key]
+            message, _, routing_key = json.loads(raw)
+            if routing_key in queues:
+                payloads.append(json.dumps(message))
         return {_task_id(raw) for raw in payloads}
 
 
