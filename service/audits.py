@@ -100,6 +100,15 @@ def store_upload(session: Session, store, tenant_id: str, filename: str, data: b
     return upload
 
 
+def delete_upload(session: Session, store, tenant_id: str, upload_id: str) -> None:
+    """Delete an uploaded corpus file (audits made from it keep their copied items); 404 for another tenant's."""
+    upload = session.get(Upload, upload_id)
+    if upload is None or upload.tenant_id != tenant_id:
+        raise not_found(f"upload {upload_id!r}")
+    store.delete(upload.storage_key)  # the object first: a delete cut short never leaves a stray file
+    session.delete(upload)
+
+
 def resolve_corpus(session: Session, store, tenant_id: str, corpus: dict[str, Any],
                    settings: Settings) -> list[dict[str, str]]:
     from worker.data.corpora import CORPORA

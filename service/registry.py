@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.db import Model
-from service.errors import Problem, conflict, invalid
+from service.errors import Problem, conflict, invalid, not_found
 from service.storage import Store
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -156,3 +156,32 @@ def reidentify(conn: Any, store: Store) -> dict[str, int]:
                 store.delete(key)
             counts["withdrawn"] += 1
     return counts
+
+
+def delete_model(session: Session, store: Store, tenant_id: str, name: str, revision: str | None) -> int:
+    """Delete a registered model's revision (or, with none named, every revision of the name): its row and its
+    stored files. 409 while a queued or running job uses it (as its model or one it compares with); finished jobs
+    keep their documents, which name the revision they ran with. Returns how many revisions went."""
+    from sqlalchemy import delete
+
+    from service.db import IN_FLIGHT, Job
+    from worker.models import zoo_names
+
+    if name in zoo_names():
+        raise conflict(f"{name!r} is a built-in zoo model; it cannot be deleted")
+    query = select(Model).where(Model.tenant_id == tenant_id, Model.name == name)
+    rows = list(session.scalars(query.where(Model.revision == revision) if revision else query))
+    if not rows:
+        raise not_found(f"model {name!r}" + (f" revision {revision[:12]}" if revision else ""))
+    live = session.scalars(select(Job).where(Job.tenant_id == tenant_id, Job.status.in_(IN_FLIGHT))).all()
+    revisions = {r.revision for r in rows}
+    using = [j.id for j in live if (j.model_name == name and j.model_revision in revisions)
+             or revisions & set((j.request.get("compare_revisions") or {}).values())]
+    if using:
+        raise conflict(f"{len(using)} queued or running job(s) use this model (e.g. {using[0]}); cancel them or "
+                       "wait for them to end")
+    for row in rows:  # objects first: a delete cut short leaves a row whose files are gone, never stray files
+        for key in store.list(row.storage_key):
+            store.delete(key)
+        session.execute(delete(Model).where(Model.id == row.id))
+    return len(rows)

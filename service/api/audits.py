@@ -82,6 +82,17 @@ class Uploads(MethodView):
             return {"upload": upload.id, "items": upload.items, "bytes": upload.bytes, "filename": upload.filename}
 
 
+@blp.route("/uploads/<id:upload_id>", methods=["DELETE"])
+@blp.response(204)
+@blp.problems(404)
+def delete_upload(upload_id: str):
+    """Delete an uploaded corpus file (audits made from it keep their items)."""
+    rt = runtime()
+    with rt.db.session() as s:
+        audits.delete_upload(s, rt.store, g.caller.tenant_id, upload_id)
+    return None
+
+
 @blp.route("/<id:audit_id>")
 class AuditById(MethodView):
     @blp.response(200, AuditSchema)

@@ -8,6 +8,7 @@ from service import models, registry
 from service.api.base import Blueprint
 from service.api.schemas import (
     MethodListSchema,
+    ModelDeleteQuery,
     ModelFormSchema,
     ModelListSchema,
     ModelPathSchema,
@@ -84,15 +85,26 @@ def _register(rt, name: str, bundle):
 
 
 @blp.route("/models/<name>")
-@blp.response(200, ModelSchema)
-@blp.problems(404)
-def describe_model(name: str):
-    """Labels, layer names, attention and gate names, and the methods that apply."""
-    rt = runtime()
-    with rt.db.session() as s:
-        ref = models.resolve(s, g.caller.tenant_id, name)
-    if ref.zoo:
-        from worker.models import model_card
+class ModelByName(MethodView):
+    @blp.response(200, ModelSchema)
+    @blp.problems(404)
+    def get(self, name: str):
+        """Labels, layer names, attention and gate names, and the methods that apply."""
+        rt = runtime()
+        with rt.db.session() as s:
+            ref = models.resolve(s, g.caller.tenant_id, name)
+        if ref.zoo:
+            from worker.models import model_card
 
-        return {**model_card(ref.name), "name": ref.name, "revision": ref.revision}
-    return {**rt.adapters.get(ref).describe(), "name": ref.name, "revision": ref.revision, "zoo": False}
+            return {**model_card(ref.name), "name": ref.name, "revision": ref.revision}
+        return {**rt.adapters.get(ref).describe(), "name": ref.name, "revision": ref.revision, "zoo": False}
+
+    @blp.arguments(ModelDeleteQuery, location="query")
+    @blp.response(204)
+    @blp.problems(404, 409)  # 409: a zoo model, or a queued or running job uses it
+    def delete(self, query: dict, name: str):
+        """Delete a registered model (one revision, or all of the name) with its stored files."""
+        rt = runtime()
+        with rt.db.session() as s:
+            registry.delete_model(s, rt.store, g.caller.tenant_id, name, query.get("revision"))
+        return None

@@ -119,6 +119,11 @@ class JobListQuery(Strict):
     model = ma.fields.String()
 
 
+class ModelDeleteQuery(Strict):
+    revision = ma.fields.String(validate=validate.Regexp(r"^[0-9a-f]{64}$"), metadata={
+        "description": "the revision to delete (sha256, 64 hex digits); without it, every revision of the name"})
+
+
 class JobListSchema(ma.Schema):
     items = ma.fields.List(ma.fields.Nested(JobSchema))
     next_cursor = ma.fields.String(allow_none=True)
