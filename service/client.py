@@ -17,6 +17,11 @@ import requests
 FINISHED = ("succeeded", "failed", "cancelled")
 
 
+# entries that carry no model content (the server's worker.models.bundle._IGNORED); every other file, dot-files
+# included, is part of the model and of its revision
+SKIPPED_IN_BUNDLES = frozenset({".git", "__pycache__", ".gitattributes", ".DS_Store", ".complete"})
+
+
 class ApiError(Exception):
     def __init__(self, status: int, problem: dict[str, Any]) -> None:
         self.status, self.problem = status, problem
@@ -65,8 +70,8 @@ class Client:
     def register_model(self, path: str | Path, name: str) -> dict[str, Any]:
         """Upload a bundle directory's files (each named by its path inside the bundle)."""
         root = Path(path)
-        files = [("files", (p.relative_to(root).as_posix(), p.read_bytes()))
-                 for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith(".")]
+        files = [("files", (rel.as_posix(), p.read_bytes())) for p in sorted(root.rglob("*"))
+                 if p.is_file() and not set((rel := p.relative_to(root)).parts) & SKIPPED_IN_BUNDLES]
         return self._call("POST", "/v1/models", data={"name": name}, files=files).json()
 
     def upload_corpus(self, path: str | Path) -> dict[str, Any]:

@@ -129,3 +129,12 @@ def test_model_card():
     assert card["metrics"]["test_accuracy"] > 0.7 and card["zoo"] is True
     headless = model_card("all-minilm-l6-v2")
     assert headless["labels"] is None and "gradient" not in headless["methods"]
+
+
+def test_the_client_skips_exactly_what_the_revision_leaves_out():
+    """The light client cannot import the engine, so it keeps its own copy of the list; they must agree, or an
+    upload would leave out a file the revision covers (or send one it does not)."""
+    from service.client import SKIPPED_IN_BUNDLES
+    from worker.models.bundle import _IGNORED
+
+    assert SKIPPED_IN_BUNDLES == _IGNORED
