@@ -11,7 +11,6 @@ from sqlalchemy import exists, select, update
 
 from service.audits import counts, item_results
 from service.db import Artifact, Audit, AuditItem, Job, utcnow
-from service.models import ModelRef
 from service.runtime import Runtime
 from service.storage import sha256
 
@@ -23,6 +22,7 @@ def run_batch(rt: Runtime, job: Job, worker: str, progress) -> tuple[dict[str, A
     """All unfinished items of the micro-batch in one engine pass (explain_batch); if that pass fails, item by
     item, so one bad item costs only itself."""
     from worker.methods import explain_batch
+    from worker.runner import model_ref
 
     with rt.db.session() as s:
         audit = s.get(Audit, job.audit_id)
@@ -33,7 +33,7 @@ def run_batch(rt: Runtime, job: Job, worker: str, progress) -> tuple[dict[str, A
             AuditItem.batch == job.request["batch"], AuditItem.status.notin_(("done", "failed")))
             .order_by(AuditItem.position)).all()
     req = audit.request
-    adapter = rt.adapters.get(ModelRef(job.model_name, job.model_revision, _is_zoo(rt, job)))
+    adapter = rt.adapters.get(model_ref(rt, job.tenant_id, job.model_name, job.model_revision))
 
     def engine(items: list[AuditItem]) -> list[dict[str, Any]]:
         explanations = explain_batch(adapter, [i.input for i in items], req["methods"], req.get("layers"),
@@ -126,11 +126,6 @@ def write_item(rt: Runtime, item_id: str, job_id: str, worker: str, status: str,
 
         raise LeaseLost(job_id)
 
-
-def _is_zoo(rt: Runtime, job: Job) -> bool:
-    from worker.runner import _ref
-
-    return _ref(rt, job.model_name, job.model_revision).zoo
 
 
 def run_finalize(rt: Runtime, job: Job, worker: str, progress) -> tuple[dict[str, Any], dict]:

@@ -103,7 +103,7 @@ def run_job(rt: Runtime, job_id: str, worker: str) -> str:
     try:
         beat.start()  # inside: a keeper that cannot start fails the job with its reason, not by a lease run out
         if job.kind == "explain":
-            result, files = explain_job(rt, job.request, job.model_revision, progress)
+            result, files = explain_job(rt, job.request, job.model_revision, progress, job.tenant_id)
         else:  # an audit's micro-batch or its finaliser: the same claim, lease and outcome, other work
             from worker.audit import AUDIT_WORK
 
@@ -175,7 +175,8 @@ def _release_finalizers(rt: Runtime) -> None:
         log.warning("could not release audit finalisers now; the reaper will")
 
 
-def explain_job(rt: Runtime, request: dict[str, Any], revision: str, progress) -> tuple[dict, dict]:
+def explain_job(rt: Runtime, request: dict[str, Any], revision: str, progress,
+                tenant_id: str) -> tuple[dict, dict]:
     """The engine call for one job request (and each model it is compared with)."""
     from worker.methods import explain
 
@@ -183,7 +184,7 @@ def explain_job(rt: Runtime, request: dict[str, Any], revision: str, progress) -
     outcome: dict[str, Any] = {}
     files: dict[str, tuple[bytes, str]] = {}
     for n, (name, rev) in enumerate(models):
-        adapter = rt.adapters.get(_ref(rt, name, rev))
+        adapter = rt.adapters.get(model_ref(rt, tenant_id, name, rev))
 
         def step(fraction: float, n: int = n) -> None:
             progress((n + fraction) / len(models))
@@ -211,13 +212,15 @@ def explain_job(rt: Runtime, request: dict[str, Any], revision: str, progress) -
     return outcome, files
 
 
-def _ref(rt: Runtime, name: str, revision: str) -> ModelRef:
+def model_ref(rt: Runtime, tenant_id: str, name: str, revision: str) -> ModelRef:
+    """The job's tenant's registration of that revision (none: a zoo model)."""
     from sqlalchemy import select
 
     from service.db import Model
 
     with rt.db.session() as s:
-        key = s.scalar(select(Model.storage_key).where(Model.name == name, Model.revision == revision))
+        key = s.scalar(select(Model.storage_key).where(Model.tenant_id == tenant_id, Model.name == name,
+                                                       Model.revision == revision))
     return ModelRef(name, revision, key is None, key)
 
 

@@ -187,3 +187,30 @@ def test_migration_reidentifies_registered_models(fresh_db, tmp_path):
         assert store.list(broken_key) == []
     finally:
         db.dispose()
+
+
+def test_an_audit_of_a_registered_model_runs_in_a_fresh_worker(api, runtime, tmp_path):
+    """The worker process has no adapter cached: it finds the tenant's registration and fetches its files."""
+    from sqlalchemy import select
+
+    from service.db import AuditItem, Job
+    from service.runtime import Runtime
+    from worker.runner import run_job
+
+    assert upload(api, "mine", hidden_weights_bundle(tmp_path / "b")).status_code == 201
+    audit = api.post("/v1/audits", json={"model": "mine", "methods": ["gradient"], "corpus": {"items": [
+        {"text": "A wonderful film.", "label": "positive"}, {"text": "Dull and slow.", "label": "negative"}]}})
+    assert audit.status_code == 202, audit.get_json()
+    own = runtime.settings  # the same database, broker and store; its own data dir, so its own model cache
+    worker = Runtime(replace(own, data_dir=str(tmp_path / "worker"), database_url=own.db_url,
+                             storage_url=own.storage, broker_url=own.broker))
+    try:
+        with runtime.db.session() as s:
+            batches = list(s.scalars(select(Job.id).where(Job.audit_id == audit.get_json()["id"],
+                                                          Job.kind == "audit_batch")))
+        assert batches and all(run_job(worker, b, "w") == "succeeded" for b in batches)
+        with runtime.db.session() as s:
+            statuses = list(s.scalars(select(AuditItem.status).where(AuditItem.audit_id == audit.get_json()["id"])))
+        assert statuses == ["done", "done"]
+    finally:
+        worker.close()
