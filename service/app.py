@@ -5,12 +5,12 @@ import logging
 import re
 import time
 from http import HTTPStatus
-from typing import Any
 
-from flask import Flask, Response, current_app, g, json, request
+from flask import Flask, Response, current_app, g, request
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
+from service.api.base import problem_response
 from service.config import Settings
 from service.db import is_unavailable
 from service.errors import PROBLEM_JSON, Problem, unavailable
@@ -52,15 +52,6 @@ class ProblemApi(Api):
             detail = f"the request body is larger than {current_app.config['MAX_CONTENT_LENGTH']} bytes"
         problem = Problem(error.code or 500, error.name, detail, errors if isinstance(errors, dict) else None)
         return problem_response(problem, getattr(error, "get_headers", lambda: [])())
-
-
-def problem_response(problem: Problem, extra_headers: Any = ()) -> Response:
-    resp = Response(json.dumps(problem.body(request.path)), status=problem.status, mimetype=PROBLEM_JSON)
-    for k, v in dict(extra_headers).items():
-        if k.lower() != "content-type":
-            resp.headers[k] = v
-    resp.headers.update(problem.headers)
-    return resp
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Flask:
@@ -174,7 +165,3 @@ def _query_names(api: ProblemApi) -> dict[tuple[str, str], set[str]]:
                     names[(path, method)] = {p["name"] for p in op.get("parameters", []) if p.get("in") == "query"}
         app.extensions["lantern.query"] = names
     return app.extensions["lantern.query"]
-
-
-def runtime() -> Runtime:
-    return current_app.extensions["lantern"]

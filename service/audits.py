@@ -14,7 +14,20 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from service.config import Settings
-from service.db import FINISHED, IN_FLIGHT, WAITING, Artifact, Audit, AuditItem, Database, Job, Upload, utcnow
+from service.db import (
+    FINISHED,
+    IN_FLIGHT,
+    WAITING,
+    Artifact,
+    Audit,
+    AuditItem,
+    Database,
+    Job,
+    Upload,
+    is_id,
+    new_id,
+    utcnow,
+)
 from service.errors import conflict, invalid, not_found, too_many
 
 ITEM_FIELDS = ({"text"}, {"premise", "hypothesis"})
@@ -179,8 +192,6 @@ def _child(audit: Audit, kind: str, model: str, revision: str, queue: str, reque
 
 
 def _uuid() -> str:
-    from service.db import new_id
-
     return new_id()
 
 
@@ -205,9 +216,7 @@ def release_finalizers(db: Database, send: Callable[[str, str], None]) -> int:
 
 
 def get(session: Session, tenant_id: str, audit_id: str) -> Audit:
-    from service.jobs import _is_uuid
-
-    audit = session.get(Audit, audit_id) if _is_uuid(audit_id) else None
+    audit = session.get(Audit, audit_id) if is_id(audit_id) else None
     if audit is None or audit.tenant_id != tenant_id:
         raise not_found(f"audit {audit_id}")
     return audit

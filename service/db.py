@@ -38,6 +38,15 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+def is_id(value: str) -> bool:
+    """Whether a path segment can be one of our ids (a canonical UUID), so lookups of anything else are 404s
+    without a query that PostgreSQL would refuse to compare with a uuid-shaped column."""
+    try:
+        return str(uuid.UUID(value)) == value.lower()
+    except ValueError:
+        return False
+
+
 class UTCDateTime(TypeDecorator):
     """Timezone-aware UTC datetimes on every backend (SQLite stores naive values)."""
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
-from service.cli import summary, wait_with_progress
 from service.client import Client
+from service.terminal import summary, wait_with_progress
 
 
 def _free_port() -> int:

@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.config import Settings
-from service.db import FINISHED, IN_FLIGHT, Artifact, Database, Job, Lease, utcnow
+from service.db import FINISHED, IN_FLIGHT, Artifact, Database, Job, Lease, is_id, utcnow
 from service.errors import Problem, conflict, not_found, too_many
 
 # --- API side --------------------------------------------------------------------------------------------
@@ -70,7 +70,7 @@ def mark_enqueued(db: Database, job_id: str) -> None:
 
 
 def get(session: Session, tenant_id: str, job_id: str) -> Job:
-    job = session.get(Job, job_id) if _is_uuid(job_id) else None
+    job = session.get(Job, job_id) if is_id(job_id) else None
     if job is None or job.tenant_id != tenant_id:
         raise not_found(f"job {job_id}")
     return job
@@ -79,7 +79,7 @@ def get(session: Session, tenant_id: str, job_id: str) -> Job:
 def etag(session: Session, tenant_id: str, job_id: str) -> str:
     """A version tag from the row's bookkeeping columns: every transition and progress write moves updated_at."""
     row = session.execute(select(Job.tenant_id, Job.updated_at, Job.status, Job.progress, Job.attempts,
-                                 Job.cancel_requested).where(Job.id == job_id)).first() if _is_uuid(job_id) else None
+                                 Job.cancel_requested).where(Job.id == job_id)).first() if is_id(job_id) else None
     if row is None or row.tenant_id != tenant_id:
         raise not_found(f"job {job_id}")
     return hashlib.sha256(repr(tuple(row)).encode()).hexdigest()[:32]
@@ -266,15 +266,14 @@ def lead(db: Database, name: str, owner: str, seconds: float) -> bool:
 
 def reap(db: Database, settings: Settings, send: Callable[[str, str], None],
          held: Callable[[], set[str] | None] | None = None) -> dict[str, int]:
-    """Re-queue jobs whose lease expired, dead-letter those out of attempts, re-send queued jobs the broker lost,
-    and start the finaliser of audits whose batches have all ended.
+    """Re-queue jobs whose lease expired, dead-letter those out of attempts, and re-send queued jobs the broker
+    lost. (The reaper thread also starts the finaliser of audits whose batches have all ended:
+    service.audits.release_finalizers.)
 
     `held` says which job ids the broker still holds (service.queue.held_job_ids): a job queued long but still
     waiting in the broker is not lost, and re-sending it would only grow the queue (and what scales on it)."""
-    from service.audits import release_finalizers
-
     now = utcnow()
-    counts = {"requeued": 0, "dead": 0, "resent": 0, "finalizers": 0}
+    counts = {"requeued": 0, "dead": 0, "resent": 0}
     with db.session() as s:
         expired = s.scalars(select(Job).where(Job.status == "running", Job.lease_expires_at < now)).all()
         for job in expired:
@@ -305,7 +304,6 @@ def reap(db: Database, settings: Settings, send: Callable[[str, str], None],
             send(job_id, queue)
             counts["resent"] += 1
         mark_enqueued(db, job_id)
-    counts["finalizers"] = release_finalizers(db, send)
     return counts
 
 
@@ -323,15 +321,6 @@ def _timings(job: Job) -> dict[str, float | None]:
     return {"queued_seconds": seconds(job.created_at, job.started_at),
             "run_seconds": seconds(job.started_at, job.finished_at),
             "total_seconds": seconds(job.created_at, job.finished_at)}
-
-
-def _is_uuid(value: str) -> bool:
-    import uuid
-
-    try:
-        return str(uuid.UUID(value)) == value.lower()
-    except ValueError:
-        return False
 
 
 def _encode_cursor(job: Job) -> str:

@@ -22,7 +22,7 @@ def run_batch(rt: Runtime, job: Job, worker: str, progress) -> tuple[dict[str, A
     """All unfinished items of the micro-batch in one engine pass (explain_batch); if that pass fails, item by
     item, so one bad item costs only itself."""
     from worker.methods import explain_batch
-    from worker.runner import model_ref
+    from worker.work import model_ref
 
     with rt.db.session() as s:
         audit = s.get(Audit, job.audit_id)
@@ -86,7 +86,7 @@ def within_limit(rt: Runtime, job: Job, worker: str, adapter, item: AuditItem) -
 def one_item(rt: Runtime, job: Job, worker: str, item: AuditItem, engine) -> bool:
     """An item alone, with its remaining attempts for transient failures; an InputError is final at once."""
     from worker.models.base import InputError
-    from worker.runner import problem_of
+    from worker.work import problem_of
 
     for attempt in range(1, rt.settings.max_attempts + 1):
         try:
@@ -108,7 +108,7 @@ def _stops_the_batch(error: Exception) -> bool:
     from celery.exceptions import SoftTimeLimitExceeded
 
     from worker.methods import Cancelled
-    from worker.runner import LeaseLost
+    from worker.work import LeaseLost
 
     return isinstance(error, Cancelled | LeaseLost | SoftTimeLimitExceeded)
 
@@ -122,7 +122,7 @@ def write_item(rt: Runtime, item_id: str, job_id: str, worker: str, status: str,
             AuditItem.id == item_id, AuditItem.status.notin_(("done", "failed")), holds_lease).values(
             status=status, attempts=attempts, result=result, error=error)).rowcount
     if not written:  # the batch's lease is gone: another worker owns these items now
-        from worker.runner import LeaseLost
+        from worker.work import LeaseLost
 
         raise LeaseLost(job_id)
 

@@ -21,6 +21,7 @@ from service.runtime import Runtime
 log = logging.getLogger("lantern.worker")
 
 app = make_celery(Settings.from_env())
+app.conf.include = ["worker.tasks"]  # the worker imports the task module at start (it imports this one)
 _runtimes: dict[int, Runtime] = {}
 
 
@@ -83,13 +84,17 @@ class Reaper(threading.Thread):
 
     def work(self, rt: Runtime) -> None:
         from service import jobs
+        from service.audits import release_finalizers
         from service.queue import held_job_ids, send_job
 
         if not jobs.lead(rt.db, "reaper", self.owner, rt.settings.reaper_interval * 3):
             return
         queues = [rt.settings.job_queue, rt.settings.cpu_queue]
-        counts = jobs.reap(rt.db, rt.settings, lambda job_id, queue: send_job(app, job_id, queue),
-                           held=lambda: held_job_ids(app, queues))
+        def send(job_id: str, queue: str) -> None:
+            send_job(app, job_id, queue)
+
+        counts = jobs.reap(rt.db, rt.settings, send, held=lambda: held_job_ids(app, queues))
+        counts["finalizers"] = release_finalizers(rt.db, send)
         if any(counts.values()):
             log.info("reaper: %s", counts)
         if time.monotonic() >= self.next_purge:
@@ -168,5 +173,3 @@ def _clear_job_id(**_: object) -> None:
 
     current_job.set(None)
 
-
-import worker.tasks  # noqa: E402,F401  (registers the tasks on `app`)

@@ -5,7 +5,6 @@ Thin by design (DESIGN §10): the engine (worker.methods.explain) knows nothing 
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import time
@@ -16,15 +15,11 @@ from service import jobs
 from service.db import Artifact, is_unavailable
 from service.errors import Problem
 from service.metrics import observe_job
-from service.models import ModelRef
 from service.runtime import Runtime
 from service.storage import sha256
+from worker.work import LeaseLost, is_input_error, is_time_limit, model_ref, problem_of
 
 log = logging.getLogger("lantern.worker")
-
-
-class LeaseLost(Exception):
-    """Another worker (or the reaper) took this job: stop without writing anything."""
 
 
 class DatabaseUnavailable(Exception):
@@ -129,9 +124,9 @@ def run_job(rt: Runtime, job_id: str, worker: str) -> str:
         problem = problem_of(e)
         reason = str(problem.get("status", "unknown"))
         finished = _when_recorded(lambda: jobs.finish(rt.db, job_id, worker, status, error=problem))
-        if not isinstance(e, Problem) and not _is_input_error(e):
+        if not isinstance(e, Problem) and not is_input_error(e):
             log.exception("job %s failed", job_id)
-        if _is_time_limit(e):
+        if is_time_limit(e):
             raise  # Celery records the soft time limit too (Superset's pattern)
     finally:
         beat.stop()
@@ -212,18 +207,6 @@ def explain_job(rt: Runtime, request: dict[str, Any], revision: str, progress,
     return outcome, files
 
 
-def model_ref(rt: Runtime, tenant_id: str, name: str, revision: str) -> ModelRef:
-    """The job's tenant's registration of that revision (none: a zoo model)."""
-    from sqlalchemy import select
-
-    from service.db import Model
-
-    with rt.db.session() as s:
-        key = s.scalar(select(Model.storage_key).where(Model.tenant_id == tenant_id, Model.name == name,
-                                                       Model.revision == revision))
-    return ModelRef(name, revision, key is None, key)
-
-
 def store_artifacts(rt: Runtime, job_id: str, files: dict[str, tuple[bytes, str]]) -> list[Artifact]:
     """Store every file or none: when one write fails (a full store), the ones written before it are removed."""
     rows: list[Artifact] = []
@@ -245,30 +228,3 @@ def _safetensors(tensors: dict) -> bytes:
     from safetensors.torch import save
 
     return save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()})
-
-
-def problem_of(error: Exception) -> dict[str, Any]:
-    if isinstance(error, Problem):
-        return error.body()
-    if _is_input_error(error):
-        return Problem(422, "Cannot explain this input", str(error)).body()
-    if _is_time_limit(error):
-        return Problem(504, "Time limit", "the job ran past its time limit").body()
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return Problem(507, "Insufficient storage", "the object store is full; nothing of this job was kept. "
-                                                    "Submit it again once space is freed.").body()
-    return Problem(500, "Job failed", f"{type(error).__name__}: {str(error)[:500]}").body()
-
-
-def _is_input_error(error: Exception) -> bool:
-    from worker.models.base import InputError
-
-    return isinstance(error, InputError)
-
-
-def _is_time_limit(error: Exception) -> bool:
-    from celery.exceptions import SoftTimeLimitExceeded
-
-    return isinstance(error, SoftTimeLimitExceeded)
-
-

@@ -8,11 +8,10 @@ from flask.views import MethodView
 from sqlalchemy import select
 
 from service import audits
-from service.api.base import Blueprint
+from service.api.base import Blueprint, runtime
 from service.api.guard import check_upload_lines
 from service.api.jobs import artifact_response, model_field
 from service.api.schemas import AuditRequestSchema, AuditSchema, UploadSchema
-from service.app import runtime
 from service.db import Artifact
 from service.errors import invalid, not_found
 from service.queue import send_job

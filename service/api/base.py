@@ -1,14 +1,19 @@
-"""What every /v1 blueprint shares: the guarded argument parser, the documented problem responses, and the
-converter for resource ids."""
+"""What every blueprint shares: the guarded argument parser, the documented problem responses, problem+json
+answers, the converter for resource ids, and the process's runtime (read from the app, never imported from it)."""
 from __future__ import annotations
 
+import json
 from http import HTTPStatus
+from typing import Any
 
 import flask_smorest
 import marshmallow as ma
+from flask import Response, current_app, request
 from werkzeug.routing import BaseConverter
 
 from service.api.guard import Parser
+from service.errors import PROBLEM_JSON, Problem
+from service.runtime import Runtime
 
 # Every /v1 operation can answer these: a missing or bad key, unknown or invalid query parameters, headers larger
 # than the server reads.
@@ -43,3 +48,17 @@ class IdConverter(BaseConverter):
     that those routes' methods, and OPTIONS/Allow, are what the sibling really answers."""
 
     regex = r"(?!uploads(?![^/]))[^/]+"
+
+
+def runtime() -> Runtime:
+    """The Runtime of the app serving this request (create_app puts it in app.extensions)."""
+    return current_app.extensions["lantern"]
+
+
+def problem_response(problem: Problem, extra_headers: Any = ()) -> Response:
+    resp = Response(json.dumps(problem.body(request.path)), status=problem.status, mimetype=PROBLEM_JSON)
+    for k, v in dict(extra_headers).items():
+        if k.lower() != "content-type":
+            resp.headers[k] = v
+    resp.headers.update(problem.headers)
+    return resp

@@ -5,7 +5,7 @@ from flask import current_app, g, request
 from flask.views import MethodView
 
 from service import models, registry
-from service.api.base import Blueprint
+from service.api.base import Blueprint, runtime
 from service.api.schemas import (
     MethodListSchema,
     ModelDeleteQuery,
@@ -14,7 +14,6 @@ from service.api.schemas import (
     ModelPathSchema,
     ModelSchema,
 )
-from service.app import runtime
 from service.errors import Problem
 
 blp = Blueprint("catalog", __name__, url_prefix="/v1", description="Methods and models")

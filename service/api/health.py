@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, jsonify
 from sqlalchemy import text
 
-from service.app import problem_response, runtime
+from service.api.base import problem_response, runtime
 from service.errors import Problem
 from service.queue import broker_ok
 

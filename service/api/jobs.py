@@ -9,9 +9,8 @@ from flask.views import MethodView
 from sqlalchemy import select
 
 from service import jobs, models
-from service.api.base import Blueprint
+from service.api.base import Blueprint, runtime
 from service.api.schemas import IdempotencyHeaders, JobListQuery, JobListSchema, JobRequestSchema, JobSchema
-from service.app import runtime
 from service.db import Artifact
 from service.errors import Problem, invalid, not_found
 from service.queue import send_job
