@@ -13,9 +13,10 @@ from werkzeug.exceptions import HTTPException
 from service.api.base import problem_response
 from service.config import Settings
 from service.db import is_unavailable
-from service.errors import PROBLEM_JSON, Problem, unavailable
+from service.errors import PROBLEM_JSON, Problem, store_full, unavailable
 from service.metrics import Metrics
 from service.runtime import Runtime
+from service.storage import is_full
 
 log = logging.getLogger("lantern.api")
 PUBLIC = ("/healthz", "/readyz", "/metrics", "/docs", "/v1/openapi.json")
@@ -49,7 +50,8 @@ class ProblemApi(Api):
         elif error.code == 400 and messages:
             detail = "the request body is not valid JSON"
         elif error.code == 413:
-            detail = f"the request body is larger than {current_app.config['MAX_CONTENT_LENGTH']} bytes"
+            limit = request.max_content_length or current_app.config["MAX_CONTENT_LENGTH"]  # uploads set their own
+            detail = f"the request body is larger than {limit} bytes"
         problem = Problem(error.code or 500, error.name, detail, errors if isinstance(errors, dict) else None)
         return problem_response(problem, getattr(error, "get_headers", lambda: [])())
 
@@ -102,6 +104,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     def _crash(error: Exception) -> Response:
         if isinstance(error, HTTPException):
             return api.handle_http_exception(error)
+        if is_full(error):
+            log.warning("object store full on %s %s", request.method, request.path)
+            return problem_response(store_full("this request"))
         if is_unavailable(error):  # a dependency's outage, not a bug: the client should come back
             log.warning("database unreachable on %s %s (%s)", request.method, request.path, type(error).__name__)
             return problem_response(unavailable("the database is unreachable; try again shortly",

@@ -44,3 +44,8 @@ def too_many(detail: str, retry_after: int) -> Problem:
 
 def unavailable(detail: str, retry_after: int) -> Problem:
     return Problem(503, "Service unavailable", detail, headers={"Retry-After": str(max(1, retry_after))})
+
+
+def store_full(what: str) -> Problem:
+    return Problem(507, "Insufficient storage", f"the object store is full; nothing of {what} was kept. "
+                                                "Try again once space is freed.")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import tempfile
@@ -35,6 +36,19 @@ class Store(ABC):
     @abstractmethod
     def check(self) -> None:
         """Raise if the store cannot be written (readiness)."""
+
+    def put_all(self, files: dict[str, tuple[bytes, str]]) -> None:
+        """Store every object or none: when one write fails (a full store), the ones written before it go."""
+        written: list[str] = []
+        try:
+            for key, (data, content_type) in files.items():
+                self.put(key, data, content_type)
+                written.append(key)
+        except BaseException:
+            for key in written:
+                with contextlib.suppress(Exception):
+                    self.delete(key)
+            raise
 
     def presigned_url(self, key: str, filename: str, seconds: int) -> str | None:
         """A direct download URL, where the store has one (S3); None means: stream it through the API."""
@@ -178,3 +192,8 @@ def open_store(url: str, endpoint_url: str = "", region: str = "us-east-1", publ
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def is_full(error: BaseException) -> bool:
+    """A write the store refused for want of space (a full disk or quota, a file-size limit)."""
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)

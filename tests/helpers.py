@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -169,3 +170,21 @@ def production_stack(pg_url: str, redis_url: str, tmp: Path, *, api_workers: int
     finally:
         st.stop()
         s3.stop()
+
+
+@contextlib.contextmanager
+def small_disk(size: str = "1m") -> Iterator[Path]:
+    """A tmpfs of that size (a full disk, for real); skips where this process may not mount one."""
+    import pytest
+
+    where = Path(tempfile.mkdtemp(prefix="lantern-small-disk-"))
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        where.rmdir()
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode()[:200]}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+        where.rmdir()

@@ -2,15 +2,15 @@
 names, the signal that its lease was taken, and how an error becomes the problem recorded on the row."""
 from __future__ import annotations
 
-import errno
 from typing import Any
 
 from sqlalchemy import select
 
 from service.db import Model
-from service.errors import Problem
+from service.errors import Problem, store_full
 from service.models import ModelRef
 from service.runtime import Runtime
+from service.storage import is_full
 
 
 class LeaseLost(Exception):
@@ -32,9 +32,8 @@ def problem_of(error: Exception) -> dict[str, Any]:
         return Problem(422, "Cannot explain this input", str(error)).body()
     if is_time_limit(error):
         return Problem(504, "Time limit", "the job ran past its time limit").body()
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return Problem(507, "Insufficient storage", "the object store is full; nothing of this job was kept. "
-                                                    "Submit it again once space is freed.").body()
+    if is_full(error):
+        return store_full("this job").body()
     return Problem(500, "Job failed", f"{type(error).__name__}: {str(error)[:500]}").body()
 
 

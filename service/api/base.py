@@ -16,8 +16,8 @@ from service.errors import PROBLEM_JSON, Problem
 from service.runtime import Runtime
 
 # Every /v1 operation can answer these: a missing or bad key, unknown or invalid query parameters, headers larger
-# than the server reads.
-ALWAYS = (401, 422, 431)
+# than the server reads, and the database unreachable (503 with Retry-After).
+ALWAYS = (401, 422, 431, 503)
 
 
 class ProblemSchema(ma.Schema):

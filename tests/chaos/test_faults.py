@@ -19,6 +19,7 @@ import requests
 from sqlalchemy import select
 
 from service.db import Artifact, Job
+from tests import helpers
 from tests.chaos.services import OwnPostgres, OwnRedis
 from tests.helpers import api_ready, is_ancestor, production_stack, wait_for
 
@@ -245,20 +246,8 @@ def test_the_api_killed_and_restarted_under_load_with_idempotency_keys(services,
 
 @pytest.fixture
 def small_disk():
-    """A 1 MiB tmpfs for the object store: a full disk, for real."""
-    import subprocess
-    import tempfile
-
-    where = Path(tempfile.mkdtemp(prefix="lantern-chaos-disk-"))
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], capture_output=True)
-    if mounted.returncode != 0:
-        where.rmdir()
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode()[:200]}")
-    try:
+    with helpers.small_disk("1m") as where:
         yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-        where.rmdir()
 
 
 def test_a_full_store_fails_jobs_cleanly_and_recovers(services, tmp_path, small_disk):
