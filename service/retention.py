@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, or_, select
 
 from service.config import Settings
-from service.db import FINISHED, Artifact, Audit, Database, Job, Upload, utcnow
+from service.db import FINISHED, IN_FLIGHT, Artifact, Audit, Database, Job, Upload, utcnow
 from service.storage import Store
 
 
@@ -50,8 +50,9 @@ def _purge_jobs(db: Database, store: Store, before: datetime) -> int:
 
 
 def _purge_audits(db: Database, store: Store, before: datetime) -> int:
+    busy = select(Job.audit_id).where(Job.audit_id.is_not(None), Job.status.in_(IN_FLIGHT))  # e.g. cancelled
     with db.session() as s:
-        ids = list(s.scalars(select(Audit.id).where(*_finished_before(Audit, before))))
+        ids = list(s.scalars(select(Audit.id).where(*_finished_before(Audit, before), Audit.id.not_in(busy))))
     for audit_id in ids:
         batch_jobs = select(Job.id).where(Job.audit_id == audit_id)
         _delete_objects(db, store, or_(Artifact.audit_id == audit_id, Artifact.job_id.in_(batch_jobs)))

@@ -101,3 +101,29 @@ def test_nothing_is_purged_by_default(runtime):
     assert objects(runtime) == {f"jobs/{ancient}/result.json"}
     with runtime.db.session() as s:  # leave nothing ancient for the session's other purge tests
         s.execute(update(Job).where(Job.id == ancient).values(finished_at=utcnow()))
+
+
+def test_an_old_audit_with_a_batch_still_running_is_kept(runtime):
+    from service.auth import ensure_tenant
+    from service.db import Audit
+
+    with runtime.db.session() as s:
+        tenant = ensure_tenant(s, f"au-{utcnow().timestamp()}")
+        audit = Audit(tenant_id=tenant.id, status="cancelled", request={}, total=1,
+                      finished_at=utcnow() - 30 * DAY)
+        s.add(audit)
+        s.flush()
+        audit_id = audit.id
+    batch = with_artifact(runtime, "running", None)
+    with runtime.db.session() as s:
+        s.execute(update(Job).where(Job.id == batch).values(audit_id=audit_id, kind="audit_batch"))
+    purge(runtime.db, runtime.store, replace(runtime.settings, retain_jobs_days=7))
+    with runtime.db.session() as s:
+        assert s.get(Audit, audit_id) is not None and s.get(Job, batch).status == "running"
+    assert objects(runtime) == {f"jobs/{batch}/result.json"}
+    with runtime.db.session() as s:  # once the batch ends, the audit goes with it
+        s.execute(update(Job).where(Job.id == batch).values(status="cancelled", finished_at=utcnow()))
+    purge(runtime.db, runtime.store, replace(runtime.settings, retain_jobs_days=7))
+    with runtime.db.session() as s:
+        assert s.get(Audit, audit_id) is None and s.get(Job, batch) is None
+    assert objects(runtime) == set()
