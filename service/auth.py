@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from service.db import ApiKey, Tenant, utcnow
+from service.db import ApiKey, Tenant, changed, utcnow
 from service.errors import Problem, not_found
 
 PREFIX = "lt_"
@@ -64,8 +64,8 @@ def list_keys(session: Session) -> list[tuple[ApiKey, str]]:
 
 
 def revoke_key(session: Session, key_id: str) -> None:
-    done = session.execute(update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
-                           .values(revoked_at=utcnow())).rowcount
+    done = changed(session, update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+                           .values(revoked_at=utcnow()))
     if not done and session.get(ApiKey, key_id) is None:
         raise not_found(f"key {key_id}")
 
@@ -87,6 +87,7 @@ def authenticate(session: Session, header: str | None) -> Caller:
     if row.last_used_at is None or now - row.last_used_at > timedelta(minutes=1):  # cheap, coarse bookkeeping
         row.last_used_at = now
     tenant = session.get(Tenant, row.tenant_id)
+    assert tenant is not None  # a key's tenant is a foreign key, deleted with it (ON DELETE CASCADE)
     return Caller(tenant.id, tenant.name, row.id)
 
 

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import builtins
 import os
 import time
 from collections.abc import Callable
@@ -61,10 +62,10 @@ class Client:
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._call("DELETE", f"/v1/jobs/{job_id}").json()
 
-    def methods(self) -> list[dict[str, Any]]:
+    def methods(self) -> builtins.list[dict[str, Any]]:
         return self._call("GET", "/v1/methods").json()["methods"]
 
-    def models(self) -> list[dict[str, Any]]:
+    def models(self) -> builtins.list[dict[str, Any]]:
         return self._call("GET", "/v1/models").json()["models"]
 
     def register_model(self, path: str | Path, name: str) -> dict[str, Any]:
@@ -113,7 +114,7 @@ class Client:
         job_id = job if isinstance(job, str) else job["id"]
         deadline, etag, doc = time.monotonic() + timeout, None, None
         while True:
-            headers = {"If-None-Match": etag} if etag else {}
+            headers: dict[str, str] = {"If-None-Match": etag} if etag else {}
             resp = self._call("GET", f"/v1/jobs/{job_id}", headers=headers)
             if resp.status_code == 200:
                 doc, etag = resp.json(), resp.headers.get("ETag")

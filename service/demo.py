@@ -29,6 +29,7 @@ def start_embedded(data_dir: Path, port: int) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, "-m", "service.cli", "up", "--port", str(port)], env=env,
                             stdout=subprocess.PIPE, text=True, start_new_session=True)
     key = None
+    assert proc.stdout is not None  # stdout=PIPE
     for line in proc.stdout:
         click.echo(f"  [up] {line.rstrip()}")
         if line.startswith("lt_"):

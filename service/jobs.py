@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.config import Settings
-from service.db import FINISHED, IN_FLIGHT, Artifact, Database, Job, Lease, is_id, utcnow
+from service.db import FINISHED, IN_FLIGHT, Artifact, Database, Job, Lease, changed, is_id, utcnow
 from service.errors import Problem, conflict, not_found, too_many
 
 # --- API side --------------------------------------------------------------------------------------------
@@ -39,7 +39,7 @@ def check_limits(session: Session, tenant_id: str, settings: Settings) -> None:
     """429 over the tenant's in-flight or per-minute limit. Counted from the jobs table: exact across replicas."""
     in_flight = session.scalar(
         select(func.count()).select_from(Job).where(Job.tenant_id == tenant_id, Job.status.in_(IN_FLIGHT),
-                                                    Job.audit_id.is_(None)))
+                                                    Job.audit_id.is_(None))) or 0
     if in_flight >= settings.max_in_flight:
         raise too_many(f"{in_flight} jobs in flight; the limit is {settings.max_in_flight}", settings.retry_after * 5)
     since = utcnow() - timedelta(minutes=1)
@@ -96,7 +96,7 @@ def listing(session: Session, tenant_id: str, limit: int, cursor: str | None, st
     if cursor:
         at, last_id = _decode_cursor(cursor)
         q = q.where(or_(Job.created_at < at, and_(Job.created_at == at, Job.id < last_id)))
-    jobs = session.scalars(q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)).all()
+    jobs = list(session.scalars(q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
     more = len(jobs) > limit
     jobs = jobs[:limit]
     return jobs, (_encode_cursor(jobs[-1]) if more else None)
@@ -106,8 +106,8 @@ def cancel(session: Session, tenant_id: str, job_id: str) -> Job:
     """queued -> cancelled at once; running -> flagged (the worker stops at its next step); finished -> 409."""
     job = get(session, tenant_id, job_id)
     now = utcnow()
-    done = session.execute(update(Job).where(Job.id == job.id, Job.status == "queued").values(
-        status="cancelled", finished_at=now, cancel_requested=True)).rowcount
+    done = changed(session, update(Job).where(Job.id == job.id, Job.status == "queued").values(
+        status="cancelled", finished_at=now, cancel_requested=True))
     if not done:
         session.execute(update(Job).where(Job.id == job.id, Job.status == "running").values(cancel_requested=True))
     session.refresh(job)
@@ -169,16 +169,16 @@ def claim(db: Database, job_id: str, worker: str, settings: Settings, device: st
             return None
         claimable = or_(Job.status == "queued",
                         and_(Job.status == "running", Job.lease_expires_at < now))
-        spent = s.execute(update(Job).where(Job.id == job_id, claimable, Job.attempts >= settings.max_attempts)
+        spent = changed(s, update(Job).where(Job.id == job_id, claimable, Job.attempts >= settings.max_attempts)
                           .values(status="failed", finished_at=now, lease_owner=None, lease_expires_at=None,
-                                  error=dead_letter(job.attempts))).rowcount
+                                  error=dead_letter(job.attempts)))
         if spent:
             _close_attempt(s, job_id, "lease expired", now)
             return None
-        won = s.execute(update(Job).where(Job.id == job_id, claimable, Job.cancel_requested.is_(False)).values(
+        won = changed(s, update(Job).where(Job.id == job_id, claimable, Job.cancel_requested.is_(False)).values(
             status="running", attempts=Job.attempts + 1, lease_owner=worker, device=device,
             lease_expires_at=now + timedelta(seconds=settings.lease_seconds), progress=0.0,
-            started_at=now)).rowcount
+            started_at=now))
         if not won:
             return None
         s.flush()
@@ -209,8 +209,8 @@ def heartbeat(db: Database, job_id: str, worker: str, settings: Settings, progre
     if progress is not None:
         values["progress"] = progress
     with db.session() as s:
-        owned = s.execute(update(Job).where(Job.id == job_id, Job.status == "running",
-                                            Job.lease_owner == worker).values(**values)).rowcount
+        owned = changed(s, update(Job).where(Job.id == job_id, Job.status == "running",
+                                            Job.lease_owner == worker).values(**values))
         return bool(owned)
 
 
@@ -220,13 +220,13 @@ def cancel_requested(db: Database, job_id: str) -> bool:
 
 
 def finish(db: Database, job_id: str, worker: str, status: str, *, result: dict | None = None,
-           error: dict | None = None, artifacts: list[Artifact] = ()) -> bool:
+           error: dict | None = None, artifacts: Sequence[Artifact] = ()) -> bool:
     """Record the outcome, fenced by the lease: a worker that lost its job cannot overwrite it."""
     with db.session() as s:
-        won = s.execute(update(Job).where(Job.id == job_id, Job.status == "running", Job.lease_owner == worker)
+        won = changed(s, update(Job).where(Job.id == job_id, Job.status == "running", Job.lease_owner == worker)
                         .values(status=status, result=result, error=error, finished_at=utcnow(),
                                 progress=1.0 if status == "succeeded" else Job.progress,
-                                lease_owner=None, lease_expires_at=None)).rowcount
+                                lease_owner=None, lease_expires_at=None))
         if won:
             _close_attempt(s, job_id, status, utcnow())
             for old in s.scalars(select(Artifact).where(Artifact.job_id == job_id)):
@@ -251,8 +251,8 @@ def lead(db: Database, name: str, owner: str, seconds: float) -> bool:
     now = utcnow()
     until = now + timedelta(seconds=seconds)
     with db.session() as s:
-        if s.execute(update(Lease).where(Lease.name == name, or_(Lease.owner == owner, Lease.expires_at < now))
-                     .values(owner=owner, expires_at=until)).rowcount:
+        if changed(s, update(Lease).where(Lease.name == name, or_(Lease.owner == owner, Lease.expires_at < now))
+                     .values(owner=owner, expires_at=until)):
             return True
         if s.get(Lease, name) is not None:
             return False
@@ -279,16 +279,16 @@ def reap(db: Database, settings: Settings, send: Callable[[str, str], None],
         for job in expired:
             lost = and_(Job.id == job.id, Job.status == "running", Job.lease_expires_at < now)
             if job.attempts >= settings.max_attempts:
-                done = s.execute(update(Job).where(lost).values(
+                done = changed(s, update(Job).where(lost).values(
                     status="failed", finished_at=now, lease_owner=None, lease_expires_at=None,
-                    error=dead_letter(job.attempts))).rowcount
+                    error=dead_letter(job.attempts)))
                 counts["dead"] += done
             elif job.cancel_requested:
-                done = s.execute(update(Job).where(lost).values(status="cancelled", finished_at=now,
-                                                                lease_owner=None, lease_expires_at=None)).rowcount
+                done = changed(s, update(Job).where(lost).values(status="cancelled", finished_at=now,
+                                                                lease_owner=None, lease_expires_at=None))
             else:
-                done = s.execute(update(Job).where(lost).values(
-                    status="queued", lease_owner=None, lease_expires_at=None, enqueued_at=None)).rowcount
+                done = changed(s, update(Job).where(lost).values(
+                    status="queued", lease_owner=None, lease_expires_at=None, enqueued_at=None))
                 counts["requeued"] += done
             if done:
                 _close_attempt(s, job.id, "lease expired", now)
@@ -296,10 +296,10 @@ def reap(db: Database, settings: Settings, send: Callable[[str, str], None],
     with db.session() as s:
         # enqueued_at is None: never sent (the broker was down) or requeued above (its message went with a dead
         # worker, though the broker may still list it as delivered): send. Stale: send unless the broker holds it.
-        lost = s.execute(select(Job.id, Job.queue, Job.enqueued_at.is_(None)).where(
+        waiting = s.execute(select(Job.id, Job.queue, Job.enqueued_at.is_(None)).where(
             Job.status == "queued", or_(Job.enqueued_at.is_(None), Job.enqueued_at < stale))).all()
-    in_broker = held() if held is not None and lost else None
-    for job_id, queue, unsent in lost:
+    in_broker = held() if held is not None and waiting else None
+    for job_id, queue, unsent in waiting:
         if unsent or in_broker is None or job_id not in in_broker:
             send(job_id, queue)
             counts["resent"] += 1

@@ -75,7 +75,7 @@ class Shared:
                 fcntl.lockf(self.fd, fcntl.LOCK_EX | (0 if deadline is None else fcntl.LOCK_NB))
                 return True
             except OSError:
-                if time.monotonic() > deadline:
+                if deadline is not None and time.monotonic() > deadline:
                     return False
                 time.sleep(0.005)
 

@@ -126,7 +126,7 @@ def element_weights(encoding: Encoding, views: Sequence[View], s: list[torch.Ten
     if normalization == "std" and (stats is None or any(v.layer not in stats for v in views)):
         normalization = "mean_square"
     tokens = encoding.attention_mask.to(s[0].device).to(s[0].dtype)  # B×T
-    out = []
+    out: list[torch.Tensor] = []
     for sv in s:
         if sv.dim() == 3 and sv.shape[1] == tokens.shape[1]:
             mask = tokens[:, :, None].expand_as(sv)
@@ -134,7 +134,7 @@ def element_weights(encoding: Encoding, views: Sequence[View], s: list[torch.Ten
             mask = torch.ones_like(sv)
         mask, flat = mask.reshape(sv.shape[0], -1), sv.reshape(sv.shape[0], -1)
         count = mask.sum(1, keepdim=True)
-        if normalization == "std":
+        if normalization == "std" and stats is not None:
             var = stats[views[len(out)].layer].to(flat).clamp_min(1e-6) ** 2
             var = var.repeat(flat.shape[1] // var.numel())[None]
         else:
