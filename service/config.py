@@ -41,6 +41,9 @@ class Settings:
     # unit: several processes each using every core oversubscribe the machine and OpenMP spin-waits (measured
     # here: 7.8 s instead of 0.31 s per explanation with two busy processes on two cores).
     torch_threads: int = 1
+    # Models (adapters) each process keeps in memory, least recently used evicted first. A worker's memory is about
+    # this many times its largest model's weights; the API only tokenises, so its adapters hold no weights.
+    model_cache_size: int = 4
 
     # limits (enforced before enqueueing)
     max_tokens: int = 512
@@ -96,6 +99,8 @@ class Settings:
             raise ValueError("LANTERN_VISIBILITY_TIMEOUT must exceed LANTERN_HARD_TIME_LIMIT")
         if self.soft_time_limit >= self.hard_time_limit:
             raise ValueError("LANTERN_SOFT_TIME_LIMIT must be below LANTERN_HARD_TIME_LIMIT")
+        if self.model_cache_size < 1:
+            raise ValueError("LANTERN_MODEL_CACHE_SIZE must be at least 1")
 
     # --- derived -----------------------------------------------------------------------------------------
     @property

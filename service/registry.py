@@ -6,7 +6,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -14,6 +14,9 @@ from sqlalchemy.orm import Session
 from service.db import Model
 from service.errors import Problem, conflict, invalid, not_found
 from service.storage import Store
+
+if TYPE_CHECKING:
+    from worker.models import Adapter
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _PART = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -38,14 +41,16 @@ def check_name(name: str) -> None:
         raise conflict(f"{name!r} is a built-in zoo model; choose another name")
 
 
-def smoke_test(bundle: Path) -> Any:
-    """Load the weights and run one forward pass: proves the tensor names and shapes fit the config."""
+def smoke_test(bundle: Path) -> Adapter:
+    """Load the weights and run one forward pass: proves the tensor names and shapes fit the config. The adapter is
+    made outside the process's model cache, so its weights go with it once the caller is done: the API process keeps
+    no model in memory after a registration (workers load the model when a job needs it)."""
     import torch
 
-    from worker.models import InputError, load_model
+    from worker.models import InputError, open_model
 
     try:
-        adapter = load_model(bundle)
+        adapter = open_model(bundle)
         pair = "premise" in str(adapter.describe().get("inputs", ""))
         enc = adapter.encode({"premise": "A man sleeps.", "hypothesis": "A person rests."} if pair
                              else {"text": "a short test sentence"})

@@ -1,14 +1,14 @@
 """The process's wiring, made once from Settings: database, object store, Celery app, model adapters."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 
 from celery import Celery
 
 from service.config import Settings
 from service.db import Database
-from service.models import AdapterCache
+from service.models import ModelAdapters
 from service.queue import make_celery
 from service.storage import Store, open_store
 
@@ -17,7 +17,6 @@ from service.storage import Store, open_store
 class Runtime:
     settings: Settings
     device: str = "cpu"
-    _: dict = field(default_factory=dict, repr=False)
 
     @cached_property
     def db(self) -> Database:
@@ -35,8 +34,11 @@ class Runtime:
         return make_celery(self.settings)
 
     @cached_property
-    def adapters(self) -> AdapterCache:
-        return AdapterCache(self.store, self.settings.data_path / "model-cache", self.device)
+    def adapters(self) -> ModelAdapters:
+        from worker.models import set_cache_limit
+
+        set_cache_limit(self.settings.model_cache_size)  # the cache is the process's: its last runtime sets the bound
+        return ModelAdapters(self.store, self.settings.data_path / "model-cache", self.device)
 
     def close(self) -> None:
         if "db" in self.__dict__:

@@ -1,4 +1,4 @@
-"""Model loading: zoo names and bundle paths -> adapters, cached per revision (DESIGN §4, §9).
+"""Model loading: zoo names and bundle paths -> adapters, cached per revision in one bounded cache per process.
 
     from worker.models import load_model
     adapter = load_model("minilm-rt")          # a zoo name, or a bundle directory path
@@ -12,25 +12,27 @@ from __future__ import annotations
 import importlib
 import os
 import re
-import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from worker.models.base import Adapter, Encoding, InputError, Trace
 from worker.models.bundle import ADAPTERS, BundleSpec, bundle_revision, validate_bundle
+from worker.models.cache import ModelCache
 
 __all__ = [
     "Adapter", "Encoding", "InputError", "Trace", "BundleSpec", "ZOO_DIR", "adapter_class", "bundle_dir", "bundle_revision",
-    "clear_cache", "load_model", "model_card", "validate_bundle", "zoo_names",
+    "cached_adapter", "clear_cache", "load_model", "model_card", "open_model", "set_cache_limit", "validate_bundle",
+    "zoo_names",
 ]
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
-_cache: dict[str, Adapter] = {}  # revision -> adapter (a worker keeps its models)
-_cache_lock = threading.Lock()
+_cache = ModelCache()  # the process's adapters by revision (worker.models.cache); bounded by set_cache_limit
+_cache_lock = _cache.lock
 
 
 def zoo_names() -> list[str]:
@@ -61,20 +63,34 @@ def load_model(name_or_path: str | os.PathLike[str], device: str | torch.device 
     """The adapter for a zoo name or a bundle directory; weights are read on first embed/forward.
 
     Adapters are cached by revision (sha256 of the bundle's files), so loading the same bundle twice is cheap and a
-    changed bundle is a different model. `device` moves the (cached) adapter there.
+    changed bundle is a different model. The cache keeps the most recently used few (set_cache_limit). `device`
+    moves the (cached) adapter there.
     """
     path = _resolve(name_or_path)
     spec = validate_bundle(path)
     revision = bundle_revision(path)
-    with _cache_lock:
-        adapter = _cache.get(revision)
-        if adapter is None:
-            kind = spec.config.get("adapter", "hf") if spec.kind == "lantern" else "hf"
-            adapter = adapter_class(kind)(spec, revision)
-            _cache[revision] = adapter
-    if device is not None:
+    return cached_adapter(revision, lambda: _build(spec, revision), device)
+
+
+def cached_adapter(revision: str, build: Callable[[], Adapter], device: str | torch.device | None = None) -> Adapter:
+    """The process's adapter for `revision`, made by `build()` (once, however many threads ask) when not cached."""
+    adapter = _cache.get(revision, build)
+    if device is not None and adapter.device != torch.device(device):
         adapter.to(device)
     return adapter
+
+
+def open_model(name_or_path: str | os.PathLike[str]) -> Adapter:
+    """A new adapter outside the cache: for a one-off check whose weights must not stay in the process."""
+    path = _resolve(name_or_path)
+    return _build(validate_bundle(path), bundle_revision(path))
+
+
+def _build(spec: BundleSpec, revision: str) -> Adapter:
+    kind = spec.config.get("adapter", "hf") if spec.kind == "lantern" else "hf"
+    # the concrete adapter classes take (spec, revision); the abstract base declares no constructor
+    factory = cast(Callable[[BundleSpec, str], Adapter], adapter_class(kind))
+    return factory(spec, revision)
 
 
 def adapter_class(name: str) -> type[Adapter]:
@@ -85,8 +101,12 @@ def adapter_class(name: str) -> type[Adapter]:
 
 def clear_cache() -> None:
     """Forget the loaded adapters (tests; a worker that must free memory)."""
-    with _cache_lock:
-        _cache.clear()
+    _cache.clear()
+
+
+def set_cache_limit(models: int) -> None:
+    """Keep at most this many adapters in the process (LANTERN_MODEL_CACHE_SIZE; the least recently used go)."""
+    _cache.limit = models
 
 
 def model_card(name_or_path: str | os.PathLike[str]) -> dict[str, Any]:
