@@ -70,7 +70,7 @@ ADAPTERS = {
     "esim": "worker.models.esim:ESIMAdapter",
     "lstm_lm": "worker.models.lstm_lm:LSTMLanguageModelAdapter",
 }
-# the model cache's marker that a bundle copied from object storage is complete (service.models.AdapterCache)
+# the model cache's marker that a bundle copied from object storage is complete (service.models.ModelAdapters)
 CACHE_MARKER = ".complete"
 # files and folders that carry no model content (left out of validation and of the revision; a config may not name one)
 _IGNORED = frozenset({".git", "__pycache__", ".gitattributes", ".DS_Store", CACHE_MARKER})
@@ -352,7 +352,7 @@ def _check_head(root: Path, config: dict[str, Any]) -> None:
     dropout = head.get("dropout", 0.0)
     if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0.0 <= dropout < 1.0:
         raise InputError("config.json: head.dropout must be a number in [0, 1)")
-    if head["classes"] != len(labels):
+    if head["classes"] != len(labels or ()):  # labels are set here: they go with the head
         raise InputError("config.json: head.classes must equal the number of labels")
 
 
