@@ -15,8 +15,7 @@ from typing import Any
 
 import requests
 
-FINISHED = ("succeeded", "failed", "cancelled")
-
+from service.domain import FINISHED
 
 # entries that carry no model content (the server's worker.models.bundle._IGNORED); every other file, dot-files
 # included, is part of the model and of its revision

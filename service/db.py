@@ -25,10 +25,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from sqlalchemy.sql.expression import Executable
 from sqlalchemy.types import TypeDecorator
 
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
-WAITING = "waiting"  # an audit's finaliser job, until its batches are done
-FINISHED = ("succeeded", "failed", "cancelled")
-IN_FLIGHT = ("queued", "running")
+from service.domain import FINISHED, IN_FLIGHT, JOB_STATES, JobKind, JobStatus  # noqa: F401 (re-exported)
+
+WAITING = JobStatus.WAITING
 
 
 def utcnow() -> datetime:
@@ -120,8 +119,8 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     audit_id: Mapped[str | None] = mapped_column(ForeignKey("audits.id", ondelete="CASCADE"), index=True)
-    kind: Mapped[str] = mapped_column(String(20), default="explain")  # explain | audit_batch | audit_finalize
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    kind: Mapped[str] = mapped_column(String(20), default=JobKind.EXPLAIN)  # explain | audit_batch | audit_finalize
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
     model_name: Mapped[str] = mapped_column(String(100))
     model_revision: Mapped[str] = mapped_column(String(64))
     request: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -151,11 +150,18 @@ class Audit(Base):
     __tablename__ = "audits"
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
     request: Mapped[dict[str, Any]] = mapped_column(JSON)
-    total: Mapped[int] = mapped_column(Integer, default=0)  # items × models; done/failed are counted from items
+    total: Mapped[int] = mapped_column(Integer, default=0)  # items × models
+    done: Mapped[int] = mapped_column(Integer, default=0)  # items finished, counted as they are written
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    # bumped by every write to the row (service/audit_lifecycle.py): the audit document's ETag
+    version: Mapped[int] = mapped_column(Integer, default=0)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # the aggregates so far (folded per finished batch), the final ones once the finaliser has run
     aggregates: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # the running sums the aggregates so far are derived from; large, so loaded only when asked for
+    aggregate_state: Mapped[dict[str, Any] | None] = mapped_column(JSON, deferred=True)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
@@ -173,7 +179,7 @@ class AuditItem(Base):
     position: Mapped[int] = mapped_column(Integer)
     batch: Mapped[int] = mapped_column(Integer, index=True)
     label: Mapped[str | None] = mapped_column(String(100))
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     input: Mapped[dict[str, Any]] = mapped_column(JSON)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)

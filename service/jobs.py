@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from service.config import Settings
 from service.db import FINISHED, IN_FLIGHT, Artifact, Database, Job, Lease, changed, is_id, utcnow
+from service.domain import JobStatus
 from service.errors import Problem, conflict, not_found, too_many
 
 # --- API side --------------------------------------------------------------------------------------------
@@ -106,12 +107,12 @@ def cancel(session: Session, tenant_id: str, job_id: str) -> Job:
     """queued -> cancelled at once; running -> flagged (the worker stops at its next step); finished -> 409."""
     job = get(session, tenant_id, job_id)
     now = utcnow()
-    done = changed(session, update(Job).where(Job.id == job.id, Job.status == "queued").values(
-        status="cancelled", finished_at=now, cancel_requested=True))
+    done = changed(session, update(Job).where(Job.id == job.id, Job.status == JobStatus.QUEUED).values(
+        status=JobStatus.CANCELLED, finished_at=now, cancel_requested=True))
     if not done:
-        session.execute(update(Job).where(Job.id == job.id, Job.status == "running").values(cancel_requested=True))
+        session.execute(update(Job).where(Job.id == job.id, Job.status == JobStatus.RUNNING).values(cancel_requested=True))
     session.refresh(job)
-    if job.status in FINISHED and not (job.status == "cancelled" and done):
+    if job.status in FINISHED and not (job.status == JobStatus.CANCELLED and done):
         raise conflict(f"job {job.id} already {job.status}")
     return job
 
@@ -167,16 +168,16 @@ def claim(db: Database, job_id: str, worker: str, settings: Settings, device: st
         job = s.get(Job, job_id)
         if job is None:
             return None
-        claimable = or_(Job.status == "queued",
-                        and_(Job.status == "running", Job.lease_expires_at < now))
+        claimable = or_(Job.status == JobStatus.QUEUED,
+                        and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now))
         spent = changed(s, update(Job).where(Job.id == job_id, claimable, Job.attempts >= settings.max_attempts)
-                          .values(status="failed", finished_at=now, lease_owner=None, lease_expires_at=None,
+                          .values(status=JobStatus.FAILED, finished_at=now, lease_owner=None, lease_expires_at=None,
                                   error=dead_letter(job.attempts)))
         if spent:
             _close_attempt(s, job_id, "lease expired", now)
             return None
         won = changed(s, update(Job).where(Job.id == job_id, claimable, Job.cancel_requested.is_(False)).values(
-            status="running", attempts=Job.attempts + 1, lease_owner=worker, device=device,
+            status=JobStatus.RUNNING, attempts=Job.attempts + 1, lease_owner=worker, device=device,
             lease_expires_at=now + timedelta(seconds=settings.lease_seconds), progress=0.0,
             started_at=now))
         if not won:
@@ -209,7 +210,7 @@ def heartbeat(db: Database, job_id: str, worker: str, settings: Settings, progre
     if progress is not None:
         values["progress"] = progress
     with db.session() as s:
-        owned = changed(s, update(Job).where(Job.id == job_id, Job.status == "running",
+        owned = changed(s, update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING,
                                             Job.lease_owner == worker).values(**values))
         return bool(owned)
 
@@ -223,9 +224,9 @@ def finish(db: Database, job_id: str, worker: str, status: str, *, result: dict 
            error: dict | None = None, artifacts: Sequence[Artifact] = ()) -> bool:
     """Record the outcome, fenced by the lease: a worker that lost its job cannot overwrite it."""
     with db.session() as s:
-        won = changed(s, update(Job).where(Job.id == job_id, Job.status == "running", Job.lease_owner == worker)
+        won = changed(s, update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.lease_owner == worker)
                         .values(status=status, result=result, error=error, finished_at=utcnow(),
-                                progress=1.0 if status == "succeeded" else Job.progress,
+                                progress=1.0 if status == JobStatus.SUCCEEDED else Job.progress,
                                 lease_owner=None, lease_expires_at=None))
         if won:
             _close_attempt(s, job_id, status, utcnow())
@@ -275,20 +276,20 @@ def reap(db: Database, settings: Settings, send: Callable[[str, str], None],
     now = utcnow()
     counts = {"requeued": 0, "dead": 0, "resent": 0}
     with db.session() as s:
-        expired = s.scalars(select(Job).where(Job.status == "running", Job.lease_expires_at < now)).all()
+        expired = s.scalars(select(Job).where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)).all()
         for job in expired:
-            lost = and_(Job.id == job.id, Job.status == "running", Job.lease_expires_at < now)
+            lost = and_(Job.id == job.id, Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
             if job.attempts >= settings.max_attempts:
                 done = changed(s, update(Job).where(lost).values(
-                    status="failed", finished_at=now, lease_owner=None, lease_expires_at=None,
+                    status=JobStatus.FAILED, finished_at=now, lease_owner=None, lease_expires_at=None,
                     error=dead_letter(job.attempts)))
                 counts["dead"] += done
             elif job.cancel_requested:
-                done = changed(s, update(Job).where(lost).values(status="cancelled", finished_at=now,
+                done = changed(s, update(Job).where(lost).values(status=JobStatus.CANCELLED, finished_at=now,
                                                                 lease_owner=None, lease_expires_at=None))
             else:
                 done = changed(s, update(Job).where(lost).values(
-                    status="queued", lease_owner=None, lease_expires_at=None, enqueued_at=None))
+                    status=JobStatus.QUEUED, lease_owner=None, lease_expires_at=None, enqueued_at=None))
                 counts["requeued"] += done
             if done:
                 _close_attempt(s, job.id, "lease expired", now)
@@ -297,7 +298,7 @@ def reap(db: Database, settings: Settings, send: Callable[[str, str], None],
         # enqueued_at is None: never sent (the broker was down) or requeued above (its message went with a dead
         # worker, though the broker may still list it as delivered): send. Stale: send unless the broker holds it.
         waiting = s.execute(select(Job.id, Job.queue, Job.enqueued_at.is_(None)).where(
-            Job.status == "queued", or_(Job.enqueued_at.is_(None), Job.enqueued_at < stale))).all()
+            Job.status == JobStatus.QUEUED, or_(Job.enqueued_at.is_(None), Job.enqueued_at < stale))).all()
     in_broker = held() if held is not None and waiting else None
     for job_id, queue, unsent in waiting:
         if unsent or in_broker is None or job_id not in in_broker:

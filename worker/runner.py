@@ -4,7 +4,6 @@ Thin by design (DESIGN §10): the engine (worker.methods.explain) knows nothing 
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
@@ -13,10 +12,11 @@ from typing import Any
 
 from service import jobs
 from service.db import Artifact, is_unavailable
+from service.domain import JobKind, JobStatus
 from service.errors import Problem
 from service.metrics import observe_job
 from service.runtime import Runtime
-from service.storage import sha256
+from worker.artifacts import Files, store_files
 from worker.work import LeaseLost, is_input_error, is_time_limit, model_ref, problem_of
 
 log = logging.getLogger("lantern.worker")
@@ -93,24 +93,24 @@ def run_job(rt: Runtime, job_id: str, worker: str) -> str:
             if _cancel_requested(rt, job_id):
                 raise Cancelled(job_id)
 
-    status = "failed"
+    status: str = JobStatus.FAILED  # the metrics also count "lost" (another attempt owns the job)
     started, reason = time.monotonic(), None
     try:
         beat.start()  # inside: a keeper that cannot start fails the job with its reason, not by a lease run out
-        if job.kind == "explain":
+        if job.kind == JobKind.EXPLAIN:
             result, files = explain_job(rt, job.request, job.model_revision, progress, job.tenant_id)
         else:  # an audit's micro-batch or its finaliser: the same claim, lease and outcome, other work
             from worker.audit import AUDIT_WORK
 
             result, files = AUDIT_WORK[job.kind](rt, job, worker, progress)
         artifacts = store_artifacts(rt, job_id, files)
-        status = "succeeded"
+        status = JobStatus.SUCCEEDED
         finished = _when_recorded(lambda: jobs.finish(rt.db, job_id, worker, status, result=result,
                                                       artifacts=artifacts))
         if not finished:  # another attempt owns the job now; its own files replace these
             log.warning("job %s: finished after its lease was taken; the outcome was not recorded", job_id)
     except Cancelled:
-        status = "cancelled"
+        status = JobStatus.CANCELLED
         finished = _when_recorded(lambda: jobs.finish(rt.db, job_id, worker, status))
     except LeaseLost:
         status = "lost"
@@ -207,21 +207,9 @@ def explain_job(rt: Runtime, request: dict[str, Any], revision: str, progress,
     return outcome, files
 
 
-def store_artifacts(rt: Runtime, job_id: str, files: dict[str, tuple[bytes, str]]) -> list[Artifact]:
-    """Store every file or none: when one write fails (a full store), the ones written before it are removed."""
-    rows: list[Artifact] = []
-    try:
-        for name, (data, content_type) in files.items():
-            key = f"jobs/{job_id}/{name}"
-            rt.store.put(key, data, content_type)
-            rows.append(Artifact(job_id=job_id, name=name, content_type=content_type, bytes=len(data),
-                                 sha256=sha256(data), storage_key=key))
-    except BaseException:
-        for row in rows:
-            with contextlib.suppress(Exception):
-                rt.store.delete(row.storage_key)
-        raise
-    return rows
+def store_artifacts(rt: Runtime, job_id: str, files: Files) -> list[Artifact]:
+    """Store every file of the job or none (worker/artifacts.py, the writer audits use too)."""
+    return store_files(rt.store, files, job_id=job_id)
 
 
 def _safetensors(tensors: dict) -> bytes:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import marshmallow as ma
 from marshmallow import validate
 
+from service.domain import JOB_STATES
+
 SCORES = ("logit", "probability", "log_probability")
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+STATUSES = tuple(JOB_STATES)
 
 
 NOT_BLANK = {"pattern": r"\S"}  # at least one non-whitespace character, as `.strip()` decides
@@ -133,7 +135,11 @@ class MethodSchema(ma.Schema):
     name = ma.fields.String()
     summary = ma.fields.String()
     params = ma.fields.Dict()
-    needs_head = ma.fields.Boolean()
+    needs_head = ma.fields.Boolean(metadata={"description": "it explains a class: the model needs an output head"})
+    requires = ma.fields.List(ma.fields.String(), metadata={
+        "description": "model capabilities the method needs, all of them"})
+    requires_one_of = ma.fields.List(ma.fields.String(), metadata={
+        "description": "model capabilities of which the method needs at least one (empty: no such condition)"})
     takes_layers = ma.fields.Boolean()
     tensors = ma.fields.List(ma.fields.String())
     sanity = ma.fields.Dict()
