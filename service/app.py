@@ -5,6 +5,7 @@ import logging
 import re
 import time
 from http import HTTPStatus
+from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 from flask_smorest import Api
@@ -58,12 +59,31 @@ class ProblemApi(Api):
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Flask:
     runtime = runtime or Runtime(settings or Settings.from_env())
-    settings = runtime.settings
     app = Flask("lantern")
     from service.api.base import IdConverter
 
     app.url_map.converters["id"] = IdConverter
-    app.config.update(
+    app.config.update(_api_config(runtime.settings))
+    app.extensions["lantern"] = runtime
+    api = ProblemApi(app)
+    api.register_converter(IdConverter, lambda _: {"type": "string", "minLength": 1})
+    app.extensions["lantern.api"] = api
+    app.extensions["lantern.metrics"] = Metrics(runtime)
+
+    from service.api import audits, catalog, health, jobs
+    from service.api.schemas import document
+
+    for blp in (jobs.blp, audits.blp, catalog.blp):
+        api.register_blueprint(blp)
+    app.register_blueprint(health.blp)
+    document(api.spec)
+    _answer_errors(app, api)
+    _guard_requests(app, api)
+    return app
+
+
+def _api_config(settings: Settings) -> dict[str, Any]:
+    return dict(
         API_TITLE="Lantern",
         API_VERSION="v1",
         OPENAPI_VERSION="3.1.0",
@@ -79,23 +99,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             "security": [{"bearer": []}],
         },
     )
-    app.extensions["lantern"] = runtime
-    api = ProblemApi(app)
-    api.register_converter(IdConverter, lambda _: {"type": "string", "minLength": 1})
-    app.extensions["lantern.api"] = api
-    metrics = Metrics(runtime)
-    app.extensions["lantern.metrics"] = metrics
 
-    from service.api import audits, catalog, health, jobs
 
-    api.register_blueprint(jobs.blp)
-    api.register_blueprint(audits.blp)
-    api.register_blueprint(catalog.blp)
-    app.register_blueprint(health.blp)
-    from service.api.schemas import document
-
-    document(api.spec)
-
+def _answer_errors(app: Flask, api: ProblemApi) -> None:
+    """Every error as problem+json: ours, HTTP's, a full store (507), the database's outage (503, never 500)."""
     @app.errorhandler(Problem)
     def _problem(problem: Problem) -> Response:
         return problem_response(problem)
@@ -113,6 +120,12 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
                                                 OUTAGE_RETRY_AFTER))
         log.exception("unhandled error on %s %s", request.method, request.path)
         return problem_response(Problem(500, "Internal Server Error", "an unexpected error; it was logged"))
+
+
+def _guard_requests(app: Flask, api: ProblemApi) -> None:
+    """Before a view: header size, the caller's key, the query; after it: the request metrics."""
+    runtime: Runtime = app.extensions["lantern"]
+    metrics: Metrics = app.extensions["lantern.metrics"]
 
     @app.before_request
     def _header_size() -> None:
@@ -137,8 +150,6 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     def _observe(resp: Response) -> Response:
         metrics.observe(request, resp, time.perf_counter() - g.get("started", time.perf_counter()))
         return resp
-
-    return app
 
 
 def _check_query(api: ProblemApi) -> None:
