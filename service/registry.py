@@ -16,7 +16,7 @@ from service.errors import Problem, conflict, invalid, not_found
 from service.storage import Store
 
 if TYPE_CHECKING:
-    from worker.models import Adapter
+    from worker.models import Adapter, Encoding
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _PART = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -51,9 +51,7 @@ def smoke_test(bundle: Path) -> Adapter:
 
     try:
         adapter = open_model(bundle)
-        pair = "premise" in str(adapter.describe().get("inputs", ""))
-        enc = adapter.encode({"premise": "A man sleeps.", "hypothesis": "A person rests."} if pair
-                             else {"text": "a short test sentence"})
+        enc = _sample_input(adapter)
         with torch.no_grad():
             trace = adapter.forward(adapter.embed(enc), enc)
     except InputError as e:
@@ -64,6 +62,17 @@ def smoke_test(bundle: Path) -> Adapter:
     if adapter.labels is not None and (trace.logits is None or trace.logits.shape[-1] != len(adapter.labels)):
         raise invalid("the model's output size does not match its labels", "files")
     return adapter
+
+
+def _sample_input(adapter: Adapter) -> Encoding:
+    """One input the model takes, encoded: a text, or for a model that reads only pairs (ESIM) a premise and a
+    hypothesis. The adapter's own refusal of a text is how a pair model is told apart."""
+    from worker.models import InputError
+
+    try:
+        return adapter.encode({"text": "a short test sentence"})
+    except InputError:
+        return adapter.encode({"premise": "A man sleeps.", "hypothesis": "A person rests."})
 
 
 def register(session: Session, store: Store, tenant_id: str, name: str, bundle: Path) -> tuple[Model, bool]:

@@ -60,6 +60,14 @@ def test_the_api_process_holds_no_weights_after_registering_and_validating(api):
     assert loaded_revisions() == []
 
 
+def test_a_model_that_reads_only_pairs_registers_and_holds_no_weights(api):
+    card = register(api, "mine-nli", "esim-50")
+    pair = {"premise": "A man sleeps.", "hypothesis": "A person rests."}
+    resp = api.post("/v1/jobs", json={"model": "mine-nli", "inputs": pair, "methods": ["gradient"]})
+    assert resp.status_code == 202, resp.get_json()
+    assert [r for r, _ in models._cache.items()] == [card["revision"]] and loaded_revisions() == []
+
+
 def test_a_worker_runs_a_registered_model_from_its_own_copy_and_keeps_it_loaded(api, runtime, tmp_path):
     from service.runtime import Runtime
     from worker.runner import run_job
