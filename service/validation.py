@@ -1,4 +1,4 @@
-"""Checks a job request against its model before anything is stored or enqueued (DESIGN §5, §6)."""
+"""Checks a job request against its model before anything is stored or enqueued (docs/api.md)."""
 from __future__ import annotations
 
 import math
@@ -19,14 +19,9 @@ def check_request(adapter: Any, request: dict[str, Any], settings: Settings) -> 
     unknown = [m for m in request["methods"] if m not in methods]
     if unknown:
         raise invalid(f"unknown method(s) {unknown}; see GET /v1/methods", "methods")
-    if not adapter.has_head:
-        headful = [m for m in request["methods"] if methods[m].needs_head]
-        if headful:
-            raise invalid(f"{headful} need a model with an output head; {adapter.name} has none "
-                          f"(methods that apply: {[m for m in methods if not methods[m].needs_head]})", "methods")
-    misfit = [m for m in request["methods"] if methods[m].applies is not None and not methods[m].applies(adapter)]
-    if misfit:
-        raise invalid(f"{misfit} do not apply to {adapter.name}", "methods")
+    refused = _refusals(adapter, [methods[m] for m in request["methods"]])
+    if refused:
+        raise invalid(refused, "methods")
     if adapter.has_head and request["target"] != "predicted" and request["target"] not in adapter.labels:
         from worker.methods import some_labels
 
@@ -83,6 +78,17 @@ def check_items(adapter: Any, items: list[tuple[int, dict[str, str]]], settings:
         problem = input_problem(adapter, {k: v for k, v in item.items() if k != "label"}, settings)
         if problem:
             raise invalid(f"item {position}: {problem}", "corpus")
+
+
+def _refusals(adapter: Any, methods: list[Any]) -> str | None:
+    """Why some of `methods` do not apply to the model (the capabilities each needs and the model does not offer,
+    as the worker refuses them), with the methods that do apply; None when all apply."""
+    from worker.methods import applicable_methods, refusal
+
+    reasons = [why for why in (refusal(adapter, method) for method in methods) if why]
+    if not reasons:
+        return None
+    return f"{'; '.join(reasons)} (methods that apply: {applicable_methods(adapter)})"
 
 
 def _method_check(method: Any, adapter: Any, params: dict[str, Any]) -> None:

@@ -23,13 +23,14 @@ blp = Blueprint("catalog", __name__, url_prefix="/v1", description="Methods and 
 @blp.response(200, MethodListSchema)
 @blp.problems()
 def list_methods():
-    """Every method with its parameters (JSON schema with defaults)."""
+    """Every method with its parameters (JSON schema with defaults) and the model capabilities it requires."""
     from worker.methods import registry
 
     converter = current_app.extensions["lantern.api"].ma_plugin.converter
     return {"methods": [
         {"name": m.name, "summary": m.summary, "params": converter.schema2jsonschema(m.params),
-         "needs_head": m.needs_head, "takes_layers": m.takes_layers, "tensors": list(m.tensors),
+         "needs_head": m.needs_head, "requires": sorted(m.requires.all_of),
+         "requires_one_of": list(m.requires.any_of), "takes_layers": m.takes_layers, "tensors": list(m.tensors),
          "sanity": m.sanity}
         for m in registry().values()]}
 

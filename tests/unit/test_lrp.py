@@ -12,10 +12,10 @@ from torch import nn
 
 from worker.methods import check_methods, explain, explain_batch, registry
 from worker.methods.base import Target
-from worker.methods.lrp import applies, relevance
+from worker.methods.lrp import applies
 from worker.models import load_model
 from worker.models.base import InputError
-from worker.models.cnn import KimCNN
+from worker.models.cnn import KimCNN, relevance
 
 RTOL = 1e-5
 SENTENCE = "an utterly charming , unpretentious little film that never overstays its welcome ."

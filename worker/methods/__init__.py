@@ -1,6 +1,7 @@
 """Explanation methods: a registry of one module per method, and `explain`, the engine's entry point.
 
-Adding a method = one new module with `METHOD = Method(...)` and one line in `_MODULES`.
+Adding a method = one new module `worker/methods/<name>.py` with `METHOD = Method(...)` and one line in
+`worker.capabilities.METHODS` (its name and what it requires of an adapter).
 """
 from __future__ import annotations
 
@@ -14,30 +15,44 @@ from typing import Any
 import marshmallow as ma
 import torch
 
+from worker.capabilities import METHODS, Capability, applicable
 from worker.methods.base import SCORES, Method, MethodResult, Target, word_scores
 from worker.methods.faithfulness import faithfulness
 from worker.models.base import Adapter, Encoding, InputError
 
-_MODULES = ("gradient", "smoothgrad", "grad_x_input", "integrated_gradients", "occlusion", "perturbation",
-            "lime", "lrp", "sigma", "attention", "attention_saliency", "gating", "attention_rollout", "activations")
-
 
 def registry() -> dict[str, Method]:
+    """Every method of `worker.capabilities.METHODS`, in its order: `METHOD` of `worker.methods.<name>`."""
     from worker.methods.sanity import load as load_sanity
 
     sanity = load_sanity()  # the model-randomisation check's stored result, per method (worker/methods/sanity.py)
     methods = {}
-    for module in _MODULES:
-        method = importlib.import_module(f"worker.methods.{module}").METHOD
-        if method.name in sanity:
-            method = dataclasses.replace(method, sanity={**method.sanity, **sanity[method.name]})
-        methods[method.name] = method
+    for name in METHODS:
+        method: Method = importlib.import_module(f"worker.methods.{name}").METHOD
+        if method.name != name:
+            raise ImportError(f"worker.methods.{name} defines the method {method.name!r}, not {name!r}")
+        if name in sanity:
+            method = dataclasses.replace(method, sanity={**method.sanity, **sanity[name]})
+        methods[name] = method
     return methods
 
 
 def applicable_methods(adapter: Adapter) -> list[str]:
-    return [m.name for m in registry().values()
-            if (adapter.has_head or not m.needs_head) and (m.applies is None or m.applies(adapter))]
+    """The methods that apply to `adapter`: those whose requirement its capabilities meet."""
+    return applicable(adapter.capabilities)
+
+
+def refusal(adapter: Adapter, method: Method) -> str | None:
+    """Why `method` does not apply to `adapter`, naming the capabilities it lacks, or None. The API (at submit) and
+    the worker both refuse with it."""
+    missing = [HEAD_WORDS if gap == Capability.HEAD else gap for gap in method.missing(adapter)]
+    if not missing:
+        return None
+    return f"method {method.name!r} does not apply to {adapter.name}: it needs {', '.join(missing)}, " \
+           f"which {adapter.name} does not offer"
+
+
+HEAD_WORDS = "head (a model with an output head)"
 
 
 class Cancelled(Exception):
@@ -56,9 +71,10 @@ def resolve_target(adapter: Adapter, logits: torch.Tensor | None, target: str) -
         return None
     if target in (None, "predicted"):
         return logits.argmax(-1)
-    if target not in adapter.labels:
-        raise InputError(f"unknown target {target!r}; this model's labels are {some_labels(adapter.labels)}")
-    return torch.full((logits.shape[0],), adapter.labels.index(target), dtype=torch.long)
+    labels = adapter.head_labels()
+    if target not in labels:
+        raise InputError(f"unknown target {target!r}; this model's labels are {some_labels(labels)}")
+    return torch.full((logits.shape[0],), labels.index(target), dtype=torch.long)
 
 
 def explain(
@@ -138,16 +154,16 @@ def check_methods(adapter: Adapter, table: dict[str, Method], methods: list[str]
         raise InputError(f"params given for method(s) not requested: {', '.join(extra)}")
     chosen: dict[str, dict[str, Any]] = {}
     for name in methods:
-        if table[name].needs_head and not adapter.has_head:
-            raise InputError(f"method {name!r} needs a model with an output head; {adapter.name} has none")
-        if table[name].applies is not None and not table[name].applies(adapter):
-            raise InputError(f"method {name!r} does not apply to {adapter.name}")
+        why = refusal(adapter, table[name])
+        if why:
+            raise InputError(why)
         try:
             chosen[name] = table[name].params().load(params.get(name) or {})
         except ma.ValidationError as err:
             raise InputError(f"params.{name}: {err.messages}") from None
-        if table[name].check is not None:
-            table[name].check(adapter, chosen[name])
+        check = table[name].check
+        if check is not None:
+            check(adapter, chosen[name])
     return chosen
 
 
@@ -161,7 +177,7 @@ def document(adapter: Adapter, encoding: Encoding, logits: torch.Tensor | None, 
         "words": encoding.words[0],
         "word_strings": encoding.word_strings(0),
         "prediction": prediction(adapter, logits),
-        "target": None if index is None else adapter.labels[int(index[0])],
+        "target": None if index is None else adapter.head_labels()[int(index[0])],
         "score": score,
         "methods": {},
         "provenance": provenance(adapter, seed),
@@ -190,8 +206,9 @@ def compare_figures(methods: list[str], results: dict[str, dict[str, Any]]) -> d
     table = registry()
     out = {}
     for name in methods:
-        if table[name].compare is not None and all(name in r.get("methods", {}) for r in results.values()):
-            out[f"{name}-compare.png"] = table[name].compare({m: r["methods"][name] for m, r in results.items()})
+        compare = table[name].compare
+        if compare is not None and all(name in r.get("methods", {}) for r in results.values()):
+            out[f"{name}-compare.png"] = compare({m: r["methods"][name] for m, r in results.items()})
     return out
 
 
@@ -203,13 +220,14 @@ def prediction(adapter: Adapter, logits: torch.Tensor | None) -> dict[str, Any] 
     when the model has more labels than that."""
     if logits is None or not adapter.has_head:
         return None
+    labels = adapter.head_labels()
     probs = logits[0].softmax(-1)
-    if len(adapter.labels) > PREDICTION_TOP:
+    if len(labels) > PREDICTION_TOP:
         top = probs.topk(PREDICTION_TOP)
-        pairs = [(adapter.labels[int(i)], float(p)) for p, i in zip(top.values, top.indices, strict=True)]
+        pairs = [(labels[int(i)], float(p)) for p, i in zip(top.values, top.indices, strict=True)]
     else:
-        pairs = list(zip(adapter.labels, probs.tolist(), strict=True))
-    return {"label": adapter.labels[int(logits[0].argmax())], "probabilities": dict(pairs)}
+        pairs = list(zip(labels, probs.tolist(), strict=True))
+    return {"label": labels[int(logits[0].argmax())], "probabilities": dict(pairs)}
 
 
 def some_labels(labels: list[str], limit: int = 20) -> str:

@@ -176,7 +176,6 @@ METHOD = Method(
             "user token pattern (Karpathy's quote-cell search).",
     params=ActivationsParams,
     run=run,
-    needs_head=False,
     token_scores=False,
     tensors=("states", "traces"),
     check=check,

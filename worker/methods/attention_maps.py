@@ -1,25 +1,17 @@
-"""Self-attention of Transformer-style adapters (Hugging Face encoders, the Transformer classifier): the `attention`
-method's transformer view and what `attention_rollout` builds on. Not a method itself (no ``METHOD``).
+"""Self-attention of the adapters that declare ``self_attention`` (Hugging Face encoders, the Transformer classifier):
+the `attention` method's transformer view and what `attention_rollout` builds on. Not a method itself (no ``METHOD``).
 
-An adapter has self-attention when its ``attention_names`` are ``attention.1`` … ``attention.N``, each captured as
-B×heads×T×T weights after softmax (rows = queries, columns = keys; each row sums to 1 over the real tokens).
+Such an adapter's ``attention_names`` are ``attention.1`` … ``attention.N``, each captured as B×heads×T×T weights
+after softmax (rows = queries, columns = keys; each row sums to 1 over the real tokens).
 """
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import torch
 
 from worker.methods.base import MethodResult, Target
-from worker.models.base import Adapter, Encoding
-
-_SELF = re.compile(r"^attention\.\d+$")
-
-
-def has_self_attention(adapter: Adapter) -> bool:
-    names = list(getattr(adapter, "attention_names", []) or [])
-    return bool(names) and all(_SELF.match(n) for n in names)
+from worker.models.base import Adapter, Encoding, InputError
 
 
 def self_attention(adapter: Adapter, encoding: Encoding) -> torch.Tensor:
@@ -46,8 +38,6 @@ def transformer_view(adapter: Adapter, encoding: Encoding, target: Target | None
     names = list(adapter.attention_names)
     layer = params.get("figure_layer") or names[-1]
     if layer not in names:
-        from worker.models.base import InputError
-
         raise InputError(f"figure_layer {layer!r} is not one of {names}")
     tokens = one.tokens[0]
     keep = visible(one, params.get("show_special", False))

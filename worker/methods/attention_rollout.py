@@ -5,7 +5,7 @@ R = Â_L ⋯ Â_1 with Â_l = residual·I + (1 − residual)·(head average of l
 (:func:`worker.methods.attention_maps.rollout`). Token score = the mean over the real query positions of R's column
 for that token (``query="mean"``, matching a mean-pooled head) or the first position's row (``query="first"``, for
 [CLS]-pooled heads). Scores are ≥ 0 and sum to 1; no target is needed, so headless models run it too (their results
-carry no faithfulness). Applies to adapters with self-attention (Hugging Face encoders, the Transformer classifier).
+carry no faithfulness). Requires ``self_attention`` (Hugging Face encoders, the Transformer classifier).
 
 JSON: ``{"scores": [T floats], "query", "residual"}``. Tensors: ``rollout`` (T×T), ``scores`` (T).
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 import marshmallow as ma
 
-from worker.methods.attention_maps import has_self_attention, rollout, self_attention
+from worker.methods.attention_maps import rollout, self_attention
 from worker.methods.base import Method, MethodResult, Params, Target, token_figure
 from worker.models.base import Adapter, Encoding
 
@@ -55,7 +55,5 @@ METHOD = Method(
             "layers; per-token flow into the top layer.",
     params=RolloutParams,
     run=run,
-    needs_head=False,
     tensors=("rollout", "scores"),
-    applies=has_self_attention,
 )

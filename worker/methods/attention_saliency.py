@@ -1,7 +1,7 @@
 """`attention_saliency`: the saliency of ESIM's soft-alignment energies (Ghaeini et al. 2018 §3.1.1).
 
 The energy e_ij = û_i · v̂_j between premise word i and hypothesis word j is a variable of the decision score S(y)
-(DESIGN §5: the target's logit by default); its saliency is |∂S(y)/∂e_ij|, one forward and one backward pass. The
+(the target's logit by default); its saliency is |∂S(y)/∂e_ij|, one forward and one backward pass. The
 target is the predicted label, or the label the request names (``"target": "neutral"``).
 
 JSON: ``{"shape": [n, m], "tensors": [...], "premise": [n words], "hypothesis": [m words], "premise_tokens": [n
@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 
+from worker.capabilities import Capability
 from worker.methods.base import Method, MethodResult, Params, Target
 from worker.models.base import Adapter, Encoding
-from worker.models.esim import is_esim, require_esim
+from worker.models.protocols import PairAlignment, offering
 
 TOP = 5
 
@@ -40,24 +41,24 @@ def energy_saliency(adapter: Adapter, encoding: Encoding, target: Target) -> dic
     return {"gradient": gradient, "energy": energy.detach(), "attention": trace.attention["align"].detach()}
 
 
-def words_of(adapter: Adapter, encoding: Encoding) -> tuple[list[int], list[int], list[str], list[str]]:
-    """Item 0's premise and hypothesis token indices and their word strings."""
-    premise, hypothesis = adapter.sentence_tokens(encoding, 0)
+def words_of(adapter: Adapter, encoding: Encoding, method: str) -> tuple[list[int], list[int], list[str], list[str]]:
+    """Item 0's premise and hypothesis token indices and their word strings (a ``pair_alignment`` adapter)."""
+    pair = offering(adapter, Capability.PAIR_ALIGNMENT, PairAlignment, method)
+    premise, hypothesis = pair.sentence_tokens(encoding, 0)
     words = encoding.word_strings(0)  # one word per token for ESIM
     return premise, hypothesis, [words[t] for t in premise], [words[t] for t in hypothesis]
 
 
 def run(adapter: Adapter, encoding: Encoding, target: Target, params: dict[str, Any], layers=None,
         progress: Callable[[float], None] = lambda fraction: None, seed: int = 0) -> MethodResult:
-    require_esim(adapter, "attention_saliency")
     progress(0.0)
     one = encoding.item(0)
+    premise, hypothesis, p_words, h_words = words_of(adapter, one, "attention_saliency")
     out = {k: v[0].cpu() for k, v in energy_saliency(adapter, one, target).items()}
     saliency = out["gradient"].abs()
-    premise, hypothesis, p_words, h_words = words_of(adapter, one)
     order = saliency.flatten().argsort(descending=True)[:TOP].tolist()
     m = saliency.shape[1]
-    label = adapter.labels[int(target.index[0])]
+    label = adapter.head_labels()[int(target.index[0])]
     part = {
         "shape": list(saliency.shape), "tensors": ["saliency", "gradient", "energy", "attention"],
         "premise": p_words, "hypothesis": h_words, "premise_tokens": premise, "hypothesis_tokens": hypothesis,
@@ -100,9 +101,7 @@ METHOD = Method(
             "(Ghaeini et al. 2018).",
     params=AttentionSaliencyParams,
     run=run,
-    needs_head=True,
     token_scores=False,
     tensors=("saliency", "gradient", "energy", "attention"),
-    applies=is_esim,
     compare=compare,
 )

@@ -1,4 +1,4 @@
-"""What every method shares: the target score, the result shape, the registry entry (DESIGN §5)."""
+"""What every method shares: the target score, the result shape, the registry entry (docs/extending.md)."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -8,6 +8,7 @@ from typing import Any
 import marshmallow as ma
 import torch
 
+from worker.capabilities import METHODS, Capability, Requires
 from worker.models.base import Adapter, Encoding
 
 SCORES = ("logit", "probability", "log_probability")
@@ -15,7 +16,7 @@ SCORES = ("logit", "probability", "log_probability")
 
 @dataclass
 class Target:
-    """Which class to explain and how to score it: S(y) of DESIGN §5."""
+    """Which class to explain and how to score it: S(y), the target's logit, probability or log-probability."""
 
     index: torch.Tensor  # B long: class per item
     score: str = "logit"
@@ -66,19 +67,17 @@ class Method:
     """A registry entry. run(adapter, encoding, target, params, layers=, progress=, seed=) -> MethodResult.
 
     `seed` seeds the method's own random generator (noise, sampling) so that a run is reproducible on any device.
+    What the method requires of an adapter is its line in :data:`worker.capabilities.METHODS` (``requires``).
     """
 
     name: str
     summary: str
     params: type[ma.Schema]
     run: Callable[..., MethodResult]
-    needs_head: bool = True
     takes_layers: bool = False
     token_scores: bool = True  # scores per token: gets word_scores and faithfulness
     tensors: tuple[str, ...] = ()
     sanity: dict[str, Any] = field(default_factory=dict)
-    # which adapters the method can explain (None = any, subject to needs_head)
-    applies: Callable[[Any], bool] | None = None
     # the same method over a padded batch: (adapter, encoding B, target B, params, layers=, progress=, seed=) ->
     # one MethodResult per item, equal to `run` on each item alone (None: explain_batch runs items one by one)
     run_batch: Callable[..., list[MethodResult]] | None = None
@@ -87,6 +86,20 @@ class Method:
     # checks of the loaded params against the model that need no weights (layer names, patterns): raises
     # InputError. The API calls it at submit and the worker before any work, so both refuse the same requests.
     check: Callable[[Any, dict[str, Any]], None] | None = None
+
+    @property
+    def requires(self) -> Requires:
+        """The capabilities an adapter must offer (the method's line in the registry; none if it has no line)."""
+        return METHODS.get(self.name, Requires())
+
+    @property
+    def needs_head(self) -> bool:
+        """Whether it explains a class: it requires ``head``."""
+        return Capability.HEAD in self.requires.all_of
+
+    def missing(self, adapter: Adapter) -> list[str]:
+        """What `adapter` lacks for this method (empty: the method applies)."""
+        return self.requires.missing(adapter.capabilities)
 
 
 def word_scores(token_scores: list[float], words: list[list[int]]) -> list[float]:
@@ -99,8 +112,9 @@ def token_figure(adapter: Adapter, encoding: Encoding, scores: list[float], titl
     """The token-score figure of item 0 (specials hidden), titled with the method and the target explained."""
     from worker.render import token_scores_png
 
-    label = adapter.labels[int(target.index[0])] if adapter.labels and target is not None else None
-    subtitle = f"target: {label} ({target.score})" if label else None
+    subtitle = None
+    if adapter.labels and target is not None:
+        subtitle = f"target: {adapter.labels[int(target.index[0])]} ({target.score})"
     return token_scores_png(encoding.tokens[0], encoding.special[0], encoding.words[0], scores,
                             words=encoding.word_strings(0), title=title, subtitle=subtitle)
 

@@ -5,7 +5,7 @@ For each LSTM (``input_lstm``, ``inference_lstm``), direction (``fwd``, ``bwd``)
 norm ‖∂S(y)/∂g_t‖₂. The gates come from the adapter's hand-written cell; their saliency is the gradient with respect
 to an offset added to each gate inside the recurrence (zero, so the output is unchanged), one backward pass for all.
 
-Normalisation (DESIGN §7, the paper's Fig. 3): each curve — one LSTM, direction, gate, kind and sentence — is
+Normalisation (the paper's Fig. 3): each curve — one LSTM, direction, gate, kind and sentence — is
 divided by its maximum over that sentence's words. The raw norms are kept too.
 
 JSON: ``{"premise": [words], "hypothesis": [words], "premise_tokens", "hypothesis_tokens", "gates": {"<lstm>.<dir>.
@@ -22,13 +22,15 @@ from typing import Any
 import marshmallow as ma
 import torch
 
+from worker.capabilities import Capability
 from worker.methods.attention_saliency import words_of
 from worker.methods.base import Method, MethodResult, Params, Target
 from worker.models.base import Adapter, Encoding
-from worker.models.esim import DIRECTIONS, GATES, LSTMS, is_esim, require_esim
+from worker.models.esim import DIRECTIONS, GATES, LSTMS
+from worker.models.protocols import LSTMGates, offering
 
 
-class Params(Params):
+class GatingParams(Params):
     lstms = ma.fields.List(ma.fields.String(validate=ma.validate.OneOf(LSTMS)), load_default=list(LSTMS),
                            validate=ma.validate.Length(min=1))
     directions = ma.fields.List(ma.fields.String(validate=ma.validate.OneOf(DIRECTIONS)),
@@ -43,11 +45,11 @@ class Params(Params):
 def gate_saliency(adapter: Adapter, encoding: Encoding, target: Target,
                   names: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(gate values, ∂S/∂gate) for gate `names`, each B×T×d, one backward pass (items are independent)."""
+    gated = offering(adapter, Capability.LSTM_GATES, LSTMGates, "gating")
     x = adapter.embed(encoding)
-    hidden = adapter.module.input_lstm.hidden_size
-    offsets = {n: x.new_zeros(x.shape[0], x.shape[1], hidden, requires_grad=True) for n in names}
+    offsets = {n: x.new_zeros(x.shape[0], x.shape[1], gated.gate_size, requires_grad=True) for n in names}
     with torch.enable_grad():
-        trace = adapter.forward(x, encoding, capture=names, gate_offsets=offsets)
+        trace = gated.forward(x, encoding, capture=names, gate_offsets=offsets)
         grads = torch.autograd.grad(target(trace.logits).sum(), [offsets[n] for n in names])
     return ({n: trace.gates[n].detach() for n in names}, dict(zip(names, grads, strict=True)))
 
@@ -63,12 +65,11 @@ def normalised(values: torch.Tensor, sentences: list[list[int]]) -> torch.Tensor
 
 def run(adapter: Adapter, encoding: Encoding, target: Target, params: dict[str, Any], layers=None,
         progress: Callable[[float], None] = lambda fraction: None, seed: int = 0) -> MethodResult:
-    require_esim(adapter, "gating")
     progress(0.0)
     one = encoding.item(0)
     names = [f"{lstm}.{d}.{g}" for lstm in params["lstms"] for d in params["directions"] for g in params["gates"]]
     values, grads = gate_saliency(adapter, one, target, names)
-    premise, hypothesis, p_words, h_words = words_of(adapter, one)
+    premise, hypothesis, p_words, h_words = words_of(adapter, one, "gating")
     sentences = [premise, hypothesis]
     gates, tensors = {}, {}
     for name in names:
@@ -78,7 +79,7 @@ def run(adapter: Adapter, encoding: Encoding, target: Target, params: dict[str, 
         gates[name] = {**{k: v.tolist() for k, v in norms.items()},
                        **{f"{k}_normalised": normalised(v, sentences).tolist() for k, v in norms.items()}}
     progress(1.0)
-    label = adapter.labels[int(target.index[0])]
+    label = adapter.head_labels()[int(target.index[0])]
 
     def figure(lstm: str) -> Callable[[], bytes]:
         def draw() -> bytes:
@@ -106,10 +107,8 @@ METHOD = Method(
     name="gating",
     summary="ESIM LSTM gating signals and their saliency ∂S(y)/∂gate: L2 norms per word, per LSTM, direction and "
             "gate (Ghaeini et al. 2018).",
-    params=Params,
+    params=GatingParams,
     run=run,
-    needs_head=True,
     token_scores=False,
     tensors=("<lstm>.<direction>.<gate>.signal", "<lstm>.<direction>.<gate>.saliency"),
-    applies=is_esim,
 )

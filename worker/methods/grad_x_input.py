@@ -43,6 +43,5 @@ METHOD = Method(
     summary="Gradient × input: x ⊙ ∂S(y)/∂x summed over embedding dimensions per token (signed).",
     params=GradXInputParams,
     run=run,
-    needs_head=True,
     tensors=("attribution", "scores"),
 )

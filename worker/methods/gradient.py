@@ -74,6 +74,5 @@ METHOD = Method(
     params=GradientParams,
     run=run,
     run_batch=run_batch,
-    needs_head=True,
     tensors=("gradient", "scores"),
 )

@@ -100,19 +100,23 @@ def run_batch(
     for i, tokens in enumerate(encoding.tokens):
         by_length.setdefault(len(tokens), []).append(i)
     groups = [g[k : k + rows] for g in by_length.values() for k in range(0, len(g), rows)]
-    out: list[MethodResult | None] = [None] * len(encoding)
+    out: dict[int, MethodResult] = {}
     for n, group in enumerate(groups):
+
+        def step(fraction: float, n: int = n) -> None:
+            progress((n + fraction) / len(groups))
+
         part = encoding.subset(group)
         x = adapter.embed(part)
         baseline = torch.cat([baseline_embedding(adapter, part.item(j), params["baseline"]) for j in range(len(group))])
         index = target.index[torch.tensor(group, device=target.index.device)]
         attribution = integrated_gradients(
             adapter, part, x, baseline, Target(index, target.score), params["steps"], params["method"], rows,
-            lambda f, n=n: progress((n + f) / len(groups)))
+            step)
         for j, i in enumerate(group):
             out[i] = _result(adapter, part.item(j), x[j : j + 1], baseline[j : j + 1], attribution[j],
                              Target(index[j : j + 1], target.score), params)
-    return out
+    return [out[i] for i in range(len(encoding))]
 
 
 def _result(adapter: Adapter, one: Encoding, x: torch.Tensor, baseline: torch.Tensor, attribution: torch.Tensor,
@@ -134,6 +138,5 @@ METHOD = Method(
     params=IntegratedGradientsParams,
     run=run,
     run_batch=run_batch,
-    needs_head=True,
     tensors=("attribution", "scores"),
 )

@@ -113,6 +113,5 @@ METHOD = Method(
     summary="LIME for text: a weighted ridge model of p(y) on which words (or tokens) are kept, seeded sampling.",
     params=LimeParams,
     run=run,
-    needs_head=True,
     tensors=("scores", "coefficients", "design", "targets", "weights"),
 )

@@ -70,6 +70,5 @@ METHOD = Method(
     summary="Erasure: drop of S(y) when a token (or an n-token window) is replaced by the mask token; per-token mean.",
     params=OcclusionParams,
     run=run,
-    needs_head=True,
     tensors=("scores", "drops"),
 )

@@ -56,5 +56,5 @@ def masked_probabilities(
     with torch.no_grad():
         for rows in drop.split(batch_size or drop.shape[0]):
             masked = adapter.mask(one.repeat(rows.shape[0]), rows)
-            out.append(adapter.forward(adapter.embed(masked), masked).logits.softmax(-1)[:, int(index[0])])
+            out.append(adapter.forward(adapter.embed(masked), masked).head_logits().softmax(-1)[:, int(index[0])])
     return torch.cat(out)

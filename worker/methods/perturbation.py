@@ -93,6 +93,5 @@ METHOD = Method(
     summary="Fong & Vedaldi's deletion mask migrated to text (Guan et al. §4): 1 − m of the smallest smooth deletion.",
     params=PerturbationParams,
     run=run,
-    needs_head=True,
     tensors=("mask", "scores"),
 )

@@ -67,9 +67,9 @@ def check(model: str = "minilm-rt", sentences: int = 50, methods: list[str] | No
     from worker.models import load_model
 
     table = registry()
-    trained = load_model(model).load()
+    trained = load_model(model)
     methods = methods or [m.name for m in table.values() if m.token_scores and m.needs_head and m.name != "sigma"
-                          and (m.applies is None or m.applies(trained))]  # e.g. lrp: the CNN only
+                          and not m.missing(trained)]  # e.g. lrp: models with LRP rules only
     random_model = randomised(trained)
     rhos: dict[str, list[float]] = {m: [] for m in methods}
     lifts: dict[str, list[float]] = {m: [] for m in methods}
@@ -77,14 +77,16 @@ def check(model: str = "minilm-rt", sentences: int = 50, methods: list[str] | No
     for text, _ in rt_split("test")[:sentences]:
         enc = trained.encode({"text": text})
         with torch.no_grad():
-            label = trained.forward(trained.embed(enc), enc).logits.argmax(-1)
+            label = trained.forward(trained.embed(enc), enc).head_logits().argmax(-1)
         keep = torch.tensor([not s for s in enc.special[0]])
         for name in methods:
             params = table[name].params().load(PARAMS.get(name, {}))
             a, b = (torch.tensor(table[name].run(m, enc, Target(label), params).json["scores"])
                     for m in (trained, random_model))
             rhos[name].append(spearman(a[keep], b[keep]))
-            lifts[name].append(faithfulness(trained, enc, a.tolist(), label)["lift"])
+            faith = faithfulness(trained, enc, a.tolist(), label)
+            if faith is not None:  # None only for a model without a head or a mask token
+                lifts[name].append(faith["lift"])
     log(f"{sentences} sentences in {time.perf_counter() - started:.0f}s")
     return {m: {"spearman": round(statistics.fmean(v), 3), "weak": abs(statistics.fmean(v)) >= WEAK,
                 "sentences": len(v), "model": model, "randomised": "encoder and head re-initialised",

@@ -43,16 +43,18 @@ from typing import Any
 import marshmallow as ma
 import torch
 
-from worker.methods.base import Method, MethodResult, Target
+from worker.capabilities import Capability
+from worker.methods.base import Method, MethodResult, Params, Target
 from worker.models.base import Adapter, Encoding, InputError
+from worker.models.protocols import EmbeddingTable, offering
 from worker.sigma import INITS, NORMALIZATIONS, Settings, View, fit, load_stats, scores, token_entropy
-from worker.sigma.analysis import embedding_table, word_attributes, word_embedding, word_sigma, word_values
+from worker.sigma.analysis import word_attributes, word_embedding, word_sigma, word_values
 
 MAX_STEPS = 5000
 MAX_CONCEPTS, MAX_CONCEPT_WORDS = 16, 500
 HEAD_LAYERS = ("pool", "output")
 
-_FIELDS = {
+_FIELDS: dict[str, ma.fields.Field] = {
     "lambda": ma.fields.Float(load_default=0.1, allow_nan=False,
                               validate=ma.validate.Range(0.0, 10.0, min_inclusive=False),
                               metadata={"description": "weight λ of the entropy term"}),
@@ -86,9 +88,8 @@ _FIELDS = {
 }
 
 
-class SigmaParams(ma.Schema.from_dict(_FIELDS, name="SigmaFields")):
-    class Meta:
-        unknown = ma.RAISE
+# built from a dict because `lambda`, a parameter name, is a Python keyword; unknown parameters are refused (Params)
+SigmaParams: type[ma.Schema] = Params.from_dict(_FIELDS, name="SigmaParams")
 
 
 def default_layers(adapter: Adapter) -> list[str]:
@@ -96,8 +97,11 @@ def default_layers(adapter: Adapter) -> list[str]:
 
 
 def check(adapter: Adapter, params: dict[str, Any]) -> None:
-    """What the API checks at submit too: the timestamp layers exist (the request's ``layers`` are checked for
-    every method)."""
+    """What the API checks at submit too: the timestamp layers exist and hold a row per token, and concepts come
+    with an embedding table (the request's ``layers`` are checked for every method)."""
+    if params.get("concepts") and Capability.EMBEDDING_TABLE not in adapter.capabilities:
+        raise InputError(f"{adapter.name} has no embedding table to draw random words from; concepts need one "
+                         f"(capability {Capability.EMBEDDING_TABLE})")
     stamps = params.get("timestamps") or ()
     unknown = [n for n in stamps if n not in adapter.layer_names]
     if unknown:
@@ -108,13 +112,12 @@ def check(adapter: Adapter, params: dict[str, Any]) -> None:
 
 
 def per_token(adapter: Adapter, name: str) -> bool:
-    """Whether a layer has a row per token, told from its name alone: ``pool`` never; a classifier's ``output`` is
-    one row of logits, while a language model's (or a headless seq2seq's) has one per step."""
-    from worker.models.lstm_lm import is_language_model
-
+    """Whether a layer has a row per token, told from its name and the adapter's capabilities: ``pool`` never; a
+    classifier's ``output`` is one row of logits, while a ``sequence_output`` model's (a language model, a seq2seq)
+    has one per step."""
     if name == "pool":
         return False
-    return name != "output" or not adapter.has_head or is_language_model(adapter)
+    return name != "output" or Capability.SEQUENCE_OUTPUT in adapter.capabilities
 
 
 def settings_for(adapter: Adapter, params: dict[str, Any]) -> Settings:
@@ -147,10 +150,7 @@ def attributes(adapter: Adapter, one: Encoding, x: torch.Tensor, out_layers: dic
     A word's embedding x_i is the mean of its tokens' rows of x, its σ per layer the word σ (geometric mean over its
     tokens); a concept is the embeddings of its words (each the mean of its non-special tokens); the random-word
     baseline E_{x'∈X_i} is the whole embedding table (padding row excluded)."""
-    table = embedding_table(adapter)
-    if table is None:
-        raise InputError(f"{adapter.name} has no embedding table to draw random words from; concepts need one")
-    table = table.to(x)
+    table = offering(adapter, Capability.EMBEDDING_TABLE, EmbeddingTable, "sigma").embedding_table().to(x)
     embedded = {c: torch.stack([word_embedding(adapter, w) for w in words]).to(x) for c, words in concepts.items()}
     names = list(out_layers)
     for entry in out_layers.values():
@@ -211,7 +211,7 @@ def run(
     for name, stamp in stamps.items():
         tensors[f"sigma.{name}@steps"] = torch.tensor([e["sigma"] for e in stamp["steps"]], dtype=torch.float32)
 
-    figures = {}
+    figures: dict[str, bytes | Callable[[], bytes]] = {}
     labels = one.word_strings(0)
     shown = [w for w, group in enumerate(words) if not all(one.special[0][t] for t in group)] or list(range(len(words)))
     subtitle = f"λ {settings.lam:g}, bound {bound:.3g}, {result.normalization}; darker = more kept"
@@ -253,7 +253,6 @@ METHOD = Method(
             "layer's state barely changes; small σ = kept.",
     params=SigmaParams,
     run=run,
-    needs_head=False,
     takes_layers=True,
     token_scores=False,
     tensors=("sigma.<layer>", "scores.<layer>", "entropy.<layer>", "sigma.<layer>@steps"),

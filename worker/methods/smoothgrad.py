@@ -80,6 +80,5 @@ METHOD = Method(
     summary="SmoothGrad: gradient saliency averaged over noisy copies of the embeddings (Smilkov et al. 2017).",
     params=SmoothGradParams,
     run=run,
-    needs_head=True,
     tensors=("gradient", "scores"),
 )

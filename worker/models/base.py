@@ -1,4 +1,4 @@
-"""The model adapter: the one abstraction every method stands on (DESIGN §4).
+"""The model adapter: the one abstraction every method stands on (docs/extending.md).
 
 Shapes: B = batch of inputs, T = tokens (padded), K = embedding size.
 """
@@ -9,9 +9,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
+
+from worker.capabilities import Capability, applicable
 
 
 @dataclass
@@ -105,6 +107,12 @@ class Trace:
     attention: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> B×heads×T×T (after softmax)
     gates: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> B×T×H
 
+    def head_logits(self) -> torch.Tensor:
+        """The logits of a run that reached the output head (a headless model or a run stopped early has none)."""
+        if self.logits is None:
+            raise InputError("this run has no logits: the model has no output head, or it stopped before it")
+        return self.logits
+
 
 class Adapter(ABC):
     """Wraps one model revision. encode/describe work without loading weights; embed/forward load them."""
@@ -118,6 +126,9 @@ class Adapter(ABC):
     device: torch.device = torch.device("cpu")
     # the token id that stands in for a removed token (faithfulness, occlusion, LIME); None = this adapter cannot mask
     mask_token_id: int | None = None
+    # what every model of this class offers methods (worker/models/protocols.py says what each promises); `head`
+    # is not listed here: it comes from `labels`
+    offers: ClassVar[frozenset[Capability]] = frozenset()
 
     @abstractmethod
     def encode(self, inputs: dict[str, str] | Iterable[dict[str, str]]) -> Encoding:
@@ -141,13 +152,22 @@ class Adapter(ABC):
     def has_head(self) -> bool:
         return self.labels is not None
 
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        """What this model offers methods: its class's ``offers``, and ``head`` when it has labels."""
+        return (self.offers | {Capability.HEAD}) if self.has_head else self.offers
+
+    def head_labels(self) -> list[str]:
+        """The labels of a model with a head, for the methods that explain a class (they require ``head``)."""
+        if self.labels is None:
+            raise InputError(f"{self.name} has no output head")
+        return self.labels
+
     def to(self, device: torch.device | str) -> Adapter:
         self.device = torch.device(device)
         return self
 
     def describe(self) -> dict[str, Any]:
-        from worker.methods import applicable_methods
-
         return {
             "name": self.name,
             "revision": self.revision,
@@ -155,7 +175,8 @@ class Adapter(ABC):
             "layers": self.layer_names,
             "attention": self.attention_names,
             "gates": self.gate_names,
-            "methods": applicable_methods(self),
+            "capabilities": [str(c) for c in sorted(self.capabilities)],
+            "methods": applicable(self.capabilities),
         }
 
     def count_tokens(self, inputs: dict[str, str]) -> int:

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from worker.capabilities import Capability
 from worker.models.base import Encoding, InputError, Trace
 from worker.models.native import NativeAdapter, masked_max
 from worker.models.words import tokenize
@@ -47,6 +48,12 @@ ATTENTION = ("align", "align.energy")
 
 
 # ------------------------------------------------------------------------------------------------ the LSTM cell
+def gate_key(name: str) -> tuple[str, str]:
+    """``<lstm>.<direction>.<gate>`` -> (direction, gate), the key of :func:`lstm_scan`'s gates and offsets."""
+    _, direction, gate = name.split(".")
+    return direction, gate
+
+
 def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """B×T×… -> each sequence's first lengths[b] steps reversed in place; padding stays where it is."""
     steps = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
@@ -147,7 +154,7 @@ class ESIM(nn.Module):
         # cuDNN's LSTM has no backward in eval mode: on a GPU, gradients go through the hand-written cell
         if not gates and not offsets and not (x.is_cuda and torch.is_grad_enabled()):
             return run_lstm(lstm, x, lengths), {}
-        mine = {tuple(k.split(".")[1:]): v for k, v in offsets.items() if k.startswith(name + ".")}
+        mine = {gate_key(k): v for k, v in offsets.items() if k.startswith(name + ".")}
         out, found = lstm_scan(lstm, x, lengths, mine)
         return out, {f"{name}.{d}.{g}": v for (d, g), v in found.items()}
 
@@ -226,6 +233,7 @@ class ESIMAdapter(NativeAdapter):
     """
 
     kind = "esim"
+    offers = NativeAdapter.offers | {Capability.PAIR_ALIGNMENT, Capability.LSTM_GATES}
 
     def __init__(self, spec, revision: str):
         super().__init__(spec, revision)
@@ -242,16 +250,17 @@ class ESIMAdapter(NativeAdapter):
         return list(STEPS)
 
     # ---------------------------------------------------------------- encode
-    def _text(self, item: Any) -> tuple[str, str]:
+    def item_layout(self, item: Any) -> list[tuple[str, bool, tuple[int, int], int]]:
+        """(token, special, (start, end), segment): the premise's tokens (segment 0), then the hypothesis's (1)."""
         from worker.models.hf import HFAdapter
 
         premise, hypothesis = HFAdapter._normalise(item)
         if hypothesis is None:
             raise InputError(f"{self.name} is an NLI model: give a premise and a hypothesis, not a text")
-        return premise, hypothesis
+        return self.pair_layout((premise, hypothesis))
 
-    def layout(self, pair: tuple[str, str]) -> list[tuple[str, bool, tuple[int, int], int]]:  # type: ignore[override]
-        """(token, special, (start, end), segment): the premise's tokens (segment 0), then the hypothesis's (1)."""
+    def pair_layout(self, pair: tuple[str, str]) -> list[tuple[str, bool, tuple[int, int], int]]:
+        """The tokens of a (premise, hypothesis) pair (:meth:`item_layout`)."""
         lower = self.hyper.get("lowercase", True)
         bos, eos = self.hyper.get("bos"), self.hyper.get("eos")
         rows = []
@@ -265,6 +274,11 @@ class ESIMAdapter(NativeAdapter):
 
     def inputs(self, encoding: Encoding) -> dict[str, torch.Tensor]:
         return sentence_positions(encoding.segments, self.device)
+
+    @property
+    def gate_size(self) -> int:
+        """d: the hidden size of both LSTMs, the size of each gate signal (the ``lstm_gates`` capability)."""
+        return int(self.hyper["hidden_size"])
 
     def sentence_tokens(self, encoding: Encoding, i: int = 0) -> tuple[list[int], list[int]]:
         """The joint token indices of item i's premise and hypothesis (the rows and columns of ``align``)."""
@@ -302,17 +316,6 @@ class ESIMAdapter(NativeAdapter):
             if name == stop:
                 break
         return trace
-
-
-def is_esim(adapter: Any) -> bool:
-    """Whether `adapter` exposes ESIM's alignment energies and gates (what the NLI methods need)."""
-    return isinstance(adapter, ESIMAdapter)
-
-
-def require_esim(adapter: Any, method: str) -> None:
-    if not is_esim(adapter):
-        raise InputError(f"{method} needs an ESIM model (alignment energies and LSTM gates); "
-                         f"{getattr(adapter, 'name', adapter)} is not one")
 
 
 # ------------------------------------------------------------------------------------------------ bundles

@@ -25,8 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from worker.capabilities import Capability
 from worker.models.base import Adapter, Encoding, InputError, Trace
 from worker.models.bundle import BundleSpec
+from worker.models.protocols import without_padding
 
 # Every from_pretrained call: local files only, safetensors only, never code from the directory.
 LOAD_KWARGS: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
@@ -82,6 +84,8 @@ def _find_layer_list(model: nn.Module, count: int) -> tuple[nn.Module, str]:
 
 class HFAdapter(Adapter):
     """A Hugging Face encoder from a local directory (module docstring)."""
+
+    offers = frozenset({Capability.SELF_ATTENTION, Capability.EMBEDDING_TABLE})
 
     def __init__(self, spec: BundleSpec, revision: str):
         from transformers import AutoConfig, AutoTokenizer
@@ -142,8 +146,9 @@ class HFAdapter(Adapter):
             if self.head_kind == "lantern":
                 from safetensors.torch import load_file
 
-                head = MeanPoolHead.from_spec(self.spec.head)
-                head.load_state_dict(load_file(str(self.spec.path / self.spec.head["file"])))
+                spec = self.spec.head or {}  # a "lantern" head kind means the bundle has a head spec
+                head = MeanPoolHead.from_spec(spec)
+                head.load_state_dict(load_file(str(self.spec.path / spec["file"])))
                 head.eval().requires_grad_(False)
             self._model, self._head = model.to(self.device), None if head is None else head.to(self.device)
         return self
@@ -185,11 +190,13 @@ class HFAdapter(Adapter):
                 raise InputError("text is empty")
             return text, None
         if "premise" in item or "hypothesis" in item:
-            premise, hypothesis = item.get("premise"), item.get("hypothesis")
-            for key, value in (("premise", premise), ("hypothesis", hypothesis)):
+            pair = []
+            for key in ("premise", "hypothesis"):
+                value = item.get(key)
                 if not isinstance(value, str) or not value.strip():
                     raise InputError(f"{key} is empty")
-            return premise, hypothesis
+                pair.append(value)
+            return pair[0], pair[1]
         raise InputError("an input needs text, or premise and hypothesis")
 
     def count_tokens(self, inputs: dict[str, str]) -> int:
@@ -260,6 +267,10 @@ class HFAdapter(Adapter):
     def embedding_std(self) -> float:
         """Std over all entries of the word-embedding matrix (MiniLM: 0.0556)."""
         return float(self.model.get_input_embeddings().weight.detach().float().std())
+
+    def embedding_table(self) -> torch.Tensor:
+        """The ``embedding_table`` capability: the word-embedding matrix without its padding row (N×K)."""
+        return without_padding(self.model.get_input_embeddings())
 
     @contextlib.contextmanager
     def _truncated(self, keep: int) -> Iterator[None]:
@@ -336,7 +347,7 @@ class HFAdapter(Adapter):
                 # at least one layer runs so that hidden_states[0] (the embedding output) is recorded
                 with self._truncated(max(min(stop, self.num_layers), 1)):
                     out = self.encoder(**kwargs)
-                if stop > self.num_layers and self.head_kind == "lantern":
+                if stop > self.num_layers and self.head_kind == "lantern" and self._head is not None:
                     pooled.append(MeanPoolHead.pool(out.last_hidden_state, mask))
                     logits = self._head(pooled[0])
         trace = Trace(logits=logits)

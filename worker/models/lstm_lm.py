@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from worker.capabilities import Capability
 from worker.models.base import Encoding, InputError, Trace
 from worker.models.bilstm import run_packed
 from worker.models.bundle import BundleSpec
@@ -94,6 +95,8 @@ def causal_attention(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 class LSTMLanguageModelAdapter(NativeAdapter):
     kind = "lstm_lm"
+    offers = NativeAdapter.offers | {Capability.NEXT_WORD, Capability.SEQUENCE_OUTPUT}
+    end_of_text = EOS
 
     def __init__(self, spec: BundleSpec, revision: str):
         super().__init__(spec, revision)
@@ -197,13 +200,8 @@ class LSTMLanguageModelAdapter(NativeAdapter):
         with torch.no_grad():
             while len(out) < n and len(encoding.tokens[0]) + len(out) < self.max_tokens:
                 seq = self.extend(encoding, out)
-                logits = self.forward(self.embed(seq), seq).logits[0]
+                logits = self.forward(self.embed(seq), seq).head_logits()[0]
                 out.append(self.vocab.tokens[int(self.allowed(logits).argmax())])
                 if out[-1] == EOS:
                     break
         return out
-
-
-def is_language_model(adapter: Any) -> bool:
-    """Whether `adapter` is the LSTM language model (the ``attention`` method's language-model view)."""
-    return isinstance(adapter, LSTMLanguageModelAdapter)

@@ -30,8 +30,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from worker.capabilities import Capability
 from worker.models.base import Adapter, Encoding, InputError, Trace
 from worker.models.bundle import BundleSpec
+from worker.models.protocols import without_padding
 from worker.models.words import UNK, Vocabulary, tokenize
 
 DEFAULT_MAX_TOKENS = 512
@@ -46,6 +48,7 @@ class NativeAdapter(Adapter):
     """
 
     kind: str = ""
+    offers = frozenset({Capability.EMBEDDING_TABLE})
 
     def __init__(self, spec: BundleSpec, revision: str):
         self.spec = spec
@@ -173,8 +176,12 @@ class NativeAdapter(Adapter):
             raise InputError(f"{self.name} takes a single text, not a premise and a hypothesis")
         return first
 
+    def item_layout(self, item: Any) -> list[tuple[str, bool, tuple[int, int], int]]:
+        """The tokens of one input (an input dict): by default :meth:`layout` of its single text."""
+        return self.layout(self._text(item))
+
     def count_tokens(self, inputs: dict[str, str]) -> int:
-        return len(self.layout(self._text(inputs)))
+        return len(self.item_layout(inputs))
 
     def encode(self, inputs: dict[str, str] | Iterable[dict[str, str]]) -> Encoding:
         items = [inputs] if isinstance(inputs, dict) else list(inputs)
@@ -182,7 +189,7 @@ class NativeAdapter(Adapter):
             raise InputError("no inputs")
         rows = []
         for item in items:
-            row = self.layout(self._text(item))
+            row = self.item_layout(item)
             if not row or all(special for _, special, _, _ in row):
                 raise InputError("the input has no words once tokenised")
             if len(row) > self.max_tokens:
@@ -213,6 +220,10 @@ class NativeAdapter(Adapter):
     def embedding_std(self) -> float:
         """Std over all entries of the embedding table (sigma's default bound is 10× it)."""
         return float(self.module.embeddings.weight.std())
+
+    def embedding_table(self) -> torch.Tensor:
+        """The ``embedding_table`` capability: the module's word embeddings without the padding row (N×K)."""
+        return without_padding(self.module.embeddings)
 
     def _stop(self, capture: list[str], upto: str | None) -> str:
         unknown = [n for n in capture if n not in self.step_order]

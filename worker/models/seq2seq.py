@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from worker.capabilities import Capability
 from worker.models.base import Encoding, InputError
 from worker.models.bilstm import run_packed
 from worker.models.native import NativeAdapter
@@ -80,6 +81,7 @@ class ReverseSeq2Seq(nn.Module):
 
 class Seq2SeqAdapter(NativeAdapter):
     kind = "seq2seq"
+    offers = NativeAdapter.offers | {Capability.SEQUENCE_OUTPUT}
 
     @staticmethod
     def architecture(h: dict[str, Any], vocab_size: int, classes: int) -> ReverseSeq2Seq:
@@ -122,4 +124,5 @@ class Seq2SeqAdapter(NativeAdapter):
         with torch.no_grad():
             logits = self.forward(self.embed(encoding), encoding, capture=["output"]).layers["output"]
         steps = self.layer_mask("output", encoding)
+        assert steps is not None  # "output" has a row per decoder step
         return [[self.vocab.tokens[int(t)] for t in row[real]] for row, real in zip(logits.argmax(-1), steps, strict=True)]

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from worker.capabilities import Capability
 from worker.models.native import NativeAdapter
 
 CLS = "<cls>"
@@ -92,6 +93,7 @@ class TransformerClassifier(nn.Module):
 
 class TransformerAdapter(NativeAdapter):
     kind = "transformer"
+    offers = NativeAdapter.offers | {Capability.SELF_ATTENTION}
 
     @staticmethod
     def architecture(h: dict[str, Any], vocab_size: int, classes: int) -> TransformerClassifier:
