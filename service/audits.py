@@ -1,34 +1,28 @@
-"""Corpus audits (DESIGN §1, §6): parse and validate a corpus, fan it out as micro-batch child jobs tracked in the
-database (the same lease/reaper/dead-letter machinery as single jobs), release the finaliser when every batch has
-ended, and report progress. No Celery chords: the rows are the truth."""
+"""Corpus audits, the API side: parse and validate a corpus, fan it out as micro-batch child jobs tracked in the
+database (the same lease/reaper/dead-letter machinery as single jobs), and the audit document. No Celery chords:
+the rows are the truth, and every change to them after creation is a transition of service/audit_lifecycle.py
+(docs/architecture.md, Audits)."""
 from __future__ import annotations
 
 import csv
 import io
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
-from service.config import Settings
-from service.db import (
-    FINISHED,
-    IN_FLIGHT,
-    WAITING,
-    Artifact,
-    Audit,
-    AuditItem,
-    Database,
-    Job,
-    Upload,
-    is_id,
-    new_id,
-    utcnow,
+from service.audit_lifecycle import (
+    artifacts_of,
+    counts,
+    release_finalizers,  # noqa: F401 (its old home: the reaper imports it here)
 )
-from service.errors import conflict, invalid, not_found, too_many
+from service.config import Settings
+from service.db import IN_FLIGHT, WAITING, Audit, AuditItem, Job, Upload, new_id, utcnow
+from service.errors import invalid, not_found, too_many
+from service.storage import Store
 
 ITEM_FIELDS = ({"text"}, {"premise", "hypothesis"})
 MAX_AUDITS_IN_FLIGHT = 3
@@ -71,7 +65,7 @@ def parse_corpus_file(data: bytes, filename: str, settings: Settings) -> list[di
     is_jsonl = filename.lower().endswith((".jsonl", ".json", ".ndjson")) or (
         not filename.lower().endswith(".csv") and text.lstrip().startswith("{"))
     rows = _jsonl_rows(text) if is_jsonl else _csv_rows(text)
-    items = []
+    items: list[dict[str, str]] = []
     for n, row in rows:
         if len(items) >= settings.max_audit_items:
             raise invalid(f"the file has more than {settings.max_audit_items:,} items (the limit)", "file")
@@ -81,7 +75,7 @@ def parse_corpus_file(data: bytes, filename: str, settings: Settings) -> list[di
     return items
 
 
-def _jsonl_rows(text: str):
+def _jsonl_rows(text: str) -> Iterator[tuple[int, Any]]:
     for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
@@ -90,7 +84,7 @@ def _jsonl_rows(text: str):
                 raise invalid(f"line {n}: not a JSON object", "file") from None
 
 
-def _csv_rows(text: str):
+def _csv_rows(text: str) -> Iterator[tuple[int, Any]]:
     csv.field_size_limit(1 << 30)  # our own per-item limit gives the clearer message
     reader = csv.DictReader(io.StringIO(text, newline=""))  # newline="": quoted line breaks stay in their field
     try:
@@ -102,7 +96,7 @@ def _csv_rows(text: str):
         raise invalid(f"the CSV file cannot be read: {e}", "file") from None
 
 
-def store_upload(session: Session, store, tenant_id: str, filename: str, data: bytes,
+def store_upload(session: Session, store: Store, tenant_id: str, filename: str, data: bytes,
                  settings: Settings) -> Upload:
     items = parse_corpus_file(data, filename, settings)
     upload = Upload(tenant_id=tenant_id, filename=filename[:255], storage_key="", items=len(items), bytes=len(data))
@@ -113,7 +107,7 @@ def store_upload(session: Session, store, tenant_id: str, filename: str, data: b
     return upload
 
 
-def delete_upload(session: Session, store, tenant_id: str, upload_id: str) -> None:
+def delete_upload(session: Session, store: Store, tenant_id: str, upload_id: str) -> None:
     """Delete an uploaded corpus file (audits made from it keep their copied items); 404 for another tenant's."""
     upload = session.get(Upload, upload_id)
     if upload is None or upload.tenant_id != tenant_id:
@@ -122,7 +116,7 @@ def delete_upload(session: Session, store, tenant_id: str, upload_id: str) -> No
     session.delete(upload)
 
 
-def resolve_corpus(session: Session, store, tenant_id: str, corpus: dict[str, Any],
+def resolve_corpus(session: Session, store: Store, tenant_id: str, corpus: dict[str, Any],
                    settings: Settings) -> list[dict[str, str]]:
     from worker.data.corpora import CORPORA
     from worker.data.corpora import corpus as named
@@ -159,7 +153,7 @@ def create(session: Session, tenant_id: str, request: dict[str, Any], revisions:
            items: list[tuple[int, dict[str, str]]], settings: Settings) -> tuple[Audit, list[Job]]:
     """The audit row, one item row per (model, item), one batch job per micro-batch, and the finaliser (waiting)."""
     busy = session.scalar(select(func.count()).select_from(Audit).where(
-        Audit.tenant_id == tenant_id, Audit.status.in_(IN_FLIGHT)))
+        Audit.tenant_id == tenant_id, Audit.status.in_(IN_FLIGHT))) or 0
     if busy >= MAX_AUDITS_IN_FLIGHT:
         raise too_many(f"{busy} audits in flight; the limit is {MAX_AUDITS_IN_FLIGHT}", 30)
     audit = Audit(tenant_id=tenant_id, request=request, total=len(items) * len(revisions))
@@ -177,7 +171,7 @@ def create(session: Session, tenant_id: str, request: dict[str, Any], revisions:
                      for pos, item in chunk]
             batches.append(_child(audit, "audit_batch", model, revision, settings.job_queue,
                                   {"audit_id": audit.id, "model": model, "batch": batch}))
-    session.execute(AuditItem.__table__.insert(), [dict(r, id=_uuid()) for r in rows])
+    session.execute(insert(AuditItem), [dict(r, id=new_id()) for r in rows])
     first = next(iter(revisions.items()))
     finaliser = _child(audit, "audit_finalize", first[0], first[1], settings.cpu_queue, {"audit_id": audit.id})
     finaliser.status = WAITING
@@ -191,52 +185,16 @@ def _child(audit: Audit, kind: str, model: str, revision: str, queue: str, reque
                request=request, request_hash="", queue=queue)
 
 
-def _uuid() -> str:
-    return new_id()
-
-
-def release_finalizers(db: Database, send: Callable[[str, str], None]) -> int:
-    """Queue the finaliser of every audit whose batches have all ended (succeeded, failed or dead-lettered)."""
-    with db.session() as s:
-        waiting = s.execute(select(Job.id, Job.audit_id, Job.queue).where(
-            Job.kind == "audit_finalize", Job.status == WAITING)).all()
-        ready = []
-        for job_id, audit_id, queue in waiting:
-            open_batches = s.scalar(select(func.count()).select_from(Job).where(
-                Job.audit_id == audit_id, Job.kind == "audit_batch", Job.status.in_(IN_FLIGHT)))
-            if open_batches == 0 and s.execute(update(Job).where(Job.id == job_id, Job.status == WAITING).values(
-                    status="queued", enqueued_at=utcnow())).rowcount:
-                ready.append((job_id, queue))
-    for job_id, queue in ready:
-        send(job_id, queue)
-    return len(ready)
-
-
-# --- reading and cancelling ------------------------------------------------------------------------------
-
-
-def get(session: Session, tenant_id: str, audit_id: str) -> Audit:
-    audit = session.get(Audit, audit_id) if is_id(audit_id) else None
-    if audit is None or audit.tenant_id != tenant_id:
-        raise not_found(f"audit {audit_id}")
-    return audit
-
-
-def counts(session: Session, audit: Audit) -> dict[str, int]:
-    by_status = dict(session.execute(select(AuditItem.status, func.count()).where(
-        AuditItem.audit_id == audit.id).group_by(AuditItem.status)).all())
-    return {"total": audit.total, "done": by_status.get("done", 0), "failed": by_status.get("failed", 0)}
+# --- reading -----------------------------------------------------------------------------------------
 
 
 def document(session: Session, audit: Audit) -> dict[str, Any]:
-    c = counts(session, audit)
+    """The audit document, from its row (counts and aggregates so far are kept there) and its artifacts.
+    `items_per_second` and `eta_seconds` are as of the read: a 304 for the row's ETag may leave them older."""
+    c = counts(audit)
     finished = c["done"] + c["failed"]
     elapsed = ((audit.finished_at or utcnow()) - audit.started_at).total_seconds() if audit.started_at else 0
     rate = finished / elapsed if elapsed > 0 and finished else None
-    aggregates = audit.aggregates
-    if aggregates is None and c["done"]:
-        aggregates = partial_aggregates(session, audit)
-    artifacts = session.scalars(select(Artifact).where(Artifact.audit_id == audit.id).order_by(Artifact.name))
     return {
         "id": audit.id, "status": audit.status,
         "progress": round(finished / audit.total, 4) if audit.total else 0.0,
@@ -247,40 +205,7 @@ def document(session: Session, audit: Audit) -> dict[str, Any]:
         "created_at": audit.created_at.isoformat(),
         "started_at": audit.started_at.isoformat() if audit.started_at else None,
         "finished_at": audit.finished_at.isoformat() if audit.finished_at else None,
-        "request": audit.request, "aggregates": aggregates, "error": audit.error,
+        "request": audit.request, "aggregates": audit.aggregates, "error": audit.error,
         "artifacts": [{"name": a.name, "content_type": a.content_type, "bytes": a.bytes, "sha256": a.sha256,
-                       "url": f"/v1/audits/{audit.id}/artifacts/{a.name}"} for a in artifacts],
+                       "url": f"/v1/audits/{audit.id}/artifacts/{a.name}"} for a in artifacts_of(session, audit.id)],
     }
-
-
-def partial_aggregates(session: Session, audit: Audit) -> dict[str, Any]:
-    """The aggregates over the items finished so far (the finaliser computes the final ones the same way)."""
-    from worker.report import aggregate
-
-    return aggregate(item_results(session, audit.id), audit.request)
-
-
-def item_results(session: Session, audit_id: str) -> list[dict[str, Any]]:
-    rows = session.execute(select(AuditItem.model, AuditItem.position, AuditItem.label, AuditItem.status,
-                                  AuditItem.input, AuditItem.result, AuditItem.error, AuditItem.attempts)
-                           .where(AuditItem.audit_id == audit_id)
-                           .order_by(AuditItem.model, AuditItem.position)).all()
-    return [dict(r._mapping) for r in rows]
-
-
-def cancel(session: Session, tenant_id: str, audit_id: str) -> Audit:
-    audit = get(session, tenant_id, audit_id)
-    if audit.status in FINISHED:
-        raise conflict(f"audit {audit.id} already {audit.status}")
-    now = utcnow()
-    session.execute(update(Audit).where(Audit.id == audit.id).values(status="cancelled", finished_at=now,
-                                                                     cancel_requested=True))
-    session.execute(update(Job).where(Job.audit_id == audit.id, Job.status.in_(("queued", WAITING))).values(
-        status="cancelled", finished_at=now, cancel_requested=True))
-    session.execute(update(Job).where(Job.audit_id == audit.id, Job.status == "running").values(
-        cancel_requested=True))
-    session.refresh(audit)
-    return audit
-
-
-

@@ -1,37 +1,35 @@
 """The worker side of corpus audits: a micro-batch child job explains its items one after another on a warm model
 and writes each item as soon as it is done (fenced by the batch's lease, so a re-run after a worker died redoes
-only unfinished items); the finaliser accounts for every item, aggregates, and writes the report."""
+only unfinished items), then folds the batch into the audit's aggregates so far; the finaliser accounts for every
+item, aggregates them all once, and writes the report. Every row change goes through service/audit_lifecycle.py."""
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import exists, select, update
+from sqlalchemy.orm import Session
 
-from service.audits import counts, item_results
-from service.db import Artifact, Audit, AuditItem, Job, utcnow
+from service import audit_lifecycle as lifecycle
+from service.db import Audit, AuditItem, Job
 from service.runtime import Runtime
-from service.storage import sha256
+from worker.artifacts import Files, store_files
 
 log = logging.getLogger("lantern.worker")
 KEEP = ("tokens", "special", "words", "word_strings", "prediction", "target", "methods")
+Progress = Callable[[float], None]
+Engine = Callable[[list[AuditItem]], list[dict[str, Any]]]
 
 
-def run_batch(rt: Runtime, job: Job, worker: str, progress) -> tuple[dict[str, Any], dict]:
+def run_batch(rt: Runtime, job: Job, worker: str, progress: Progress) -> tuple[dict[str, Any], Files]:
     """All unfinished items of the micro-batch in one engine pass (explain_batch); if that pass fails, item by
-    item, so one bad item costs only itself."""
+    item, so one bad item costs only itself. Then the batch is folded into the audit's aggregates so far."""
     from worker.methods import explain_batch
     from worker.work import model_ref
 
-    with rt.db.session() as s:
-        audit = s.get(Audit, job.audit_id)
-        s.execute(update(Audit).where(Audit.id == audit.id, Audit.status == "queued").values(
-            status="running", started_at=utcnow()))
-        todo = s.scalars(select(AuditItem).where(
-            AuditItem.audit_id == audit.id, AuditItem.model == job.request["model"],
-            AuditItem.batch == job.request["batch"], AuditItem.status.notin_(("done", "failed")))
-            .order_by(AuditItem.position)).all()
+    audit = _audit(lifecycle.start(rt.db, _audit_id(job)), job)
+    todo = lifecycle.unfinished_items(rt.db, audit.id, job.request["model"], job.request["batch"])
     req = audit.request
     adapter = rt.adapters.get(model_ref(rt, job.tenant_id, job.model_name, job.model_revision))
 
@@ -42,30 +40,38 @@ def run_batch(rt: Runtime, job: Job, worker: str, progress) -> tuple[dict[str, A
 
     progress(0.0)
     fits = [item for item in todo if within_limit(rt, job, worker, adapter, item)]
-    failed_early, todo = len(todo) - len(fits), fits
+    done, failed = _explain(rt, job, worker, fits, engine, progress)
+    if not lifecycle.fold_batch(rt.db, audit.id, job.id, worker, _folder(audit, job)):
+        # cancelled, or the lease went to another worker: its re-run of this batch folds it; the runner's fenced
+        # finish then records nothing for this attempt
+        log.info("audit %s batch %s: not folded here", audit.id, job.request["batch"])
+    progress(1.0)
+    failed += len(todo) - len(fits)
+    return {"items": done + failed, "done": done, "failed": failed}, {}
+
+
+def _explain(rt: Runtime, job: Job, worker: str, todo: list[AuditItem], engine: Engine,
+             progress: Progress) -> tuple[int, int]:
+    """(done, failed) of the items: one batched pass, or item by item when that pass fails."""
     try:
         results = engine(todo) if todo else []
     except Exception as e:
         if _stops_the_batch(e):
             raise
-        log.warning("audit %s batch %s: batched pass failed (%s); item by item", audit.id, job.request["batch"],
+        log.warning("audit %s batch %s: batched pass failed (%s); item by item", job.audit_id, job.request["batch"],
                     type(e).__name__)
-        results = None
-    if results is not None:
+    else:
         for item, result in zip(todo, results, strict=True):
             write_item(rt, item.id, job.id, worker, "done", 1, result=result)
-        done, failed = len(todo), failed_early
-    else:
-        done, failed = 0, failed_early
-        for n, item in enumerate(todo):
-            progress(n / len(todo))
-            ok = one_item(rt, job, worker, item, engine)
-            done, failed = done + ok, failed + (not ok)
-    progress(1.0)
-    return {"items": done + failed, "done": done, "failed": failed}, {}
+        return len(todo), 0
+    done = 0
+    for n, item in enumerate(todo):
+        progress(n / len(todo))
+        done += one_item(rt, job, worker, item, engine)
+    return done, len(todo) - done
 
 
-def within_limit(rt: Runtime, job: Job, worker: str, adapter, item: AuditItem) -> bool:
+def within_limit(rt: Runtime, job: Job, worker: str, adapter: Any, item: AuditItem) -> bool:
     """The service's token limit holds for audit items as for jobs; an item over it fails with the reason."""
     from service.errors import Problem
     from worker.models.base import InputError
@@ -83,7 +89,7 @@ def within_limit(rt: Runtime, job: Job, worker: str, adapter, item: AuditItem) -
     return False
 
 
-def one_item(rt: Runtime, job: Job, worker: str, item: AuditItem, engine) -> bool:
+def one_item(rt: Runtime, job: Job, worker: str, item: AuditItem, engine: Engine) -> bool:
     """An item alone, with its remaining attempts for transient failures; an InputError is final at once."""
     from worker.models.base import InputError
     from worker.work import problem_of
@@ -114,62 +120,72 @@ def _stops_the_batch(error: Exception) -> bool:
 
 
 def write_item(rt: Runtime, item_id: str, job_id: str, worker: str, status: str, attempts: int,
-               result: dict | None = None, error: dict | None = None) -> None:
+               result: dict[str, Any] | None = None, error: dict[str, Any] | None = None) -> None:
     """Record one item, only while this worker holds the batch's lease."""
-    holds_lease = exists().where(Job.id == job_id, Job.status == "running", Job.lease_owner == worker)
-    with rt.db.session() as s:
-        written = s.execute(update(AuditItem).where(
-            AuditItem.id == item_id, AuditItem.status.notin_(("done", "failed")), holds_lease).values(
-            status=status, attempts=attempts, result=result, error=error)).rowcount
-    if not written:  # the batch's lease is gone: another worker owns these items now
-        from worker.work import LeaseLost
+    if not lifecycle.record_item(rt.db, item_id, job_id, worker, status, attempts, result, error):
+        from worker.work import LeaseLost  # the batch's lease is gone: another worker owns these items now
 
         raise LeaseLost(job_id)
 
 
+def _folder(audit: Audit, job: Job) -> lifecycle.Fold:
+    """The fold of this batch into the audit's running sums: its items that succeeded, and the same batch of
+    each other model already folded (for the agreement between models)."""
+    from worker.report import fold_batch, is_folded, results_by_model, running_aggregates, running_state
 
-def run_finalize(rt: Runtime, job: Job, worker: str, progress) -> tuple[dict[str, Any], dict]:
-    """Account for every item, aggregate, write the report artifacts, close the audit."""
+    model, batch, request = job.request["model"], job.request["batch"], audit.request
+
+    def fold(session: Session, state: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        state = state or running_state(request)
+        if is_folded(state, model, batch):  # a re-run of a batch whose worker died after folding it
+            return None
+        per_model = results_by_model(lifecycle.item_results(session, audit.id, batch=batch))
+        partners = {m: per_model.get(m, []) for m in request["models"] if m != model and is_folded(state, m, batch)}
+        state = fold_batch(state, request, model, batch, per_model.get(model, []), partners)
+        return state, running_aggregates(state, request)
+
+    return fold
+
+
+def _audit_id(job: Job) -> str:
+    if job.audit_id is None:
+        raise ValueError(f"job {job.id} ({job.kind}) belongs to no audit")
+    return job.audit_id
+
+
+def _audit(audit: Audit | None, job: Job) -> Audit:
+    if audit is None:
+        raise ValueError(f"the audit of job {job.id} is gone")
+    return audit
+
+
+def run_finalize(rt: Runtime, job: Job, worker: str, progress: Progress) -> tuple[dict[str, Any], Files]:
+    """Account for every item, aggregate them all once, write the report artifacts, close the audit."""
     from worker.render.audit import charts
     from worker.report import aggregate, items_csv, report_html
 
+    audit_id = _audit_id(job)
     with rt.db.session() as s:
-        audit = s.get(Audit, job.audit_id)
-        if audit.status == "cancelled":
+        if _audit(s.get(Audit, audit_id), job).status == "cancelled":
             return {"skipped": "cancelled"}, {}
-        s.execute(update(AuditItem).where(AuditItem.audit_id == audit.id,
-                                          AuditItem.status.notin_(("done", "failed"))).values(
-            status="failed", error={"title": "Not processed", "status": 500,
-                                    "detail": "its micro-batch was dead-lettered after repeated worker loss"}))
+    lifecycle.fail_unprocessed(rt.db, audit_id)
     progress(0.2)
     with rt.db.session() as s:
-        items = item_results(s, audit.id)
-        tally = counts(s, audit)
+        audit = _audit(s.get(Audit, audit_id), job)
+        items = lifecycle.item_results(s, audit_id)
+    tally = lifecycle.counts(audit)
     aggregates = aggregate(items, audit.request)
     progress(0.5)
-    files = charts(aggregates, audit.request["methods"])
-    files_ct = {name: (png, "image/png") for name, png in files.items()}
-    summary = {"id": audit.id, "counts": tally, "request": audit.request, "aggregates": aggregates}
-    files_ct["summary.json"] = (json.dumps(summary, indent=1).encode(), "application/json")
-    files_ct["items.csv"] = (items_csv(items, audit.request), "text/csv")
-    files_ct["report.html"] = (report_html(audit.id, audit.request, tally, aggregates, files, items), "text/html")
+    pictures = charts(aggregates, audit.request["methods"])
+    summary = {"id": audit_id, "counts": tally, "request": audit.request, "aggregates": aggregates}
+    files: Files = {name: (png, "image/png") for name, png in pictures.items()}
+    files["summary.json"] = (json.dumps(summary, indent=1).encode(), "application/json")
+    files["items.csv"] = (items_csv(items, audit.request), "text/csv")
+    files["report.html"] = (report_html(audit_id, audit.request, tally, aggregates, pictures, items), "text/html")
     progress(0.8)
-    rows = []
-    for name, (data, content_type) in files_ct.items():
-        key = f"audits/{audit.id}/{name}"
-        rt.store.put(key, data, content_type)
-        rows.append(Artifact(audit_id=audit.id, name=name, content_type=content_type, bytes=len(data),
-                             sha256=sha256(data), storage_key=key))
-    with rt.db.session() as s:
-        for old in s.scalars(select(Artifact).where(Artifact.audit_id == audit.id)):
-            s.delete(old)
-        s.flush()
-        s.add_all(rows)
-        status = "succeeded" if tally["done"] else "failed"
-        s.execute(update(Audit).where(Audit.id == audit.id, Audit.status.in_(("queued", "running"))).values(
-            status=status, aggregates=aggregates, finished_at=utcnow(),
-            error=None if tally["done"] else {"title": "Audit failed", "status": 500,
-                                              "detail": "no item could be explained; see items.csv"}))
+    artifacts = store_files(rt.store, files, audit_id=audit_id)
+    if lifecycle.finish(rt.db, audit_id, job.id, worker, aggregates, artifacts) is None:
+        log.warning("audit %s: not closed by this finaliser (cancelled meanwhile, or its lease lost)", audit_id)
     return {"counts": tally}, {}
 
 

@@ -11,6 +11,7 @@ import itertools
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 STOP_WORDS = frozenset("""a about above after again against all am an and any are as at be because been before being
@@ -77,34 +78,48 @@ def word_shares(result: dict[str, Any], method: str) -> list[tuple[str, float]]:
     return [(w, s / total) for w, s in pairs] if total > 0 else []
 
 
+Tally = dict[str, list[float]]  # word -> [summed share, occurrences]
+
+
+def tally(table: Tally, shares: list[tuple[str, float]]) -> Tally:
+    for word, share in shares:
+        entry = table.setdefault(word, [0.0, 0])
+        entry[0] += share
+        entry[1] += 1
+    return table
+
+
+def ranked_words(table: Tally) -> list[dict[str, Any]]:
+    ranked = sorted(table, key=lambda w: (-table[w][0], w))[:TOP_WORDS]
+    return [{"word": w, "total_share": table[w][0], "mean_share": table[w][0] / table[w][1],
+             "count": int(table[w][1]), "stop_word": w in STOP_WORDS} for w in ranked]
+
+
 def top_words(results: list[dict[str, Any]], method: str) -> list[dict[str, Any]]:
     """Words ranked by their summed share of attribution over the corpus (frequent and important)."""
-    total: dict[str, float] = defaultdict(float)
-    count: dict[str, int] = defaultdict(int)
+    table: Tally = {}
     for result in results:
-        for word, share in word_shares(result, method):
-            total[word] += share
-            count[word] += 1
-    ranked = sorted(total, key=lambda w: (-total[w], w))[:TOP_WORDS]
-    return [{"word": w, "total_share": total[w], "mean_share": total[w] / count[w], "count": count[w],
-             "stop_word": w in STOP_WORDS} for w in ranked]
+        tally(table, word_shares(result, method))
+    return ranked_words(table)
 
 
 def stop_word_share(results: list[dict[str, Any]], method: str, k: int) -> float | None:
     """Mean over items of the fraction of the item's top-k words that are stop words."""
-    shares = []
-    for result in results:
-        ranked = sorted(word_shares(result, method), key=lambda ws: -ws[1])[:k]
-        if ranked:
-            shares.append(sum(w in STOP_WORDS for w, _ in ranked) / len(ranked))
+    shares = [share for result in results if (share := item_stop_share(result, method, k)) is not None]
     return statistics.fmean(shares) if shares else None
+
+
+def item_stop_share(result: dict[str, Any], method: str, k: int) -> float | None:
+    """The fraction of the item's top-k words that are stop words (None for an item without real words)."""
+    ranked = sorted(word_shares(result, method), key=lambda ws: -ws[1])[:k]
+    return sum(w in STOP_WORDS for w, _ in ranked) / len(ranked) if ranked else None
 
 
 def method_agreement(results: list[dict[str, Any]], methods: list[str]) -> dict[str, float | None]:
     out = {}
     for a, b in itertools.combinations(methods, 2):
-        rhos = [spearman(r["methods"][a]["word_scores"], r["methods"][b]["word_scores"]) for r in results]
-        rhos = [x for x in rhos if x is not None]
+        rhos = [rho for r in results
+                if (rho := spearman(r["methods"][a]["word_scores"], r["methods"][b]["word_scores"])) is not None]
         out[f"{a}~{b}"] = statistics.fmean(rhos) if rhos else None
     return out
 
@@ -138,8 +153,9 @@ def sigma_layers(results: list[dict[str, Any]], concepts: list[str] | tuple[str,
                     torch.tensor(values, dtype=torch.float64))
             for c in concepts:
                 r[layer][c] += [v for v in (part.get("r") or {}).get(c, []) if v is not None]
-    out = {layer: {"word_information": _spread(info[layer]), "sentence_entropy": _spread(entropy[layer])}
-           for layer in info}
+    out: dict[str, dict[str, Any]] = {
+        layer: {"word_information": _spread(info[layer]), "sentence_entropy": _spread(entropy[layer])}
+        for layer in info}
     for (layer, k, bound), values in sigmas.items():
         if len(values) == len(results):  # one k and bound for every item (one model): the corpus estimate
             out[layer]["corpus_information"] = corpus_information(values, k, bound)
@@ -180,15 +196,21 @@ def aggregate_model(results: list[dict[str, Any]], request: dict[str, Any]) -> d
 
 def aggregate(items: list[dict[str, Any]], request: dict[str, Any]) -> dict[str, Any]:
     """Aggregates per model over the items that succeeded, plus cross-model agreement in comparison mode."""
+    per_model = results_by_model(items)
+    out = {"models": {m: aggregate_model(per_model.get(m, []), request) for m in request["models"]}}
+    if len(request["models"]) > 1:
+        out["model_agreement"] = model_agreement(per_model, request)
+    return out
+
+
+def results_by_model(items: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The results of the items that succeeded, each with its label and position, per model."""
     per_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for item in items:
         if item["status"] == "done" and item.get("result"):
             per_model[item["model"]].append({**item["result"], "label": item.get("label"),
                                              "position": item["position"]})
-    out = {"models": {m: aggregate_model(per_model.get(m, []), request) for m in request["models"]}}
-    if len(request["models"]) > 1:
-        out["model_agreement"] = model_agreement(per_model, request)
-    return out
+    return per_model
 
 
 def model_agreement(per_model: dict[str, list[dict[str, Any]]], request: dict[str, Any]) -> dict[str, Any]:
@@ -197,14 +219,152 @@ def model_agreement(per_model: dict[str, list[dict[str, Any]]], request: dict[st
     for a, b in itertools.combinations(request["models"], 2):
         by_pos = {r["position"]: r for r in per_model.get(b, [])}
         for m in scoring_methods(per_model.get(a, []) + per_model.get(b, []), request["methods"]):
-            rhos = []
-            for ra in per_model.get(a, []):
-                rb = by_pos.get(ra["position"])
-                if rb and ra.get("word_strings") == rb.get("word_strings"):
-                    rhos.append(spearman(ra["methods"][m]["word_scores"], rb["methods"][m]["word_scores"]))
-            rhos = [x for x in rhos if x is not None]
+            rhos = [rho for ra in per_model.get(a, []) if (rho := pair_rho(ra, by_pos.get(ra["position"]), m))
+                    is not None]
             out[f"{a}~{b}:{m}"] = statistics.fmean(rhos) if rhos else None
     return out
+
+
+def pair_rho(a: dict[str, Any], b: dict[str, Any] | None, method: str) -> float | None:
+    """Spearman of one item's word scores under two models, when both read the item as the same words."""
+    if not b or a.get("word_strings") != b.get("word_strings"):
+        return None
+    return spearman(a["methods"][method]["word_scores"], b["methods"][method]["word_scores"])
+
+
+# --- aggregates so far: running sums, folded per finished batch ------------------------------------------
+# While an audit runs, each finished micro-batch adds its items to running sums kept on the audit row, and the
+# aggregates so far are derived from them: one batch of work per batch, not a pass over every item per read. They
+# are the numbers `aggregate` gives over the items done so far, except sigma's (its corpus information needs every
+# item's σ at once): that section appears with the final aggregates, which the finaliser computes from the items.
+
+FAITHFULNESS = ("comprehensiveness", "sufficiency", "lift")
+Sum = list[float]  # [sum, n]
+
+
+def running_state(request: dict[str, Any]) -> dict[str, Any]:
+    """The sums of an audit that no batch has added to yet."""
+    def method() -> dict[str, Any]:
+        return {"unscored": False, "words": {}, "by_label": {}, "stop": [0.0, 0],
+                "faithfulness": {key: [] for key in FAITHFULNESS}}
+
+    return {"batches": [], "model_agreement": {},
+            "models": {model: {"items": 0, "labelled": 0, "correct": 0, "agreement": {},
+                               "methods": {m: method() for m in request["methods"]}}
+                       for model in request["models"]}}
+
+
+def is_folded(state: dict[str, Any], model: str, batch: int) -> bool:
+    return f"{model}/{batch}" in state["batches"]
+
+
+def fold_batch(state: dict[str, Any], request: dict[str, Any], model: str, batch: int,
+               results: list[dict[str, Any]], partners: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Add one finished batch (its items that succeeded, as `results_by_model` gives them) to the sums, in place.
+    `partners`: the same batch of each other model that is folded already (the same positions), for the agreement
+    between models; whichever of two models' batches is folded second adds their pairs."""
+    own = state["models"][model]
+    k = int(request.get("top_k", 3))
+    for result in results:
+        _fold_item(own, result, list(request["methods"]), k)
+    for other, theirs in partners.items():
+        _fold_pairs(state["model_agreement"], request, model, results, other, theirs)
+    state["batches"].append(f"{model}/{batch}")
+    return state
+
+
+def _fold_item(own: dict[str, Any], result: dict[str, Any], methods: list[str], k: int) -> None:
+    own["items"] += 1
+    prediction = (result.get("prediction") or {}).get("label")
+    if result.get("label") and result.get("prediction"):
+        own["labelled"] += 1
+        own["correct"] += prediction == result["label"]
+    label = result.get("label") or prediction
+    scored = [m for m in methods if "word_scores" in result["methods"].get(m, {})]
+    for m in methods:
+        part = own["methods"][m]
+        if m not in scored:
+            part["unscored"] = True
+            continue
+        shares = word_shares(result, m)
+        tally(part["words"], shares)
+        if label:
+            tally(part["by_label"].setdefault(label, {}), shares)
+        _add(part["stop"], item_stop_share(result, m, k))
+        faith = result["methods"][m].get("faithfulness")
+        if faith:
+            for key in FAITHFULNESS:
+                part["faithfulness"][key].append(_finite(faith.get(key)))
+    for a, b in itertools.combinations(scored, 2):
+        rho = spearman(result["methods"][a]["word_scores"], result["methods"][b]["word_scores"])
+        _add(own["agreement"].setdefault(f"{a}~{b}", [0.0, 0]), rho)
+
+
+def _fold_pairs(sums: dict[str, Sum], request: dict[str, Any], model: str, results: list[dict[str, Any]],
+                other: str, theirs: list[dict[str, Any]]) -> None:
+    order = list(request["models"])
+    a, b = (model, other) if order.index(model) < order.index(other) else (other, model)
+    first, second = (results, theirs) if a == model else (theirs, results)
+    by_pos = {r["position"]: r for r in second}
+    for m in request["methods"]:
+        for ra in first:
+            rb = by_pos.get(ra["position"])
+            if "word_scores" in ra["methods"].get(m, {}) and rb and "word_scores" in rb["methods"].get(m, {}):
+                _add(sums.setdefault(f"{a}~{b}:{m}", [0.0, 0]), pair_rho(ra, rb, m))
+
+
+def running_aggregates(state: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
+    """The aggregates so far, in the shape `aggregate` gives (without sigma's section)."""
+    out: dict[str, Any] = {"models": {m: _model_so_far(state["models"][m], request) for m in request["models"]}}
+    if len(request["models"]) > 1:
+        agreement = {}
+        for a, b in itertools.combinations(request["models"], 2):
+            ours, theirs = state["models"][a], state["models"][b]
+            for m in request["methods"]:
+                if (ours["items"] or theirs["items"]) and _scores(ours, m) and _scores(theirs, m):
+                    agreement[f"{a}~{b}:{m}"] = _mean(state["model_agreement"].get(f"{a}~{b}:{m}"))
+        out["model_agreement"] = agreement
+    return out
+
+
+def _model_so_far(own: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
+    scoring = [m for m in request["methods"] if own["items"] and _scores(own, m)]
+    out: dict[str, Any] = {"items": own["items"], "methods": {}}
+    if own["labelled"]:
+        out["accuracy"] = own["correct"] / own["labelled"]
+    for m in scoring:
+        part = own["methods"][m]
+        view: dict[str, Any] = {"top_words": ranked_words(part["words"]),
+                                "stop_word_share_top_k": _mean(part["stop"]),
+                                "top_words_by_label": {label: ranked_words(table)[:10]
+                                                       for label, table in sorted(part["by_label"].items())}}
+        if part["faithfulness"][FAITHFULNESS[0]]:
+            view["faithfulness"] = {key: _spread(values) for key, values in part["faithfulness"].items()}
+        out["methods"][m] = view
+    if len(scoring) > 1:
+        out["agreement"] = {f"{a}~{b}": _mean(own["agreement"].get(f"{a}~{b}"))
+                            for a, b in itertools.combinations(scoring, 2)}
+    return out
+
+
+def _scores(own: dict[str, Any], method: str) -> bool:
+    """Whether every item of the model folded so far has word scores for the method (the `scoring_methods` rule)."""
+    return not own["methods"][method]["unscored"]
+
+
+def _add(total: Sum, value: float | None) -> None:
+    if value is not None and math.isfinite(value):
+        total[0] += value
+        total[1] += 1
+
+
+def _mean(total: Sum | None) -> float | None:
+    return total[0] / total[1] if total and total[1] else None
+
+
+def _finite(value: Any) -> float | None:
+    """NaN and infinities as None: JSON columns (PostgreSQL's) refuse them, and `_spread` leaves them out anyway."""
+    return value if isinstance(value, int | float) and math.isfinite(value) else None
 
 
 # --- report files ----------------------------------------------------------------------------------------
@@ -240,7 +400,7 @@ def items_csv(items: list[dict[str, Any]], request: dict[str, Any]) -> bytes:
 
 
 def report_html(audit_id: str, request: dict[str, Any], counts: dict[str, int], aggregates: dict[str, Any],
-                charts: dict[str, bytes], items: list[dict[str, Any]] = (), max_rows: int = 200) -> bytes:
+                charts: dict[str, bytes], items: Sequence[dict[str, Any]] = (), max_rows: int = 200) -> bytes:
     """One self-contained page: charts inline as data URIs; every user-supplied string escaped."""
     import base64
     import json
@@ -271,7 +431,7 @@ def report_html(audit_id: str, request: dict[str, Any], counts: dict[str, int], 
     parts.append(f"<h2>Items (first {min(max_rows, len(items))} of {len(items)}; all in items.csv)</h2>"
                  "<table><tr><th>model</th><th>#</th><th>input</th><th>label</th><th>prediction</th>"
                  "<th>top words</th></tr>")
-    first = next((m for m in request["methods"]), None)
+    first: str = next(iter(request["methods"]), "")
     for item in list(items)[:max_rows]:
         result = item.get("result") or {}
         text = " ||| ".join(item["input"].get(k, "") for k in ("text", "premise", "hypothesis") if k in item["input"])

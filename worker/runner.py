@@ -161,7 +161,7 @@ def _when_recorded(record: Callable[[], bool]) -> bool:
 
 def _release_finalizers(rt: Runtime) -> None:
     """Right after a batch ends, start its audit's finaliser if it was the last (the reaper does it otherwise)."""
-    from service.audits import release_finalizers
+    from service.audit_lifecycle import release_finalizers
     from service.queue import send_job
 
     try:

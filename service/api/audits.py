@@ -1,18 +1,20 @@
 """/v1/audits: corpus audits — submit, upload a corpus file, poll progress and aggregates, cancel, download."""
 from __future__ import annotations
 
+import json
 import logging
 
-from flask import g, request
+from flask import Response, g, request
 from flask.views import MethodView
 from sqlalchemy import select
 
+from service import audit_lifecycle as lifecycle
 from service import audits
 from service.api.base import Blueprint, runtime
 from service.api.guard import check_upload_lines
 from service.api.jobs import artifact_response, model_field
 from service.api.schemas import AuditRequestSchema, AuditSchema, UploadSchema
-from service.db import Artifact
+from service.db import IN_FLIGHT, Artifact
 from service.errors import invalid, not_found
 from service.queue import send_job
 from service.validation import check_items, check_request
@@ -96,17 +98,26 @@ def delete_upload(upload_id: str):
 class AuditById(MethodView):
     @blp.response(200, AuditSchema)
     @blp.problems(404)
+    @blp.alt_response(304, description="not modified since the ETag given in If-None-Match")
     def get(self, audit_id: str):
         """Progress (done/failed/total, throughput, ETA), aggregates so far, report artifacts."""
         with runtime().db.session() as s:
-            return audits.document(s, audits.get(s, g.caller.tenant_id, audit_id))
+            etag = lifecycle.etag(s, g.caller.tenant_id, audit_id)  # one row's version: a 304 reads nothing more
+            if request.if_none_match.contains(etag):
+                return Response(status=304, headers={"ETag": f'"{etag}"'})
+            doc = audits.document(s, lifecycle.get(s, g.caller.tenant_id, audit_id))
+        headers = {"ETag": f'"{etag}"', "Cache-Control": "no-cache"}
+        if doc["status"] in IN_FLIGHT:
+            headers["Retry-After"] = str(runtime().settings.retry_after)
+        return Response(json.dumps(doc, sort_keys=True).encode(), status=200, mimetype="application/json",
+                        headers=headers)
 
     @blp.response(202, AuditSchema)
     @blp.problems(404, 409)  # 409: the audit already finished
     def delete(self, audit_id: str):
         """Cancel: queued batches at once, running ones at their next item."""
         with runtime().db.session() as s:
-            return audits.document(s, audits.cancel(s, g.caller.tenant_id, audit_id))
+            return audits.document(s, lifecycle.cancel(s, g.caller.tenant_id, audit_id))
 
 
 @blp.route("/<id:audit_id>/artifacts/<name>")
@@ -115,7 +126,7 @@ class AuditById(MethodView):
 def artifact(audit_id: str, name: str):
     rt = runtime()
     with rt.db.session() as s:
-        audit = audits.get(s, g.caller.tenant_id, audit_id)
+        audit = lifecycle.get(s, g.caller.tenant_id, audit_id)
         row = s.scalars(select(Artifact).where(Artifact.audit_id == audit.id, Artifact.name == name)).first()
         if row is None:
             raise not_found(f"artifact {name!r} of audit {audit_id}")
