@@ -18,13 +18,12 @@ import torch
 from worker.capabilities import METHODS, Capability, applicable
 from worker.methods.base import SCORES, Method, MethodResult, Target, word_scores
 from worker.methods.faithfulness import faithfulness
+from worker.methods.sanity_results import load as load_sanity
 from worker.models.base import Adapter, Encoding, InputError
 
 
 def registry() -> dict[str, Method]:
     """Every method of `worker.capabilities.METHODS`, in its order: `METHOD` of `worker.methods.<name>`."""
-    from worker.methods.sanity import load as load_sanity
-
     sanity = load_sanity()  # the model-randomisation check's stored result, per method (worker/methods/sanity.py)
     methods = {}
     for name in METHODS:

@@ -14,26 +14,20 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
-PATH = Path(__file__).with_name("sanity.json")
+from worker.methods.sanity_results import PATH, load
+
+__all__ = ["PATH", "WEAK", "check", "load", "randomised", "spearman"]
+
 WEAK = 0.5
 # light settings so that the whole check runs in minutes on a CPU
 PARAMS: dict[str, dict[str, Any]] = {
     "smoothgrad": {"samples": 10}, "integrated_gradients": {"steps": 16}, "lime": {"samples": 200},
     "perturbation": {"steps": 30, "lr": 0.2},
 }
-
-
-def load() -> dict[str, dict[str, Any]]:
-    """{method: {"spearman": mean ρ, "weak": bool, "sentences", "model"}} from sanity.json (empty if absent)."""
-    try:
-        return json.loads(PATH.read_text(encoding="utf-8"))["methods"]
-    except (OSError, ValueError, KeyError):
-        return {}
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
