@@ -70,6 +70,12 @@ def mark_enqueued(db: Database, job_id: str) -> None:
         s.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
 
 
+def mark_unsent(db: Database, job_id: str) -> None:
+    """The message could not be sent (the broker is down): the reaper sends it on its next pass."""
+    with db.session() as s:
+        s.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED).values(enqueued_at=None))
+
+
 def get(session: Session, tenant_id: str, job_id: str) -> Job:
     job = session.get(Job, job_id) if is_id(job_id) else None
     if job is None or job.tenant_id != tenant_id:
@@ -267,14 +273,33 @@ def lead(db: Database, name: str, owner: str, seconds: float) -> bool:
 
 def reap(db: Database, settings: Settings, send: Callable[[str, str], None],
          held: Callable[[], set[str] | None] | None = None) -> dict[str, int]:
-    """Re-queue jobs whose lease expired, dead-letter those out of attempts, and re-send queued jobs the broker
-    lost. (The reaper thread also starts the finaliser of audits whose batches have all ended:
+    """Re-queue jobs whose lease expired, dead-letter those out of attempts, and send the queued jobs whose message
+    is gone. (The reaper thread also starts the finaliser of audits whose batches have all ended:
     service.audits.release_finalizers.)
 
     `held` says which job ids the broker still holds (service.queue.held_job_ids): a job queued long but still
     waiting in the broker is not lost, and re-sending it would only grow the queue (and what scales on it)."""
     now = utcnow()
     counts = {"requeued": 0, "dead": 0, "resent": 0}
+    stale = now - timedelta(seconds=settings.requeue_after)
+    _expire_leases(db, settings, now, counts)
+    with db.session() as s:
+        # enqueued_at is None: known unsent, so sent whatever the broker says (re-queued just above, its message
+        # went with the dead worker though the broker may list it as delivered; or the API's send failed). The API
+        # stamps it before it commits, so a send in progress never looks unsent.
+        waiting = s.execute(select(Job.id, Job.queue, Job.enqueued_at.is_(None)).where(
+            Job.status == JobStatus.QUEUED, or_(Job.enqueued_at.is_(None), Job.enqueued_at < stale))).all()
+    in_broker = held() if held is not None and waiting else None
+    for job_id, queue, unsent in waiting:
+        if unsent or in_broker is None or job_id not in in_broker:
+            send(job_id, queue)
+            counts["resent"] += 1
+        mark_enqueued(db, job_id)
+    return counts
+
+
+def _expire_leases(db: Database, settings: Settings, now: datetime, counts: dict[str, int]) -> None:
+    """End the attempts whose lease ran out: dead-letter, cancel or re-queue (enqueued_at None: to be sent)."""
     with db.session() as s:
         expired = s.scalars(select(Job).where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)).all()
         for job in expired:
@@ -293,19 +318,6 @@ def reap(db: Database, settings: Settings, send: Callable[[str, str], None],
                 counts["requeued"] += done
             if done:
                 _close_attempt(s, job.id, "lease expired", now)
-    stale = now - timedelta(seconds=settings.requeue_after)
-    with db.session() as s:
-        # enqueued_at is None: never sent (the broker was down) or requeued above (its message went with a dead
-        # worker, though the broker may still list it as delivered): send. Stale: send unless the broker holds it.
-        waiting = s.execute(select(Job.id, Job.queue, Job.enqueued_at.is_(None)).where(
-            Job.status == JobStatus.QUEUED, or_(Job.enqueued_at.is_(None), Job.enqueued_at < stale))).all()
-    in_broker = held() if held is not None and waiting else None
-    for job_id, queue, unsent in waiting:
-        if unsent or in_broker is None or job_id not in in_broker:
-            send(job_id, queue)
-            counts["resent"] += 1
-        mark_enqueued(db, job_id)
-    return counts
 
 
 # --- helpers ---------------------------------------------------------------------------------------------

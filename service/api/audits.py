@@ -9,12 +9,12 @@ from flask.views import MethodView
 from sqlalchemy import select
 
 from service import audit_lifecycle as lifecycle
-from service import audits
+from service import audits, jobs
 from service.api.base import Blueprint, runtime
 from service.api.guard import check_upload_lines
 from service.api.jobs import artifact_response, model_field
 from service.api.schemas import AuditRequestSchema, AuditSchema, UploadSchema
-from service.db import IN_FLIGHT, Artifact
+from service.db import IN_FLIGHT, Artifact, utcnow
 from service.errors import invalid, not_found
 from service.queue import send_job
 from service.validation import check_items, check_request
@@ -50,12 +50,16 @@ class Audits(MethodView):
             stored = {k: v for k, v in checked.items() if k != "corpus"}
             stored["corpus"] = {k: v for k, v in body["corpus"].items() if k != "items"} or {"items": len(items)}
             audit, batches = audits.create(s, tenant, stored, revisions, chosen, rt.settings)
+            for job in batches:  # stamped before the commit: a send in progress never looks unsent to the reaper
+                job.enqueued_at = utcnow()
             doc = audits.document(s, audit)
-        for job in batches:
+        for n, job in enumerate(batches):
             try:
                 send_job(rt.celery, job.id, job.queue)
             except Exception as e:  # the reaper sends what the broker did not take
                 log.warning("broker unavailable (%s); audit batch %s left for the reaper", type(e).__name__, job.id)
+                for unsent in batches[n:]:
+                    jobs.mark_unsent(rt.db, unsent.id)
                 break
         return doc, 202, {"Location": f"/v1/audits/{audit.id}", "Retry-After": str(rt.settings.retry_after)}
 

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from service import jobs, models
 from service.api.base import Blueprint, runtime
 from service.api.schemas import IdempotencyHeaders, JobListQuery, JobListSchema, JobRequestSchema, JobSchema
-from service.db import Artifact
+from service.db import Artifact, utcnow
 from service.errors import Problem, invalid, not_found
 from service.queue import send_job
 from service.storage import ObjectNotFound
@@ -47,11 +47,12 @@ class Jobs(MethodView):
             jobs.check_limits(s, caller.tenant_id, rt.settings)
             job = jobs.create(s, caller.tenant_id, {**checked, "compare_revisions": compare}, ref.revision,
                               rt.settings.job_queue, key, digest)
+            job.enqueued_at = utcnow()  # stamped before the commit: a send in progress never looks unsent
             doc = jobs.document(job, [])
         try:
             send_job(rt.celery, job.id, job.queue)
-            jobs.mark_enqueued(rt.db, job.id)
         except Exception as e:  # the row is the truth: the reaper sends it when the broker is back
+            jobs.mark_unsent(rt.db, job.id)
             log.warning("broker unavailable (%s); job %s stays queued for the reaper", type(e).__name__, job.id)
         return _accepted(doc)
 
