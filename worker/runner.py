@@ -8,7 +8,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service import jobs
 from service.db import Artifact, is_unavailable
@@ -18,6 +18,9 @@ from service.metrics import observe_job
 from service.runtime import Runtime
 from worker.artifacts import Files, store_files
 from worker.work import LeaseLost, is_input_error, is_time_limit, model_ref, problem_of
+
+if TYPE_CHECKING:  # for the annotation only: Heartbeat.start imports the keeper when a job starts
+    from worker.lease import Lease
 
 log = logging.getLogger("lantern.worker")
 
@@ -38,7 +41,7 @@ class Heartbeat:
 
     def __init__(self, rt: Runtime, job_id: str, worker: str) -> None:
         self.rt, self.job_id, self.worker = rt, job_id, worker
-        self._lease = None
+        self._lease: Lease | None = None
         self._progress: float | None = None
 
     def start(self) -> None:
