@@ -45,8 +45,9 @@ class ModelCache:
                     adapter = build()
                     self.put(revision, adapter)
             finally:
-                with self.lock:
-                    self._building.pop(revision, None)
+                with self.lock:  # only this build's lock: a later one (after an eviction) may have its own
+                    if self._building.get(revision) is building:
+                        del self._building[revision]
         return adapter
 
     def put(self, revision: str, adapter: Adapter) -> None:
