@@ -87,8 +87,9 @@ def register(session: Session, store: Store, tenant_id: str, name: str, bundle: 
     if existing is not None:
         return existing, False
     key = f"models/{tenant_id}/{revision}"
-    for path in bundle_files(bundle):  # every byte the revision covers, so the stored copy has that revision
-        store.put(f"{key}/{path.relative_to(bundle).as_posix()}", path.read_bytes(), "application/octet-stream")
+    # every byte the revision covers, so the stored copy has that revision; all or none (a full store keeps none)
+    store.put_all({f"{key}/{path.relative_to(bundle).as_posix()}": (path.read_bytes(), "application/octet-stream")
+                   for path in bundle_files(bundle)})
     card = adapter.describe()
     row = Model(tenant_id=tenant_id, name=name, revision=revision, storage_key=key,
                 card={k: card[k] for k in ("labels", "layers", "attention", "gates", "methods") if k in card})

@@ -41,3 +41,35 @@ def test_liveness_stays_up_readiness_says_why(down_api):
 
 def test_a_missing_key_is_still_401(down_api):
     assert down_api.client.get("/v1/jobs").status_code == 401  # judged without the database
+
+
+def test_a_full_store_answers_507_for_uploads_and_registrations(tmp_path):
+    """Storing an upload or a model on a full store is the store's condition, not a bug: 507, nothing kept."""
+    import io
+
+    from service.app import create_app
+    from service.runtime import Runtime
+    from tests.helpers import small_disk
+    from tests.integration.test_models_api import bundle_files
+    from worker.models import bundle_dir
+
+    with small_disk("256k") as disk:
+        settings = make_settings(tmp_path, storage_url=(disk / "objects").as_uri())
+        runtime = Runtime(settings)
+        from service.migrate import upgrade
+
+        upgrade(settings.db_url)
+        from service.auth import create_key
+
+        with runtime.db.session() as s:
+            key = create_key(s, "full")[1]
+        api = Api(create_app(runtime=runtime), key)
+        corpus = b"".join(b'{"text": "%d fine words here", "label": "positive"}\n' % i for i in range(9000))
+        resp = api.post("/v1/audits/uploads", data={"file": (io.BytesIO(corpus), "c.jsonl")},
+                        content_type="multipart/form-data")
+        assert resp.status_code == 507 and resp.content_type == "application/problem+json", resp.get_data()
+        model = api.post("/v1/models", data={"name": "big", "files": bundle_files(bundle_dir("cnn-rt"))},
+                         content_type="multipart/form-data")
+        assert model.status_code == 507, model.get_data(as_text=True)[:300]
+        assert not [p for p in disk.rglob("*") if p.is_file()]  # nothing half-written left behind
+        runtime.close()
