@@ -5,7 +5,7 @@
         [--params '{"lime": {"samples": 200}}'] [--seed 0] [--out table.json]
 
 For each model and method: the mean over the first N Rotten Tomatoes *test* sentences (worker.data.rt, Lantern's
-fixed split) of the ``faithfulness`` document that the service attaches to the method's result (DESIGN §5;
+fixed split) of the ``faithfulness`` document that the service attaches to the method's result (docs/extending.md;
 worker/methods/faithfulness.py): AOPC comprehensiveness, sufficiency, the same for the seeded random ranking, and
 ``lift`` = comprehensiveness − random comprehensiveness (higher = the method's top tokens matter more than random
 ones). The numbers come from ``worker.methods.explain_batch`` (target = the predicted class, score = the logit, the

@@ -1,4 +1,4 @@
-"""The `lantern` command (DESIGN §9): embedded stack, production processes, keys, jobs, zoo, demo."""
+"""The `lantern` command (docs/api.md): embedded stack, production processes, keys, jobs, zoo, demo."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""The one settings object. Every setting is an environment variable with the LANTERN_ prefix (DESIGN §9).
+"""The one settings object. Every setting is an environment variable with the LANTERN_ prefix (docs/api.md).
 
 Explicit URLs win over the data dir; `--data-dir` (passed as `data_dir=`) wins over LANTERN_DATA_DIR.
 """

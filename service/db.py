@@ -1,4 +1,4 @@
-"""Tables (SQLAlchemy 2.0) and the engine/session factory. The job row is the source of truth (DESIGN §1)."""
+"""Tables (SQLAlchemy 2.0) and the engine/session factory. The job row is the source of truth (docs/architecture.md)."""
 from __future__ import annotations
 
 import uuid

@@ -124,7 +124,7 @@ def cancel(session: Session, tenant_id: str, job_id: str) -> Job:
 
 
 def document(job: Job, artifacts: list[Artifact], with_result: bool = True) -> dict[str, Any]:
-    """The job document of DESIGN §9."""
+    """The job document of docs/api.md."""
     doc: dict[str, Any] = {
         "id": job.id,
         "status": job.status,

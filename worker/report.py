@@ -1,5 +1,5 @@
 """Audit aggregates and the report built on them. Pure functions of the per-item results, so a test can recompute
-every number from the items (DESIGN §6, §7): top words (Guan Fig. 6) with a stop-word share, faithfulness
+every number from the items (docs/api.md): top words (Guan Fig. 6) with a stop-word share, faithfulness
 distributions, agreement between methods (and between models on the same items), accuracy against gold labels,
 information per layer for sigma."""
 from __future__ import annotations
@@ -372,7 +372,7 @@ def _finite(value: Any) -> float | None:
 
 
 def csv_cell(value: Any) -> str:
-    """CSV cells that a spreadsheet would run as a formula are neutralised (DESIGN §7)."""
+    """CSV cells that a spreadsheet would run as a formula are neutralised (docs/api.md)."""
     text = "" if value is None else str(value)
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 

@@ -1,4 +1,4 @@
-"""Marshmallow schemas of the HTTP contract (DESIGN §6, §9). Where the server checks more than a field's type
+"""Marshmallow schemas of the HTTP contract (docs/api.md). Where the server checks more than a field's type
 (one of several shapes, not blank), the OpenAPI metadata says the same, so the document admits only what the
 server accepts."""
 from __future__ import annotations
@@ -109,7 +109,7 @@ class JobSchema(ma.Schema):
     error = ma.fields.Dict(allow_none=True, metadata={"description": "an RFC 9457 problem"})
     model = ma.fields.Dict()
     request = ma.fields.Dict()
-    result = ma.fields.Raw(allow_none=True, metadata={"description": "DESIGN §9 result document"})
+    result = ma.fields.Raw(allow_none=True, metadata={"description": "docs/api.md result document"})
     compare = ma.fields.Raw()
     artifacts = ma.fields.List(ma.fields.Nested(ArtifactSchema))
 

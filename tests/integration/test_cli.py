@@ -1,4 +1,4 @@
-"""The `lantern` command's contract (DESIGN §9) on the embedded default."""
+"""The `lantern` command's contract (docs/api.md) on the embedded default."""
 from __future__ import annotations
 
 import pytest

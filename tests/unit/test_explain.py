@@ -1,4 +1,4 @@
-"""explain(): the result document of DESIGN §9, its tensors and figures."""
+"""explain(): the result document of docs/api.md, its tensors and figures."""
 from __future__ import annotations
 
 import json

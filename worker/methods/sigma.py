@@ -9,7 +9,7 @@ perturbed, specials included (as the authors' code does).
 
 Layers: the request's ``layers``, default every per-token hidden state — ``embeddings`` and the hidden layers in
 forward order (for an HF encoder ``embeddings``, ``layer.1`` … ``layer.N``: Guan §5.2 explains hidden layers, and
-``embeddings`` is the first of them in DESIGN §4). ``pool`` and ``output`` (Guan §5.1: the state the softmax reads)
+``embeddings`` is the first of them in docs/api.md, layer names). ``pool`` and ``output`` (Guan §5.1: the state the softmax reads)
 are explained when asked for. For a hidden layer s is all real positions × hidden units (padding excluded).
 Timestamp mode (Guan Fig. 2): the layers in param ``timestamps`` (e.g. a seq2seq ``decoder``, B×T_dec×H) are explained
 once per time step t with s = the state at step t.
@@ -23,7 +23,7 @@ Params (names are a contract): ``lambda`` (0.1), ``bound`` (default 10 × std of
 ``eval_samples`` (noise draws for the final objective), ``timestamps``, ``concepts`` (concept name -> words: word
 attributes of Guan Eq. 8–9 per layer, below).
 
-JSON (DESIGN §9): ``{"layers": {name: {"sigma": [T], "scores": [T] = −log(σ/bound), "entropy": [T] = K/2·log(2πe) +
+JSON (docs/api.md): ``{"layers": {name: {"sigma": [T], "scores": [T] = −log(σ/bound), "entropy": [T] = K/2·log(2πe) +
 K·log σ_i, "sentence_entropy": Σ entropy, "objective", "word_sigma", "word_scores", "word_entropy" (per word: geometric
 mean of σ / sums), "start_objectives": [per start], "start": index of the winning start}},
 "timestamps": {name: {"steps": [per step: the same fields]}}, "bound", "normalization" (used),

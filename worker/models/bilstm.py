@@ -1,7 +1,7 @@
 """The BiLSTM classifier adapter (Guan et al. 2019 §4.2, scaled down): word embeddings → L stacked bidirectional
 LSTM layers → max-pool over the real tokens → linear logits.
 
-Layers (DESIGN §4): ``embeddings`` (x, B×T×K), ``lstm.1`` … ``lstm.L`` (B×T×2H: forward and backward states
+Layers (docs/api.md, layer names): ``embeddings`` (x, B×T×K), ``lstm.1`` … ``lstm.L`` (B×T×2H: forward and backward states
 concatenated, as ``nn.LSTM`` returns them; zeros at padded positions), ``pool`` (B×2H, the max over real tokens of
 ``lstm.L``), ``output`` (B×C logits). Each layer is its own ``nn.LSTM`` run on packed sequences, so padding never
 reaches a real position (the backward direction starts at each item's last real token).

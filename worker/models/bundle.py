@@ -29,7 +29,7 @@ A bundle is a directory. Two kinds are accepted:
          "metrics": {…}, "training": {…}        # written by worker.zoo.train
        }
 
-Safety rules (DESIGN §4; the service never unpickles): weights only as ``*.safetensors``; a bundle holding pickle-based
+Safety rules (docs/extending.md; the service never unpickles): weights only as ``*.safetensors``; a bundle holding pickle-based
 weights (``*.bin``, ``*.pt``, ``*.pth``, ``*.pkl``, ``*.pickle``, ``*.ckpt``), Python files, or an ``auto_map`` (remote
 code) in any of its JSON configs is refused with an :class:`InputError`; symbolic links must stay inside the bundle.
 

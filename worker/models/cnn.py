@@ -1,7 +1,7 @@
 """The CNN classifier adapter (Kim 2014; Guan et al. 2019 §5.2.1): word embeddings → four parallel 1-d convolutions of
 kernel widths 1, 3, 5, 7 (ReLU) → max-pool over the real tokens of each → concatenated → linear logits.
 
-Layers (DESIGN §4): ``embeddings`` (x, B×T×K), ``conv.k1``, ``conv.k3``, ``conv.k5``, ``conv.k7`` (each B×T×C:
+Layers (docs/api.md, layer names): ``embeddings`` (x, B×T×K), ``conv.k1``, ``conv.k3``, ``conv.k5``, ``conv.k7`` (each B×T×C:
 ReLU(conv1d) with 'same' zero padding, so position t is centred on word t; zeros at padded positions), ``pool``
 (B×4C: per map the max over real tokens, in the order k1, k3, k5, k7), ``output`` (B×C logits). The four maps are
 independent "layers" (they all read x); ``upto="conv.k3"`` computes k1 and k3 only. Padded positions of x are zeroed

@@ -1,5 +1,5 @@
 """ESIM (Chen et al. 2017) as the appendix of Ghaeini et al. 2018 describes it, with its attention and LSTM gates
-exposed for explanation (DESIGN §4).
+exposed for explanation (docs/api.md, layer names).
 
 Premise u (n words) and hypothesis v (m words), embeddings r-d, hidden size d:
 

@@ -1,6 +1,6 @@
 """The Hugging Face encoder adapter: any local BERT-like directory, headless or with a classification head.
 
-Layers (DESIGN §4): ``embeddings`` (= ``hidden_states[0]``), ``layer.1`` … ``layer.N`` (``layer.k`` =
+Layers (docs/api.md, layer names): ``embeddings`` (= ``hidden_states[0]``), ``layer.1`` … ``layer.N`` (``layer.k`` =
 ``hidden_states[k]``, the output of HF's ``encoder.layer.{k-1}``); with a head also ``pool`` (B×H, the head's input)
 and ``output`` (B×C logits). Attention: ``attention.1`` … ``attention.N``, B×heads×T×T after softmax.
 

@@ -1,4 +1,4 @@
-"""The LSTM language model with attention (``lstm-lm-rt``; DESIGN §4): a word-level, textgenrnn-style next-word
+"""The LSTM language model with attention (``lstm-lm-rt``; docs/api.md, layer names): a word-level, textgenrnn-style next-word
 model whose prediction at every position is read from an attention-weighted average over the history.
 
 Input and tokens: a text, tokenised into words (:mod:`worker.models.words`), after a start token ``<s>`` (special,
@@ -19,7 +19,7 @@ textgenrnn's AttentionWeightedAverage scores each position with one learned vect
 whole input window; here the window of position t is its history 0..t, so row t of the attention is what the model
 reads when it predicts the word after token t, i.e. the blog's heat map row for that generated step.
 
-Layers (DESIGN §4): ``embeddings`` (x, B×T×K), ``lstm.1`` … ``lstm.L`` (B×T×H), ``output`` (B×T×V: the next-word
+Layers (docs/api.md, layer names): ``embeddings`` (x, B×T×K), ``lstm.1`` … ``lstm.L`` (B×T×H), ``output`` (B×T×V: the next-word
 logits at every position, timestamp mode like the seq2seq adapter's). Attention ``history``: B×1×T×T, row t =
 α_{t,·}: exact zeros for s > t, at padded columns, and in padded rows. Padded positions of every layer hold zeros;
 :meth:`LSTMLanguageModelAdapter.layer_mask` gives the real ones (all layers are per token, ``output`` included).

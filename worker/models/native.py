@@ -1,4 +1,4 @@
-"""The base of the adapters whose architecture Lantern defines: BiLSTM, CNN, Transformer, seq2seq (DESIGN §4).
+"""The base of the adapters whose architecture Lantern defines: BiLSTM, CNN, Transformer, seq2seq (docs/api.md, layer names).
 
 A bundle (format and safety rules in :mod:`worker.models.bundle`) holds::
 

@@ -10,7 +10,7 @@ sequence, so that x (what sigma perturbs and gradients reach) covers the inputs 
 Decoder step t reads decoder input t and predicts the next word of the answer (``c b a <eos>``). Decoder tokens are
 copies of text words: their offsets point at the word they copy.
 
-Layers (DESIGN §4, timestamp mode): ``embeddings`` (x, B×T×K), ``encoder`` (B×T_enc×H, the top encoder LSTM layer
+Layers (docs/api.md, layer names, timestamp mode): ``embeddings`` (x, B×T×K), ``encoder`` (B×T_enc×H, the top encoder LSTM layer
 per encoder position), ``decoder`` (B×T_dec×H, one state per decoder step: the attentional state
 d_t = tanh(W_c[h_t; c_t]) from which the next word is predicted; h_t is the top decoder LSTM state, c_t the attention
 context), ``output`` (B×T_dec×V: the logits over the vocabulary at each step, W_o·d_t). Attention ``attention``:

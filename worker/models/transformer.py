@@ -2,7 +2,7 @@
 embeddings → linear projection to d + sinusoidal positions → N pre-LayerNorm self-attention blocks → final LayerNorm
 → first-token pooling → linear logits.
 
-Layers (DESIGN §4): ``embeddings`` (B×T×d: the projected embeddings plus positions, the input of block 1, as the
+Layers (docs/api.md, layer names): ``embeddings`` (B×T×d: the projected embeddings plus positions, the input of block 1, as the
 Hugging Face adapter's ``embeddings`` is the input of its first layer), ``layer.1`` … ``layer.N`` (B×T×d, block
 outputs; zeros at padded positions), ``pool`` (B×d: the final LayerNorm of the ``<cls>`` position), ``output`` (B×C
 logits). Attention ``attention.1`` … ``attention.N``: B×heads×T×T, softmax(QKᵀ/√d_head) with padded keys at exactly 0

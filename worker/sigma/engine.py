@@ -342,5 +342,5 @@ def token_entropy(sigma: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def scores(sigma: torch.Tensor, bound: float) -> torch.Tensor:
-    """−log(σ_i / bound): 0 at the bound (all discarded), larger = more of the word kept (DESIGN §5)."""
+    """−log(σ_i / bound): 0 at the bound (all discarded), larger = more of the word kept (docs/extending.md)."""
     return -torch.log(sigma / bound)

@@ -1,6 +1,6 @@
 """σ_S statistics: the per-element std of each layer over a reference sample of inputs, stored with the model.
 
-File ``sigma_stats.safetensors`` in the bundle directory; one tensor per layer, key = the layer name (DESIGN §4):
+File ``sigma_stats.safetensors`` in the bundle directory; one tensor per layer, key = the layer name (docs/api.md, layer names):
 ``H`` floats, the std of each hidden unit over every real token position (specials included, padding excluded) of the
 reference sentences, or over the sentences for a ``B×H`` layer (``pool``, ``output``). The metadata records the
 reference (``source``, ``count``), the model ``revision`` of the encoder weights and the Lantern ``format`` (1).
