@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import ColumnElement, delete, or_, select
 
 from service.config import Settings
 from service.db import FINISHED, IN_FLIGHT, Artifact, Audit, Database, Job, Upload, utcnow
@@ -34,7 +34,7 @@ def purge(db: Database, store: Store, settings: Settings, now: datetime | None =
     return counts
 
 
-def _finished_before(table, before: datetime):
+def _finished_before(table: type[Job] | type[Audit], before: datetime) -> tuple[ColumnElement[bool], ...]:
     return (table.status.in_(FINISHED), table.finished_at.is_not(None), table.finished_at < before)
 
 
@@ -81,7 +81,7 @@ def _purge_uploads(db: Database, store: Store, before: datetime) -> int:
     return len(uploads)
 
 
-def _delete_objects(db: Database, store: Store, which) -> int:
+def _delete_objects(db: Database, store: Store, which: ColumnElement[bool]) -> int:
     with db.session() as s:
         keys = list(s.scalars(select(Artifact.storage_key).where(which)))
     for key in keys:

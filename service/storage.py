@@ -9,7 +9,7 @@ import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from urllib.parse import urlparse
 
 
@@ -128,7 +128,7 @@ class S3Store(Store):
 
         self.bucket, self.prefix = bucket, prefix.strip("/")
 
-        def client(endpoint: str | None):
+        def client(endpoint: str | None) -> Any:  # boto3's clients are generated at run time: no static type
             return boto3.client("s3", endpoint_url=endpoint or None, region_name=region, config=Config(
                 retries={"max_attempts": 5, "mode": "standard"}, signature_version="s3v4"))
 
@@ -143,14 +143,14 @@ class S3Store(Store):
     def put(self, key: str, data: bytes, content_type: str) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type)
 
-    def _get(self, key: str):
+    def _get(self, key: str) -> Any:  # botocore's StreamingBody
         try:
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
         except self.client.exceptions.NoSuchKey as e:
             raise ObjectNotFound(key) from e
 
     def get(self, key: str) -> bytes:
-        return self._get(key).read()
+        return bytes(self._get(key).read())
 
     def stream(self, key: str, chunk: int = 1 << 16) -> Iterator[bytes]:
         body = self._get(key)
@@ -171,12 +171,12 @@ class S3Store(Store):
         self.client.head_bucket(Bucket=self.bucket)
 
     def presigned_url(self, key: str, filename: str, seconds: int) -> str | None:
-        return self.presigner.generate_presigned_url(
+        return str(self.presigner.generate_presigned_url(
             "get_object",
             Params={"Bucket": self.bucket, "Key": self._key(key),
                     "ResponseContentDisposition": f'attachment; filename="{filename}"'},
             ExpiresIn=seconds,
-        )
+        ))
 
 
 def open_store(url: str, endpoint_url: str = "", region: str = "us-east-1", public_url: str = "") -> Store:
