@@ -84,7 +84,7 @@ class Reaper(threading.Thread):
 
     def work(self, rt: Runtime) -> None:
         from service import jobs
-        from service.audits import release_finalizers
+        from service.audit_lifecycle import release_finalizers
         from service.queue import held_job_ids, send_job
 
         if not jobs.lead(rt.db, "reaper", self.owner, rt.settings.reaper_interval * 3):
