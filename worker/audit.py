@@ -25,17 +25,17 @@ Engine = Callable[[list[AuditItem]], list[dict[str, Any]]]
 def run_batch(rt: Runtime, job: Job, worker: str, progress: Progress) -> tuple[dict[str, Any], Files]:
     """All unfinished items of the micro-batch in one engine pass (explain_batch); if that pass fails, item by
     item, so one bad item costs only itself. Then the batch is folded into the audit's aggregates so far."""
-    from worker.methods import explain_batch
+    from service.validation import limits_of
+    from worker.methods import ExplainOptions, explain_many
     from worker.work import model_ref
 
     audit = _audit(lifecycle.start(rt.db, _audit_id(job)), job)
     todo = lifecycle.unfinished_items(rt.db, audit.id, job.request["model"], job.request["batch"])
-    req = audit.request
+    options, limits = ExplainOptions.from_document(audit.request), limits_of(rt.settings)
     adapter = rt.adapters.get(model_ref(rt, job.tenant_id, job.model_name, job.model_revision))
 
     def engine(items: list[AuditItem]) -> list[dict[str, Any]]:
-        explanations = explain_batch(adapter, [i.input for i in items], req["methods"], req.get("layers"),
-                                     req["target"], req["score"], req["params"], req["seed"], figures=False)
+        explanations = explain_many(adapter, options, [i.input for i in items], limits, figures=False)
         return [{k: ex.result[k] for k in KEEP} for ex in explanations]
 
     progress(0.0)

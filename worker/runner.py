@@ -175,9 +175,11 @@ def _release_finalizers(rt: Runtime) -> None:
 
 def explain_job(rt: Runtime, request: dict[str, Any], revision: str, progress,
                 tenant_id: str) -> tuple[dict, dict]:
-    """The engine call for one job request (and each model it is compared with)."""
-    from worker.methods import explain
+    """The engine call for one job request (and each model it is compared with), validated as at submit."""
+    from service.validation import limits_of
+    from worker.methods import ExplainRequest, explain_request
 
+    asked, limits = ExplainRequest.from_document(request), limits_of(rt.settings)
     models = [(request["model"], revision)] + list(request.get("compare_revisions", {}).items())
     outcome: dict[str, Any] = {}
     files: dict[str, tuple[bytes, str]] = {}
@@ -187,8 +189,7 @@ def explain_job(rt: Runtime, request: dict[str, Any], revision: str, progress,
         def step(fraction: float, n: int = n) -> None:
             progress((n + fraction) / len(models))
 
-        ex = explain(adapter, request["inputs"], request["methods"], request.get("layers"), request["target"],
-                     request["score"], request["params"], request["seed"], step)
+        ex = explain_request(adapter, asked, limits, step)
         ex.result["model"] = {"name": name, "revision": adapter.revision}
         prefix = "" if n == 0 else f"compare-{name}-"
         for method, tensors in ex.tensors.items():
@@ -204,7 +205,7 @@ def explain_job(rt: Runtime, request: dict[str, Any], revision: str, progress,
         from worker.methods import compare_figures
 
         results = {request["model"]: outcome["result"], **outcome["compare"]}
-        for fig, png in compare_figures(request["methods"], results).items():
+        for fig, png in compare_figures(list(asked.methods), results).items():
             files[fig] = (png, "image/png")
     files["result.json"] = (json.dumps(outcome, indent=1).encode(), "application/json")
     return outcome, files

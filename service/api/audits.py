@@ -17,7 +17,8 @@ from service.api.schemas import AuditRequestSchema, AuditSchema, UploadSchema
 from service.db import IN_FLIGHT, Artifact, utcnow
 from service.errors import invalid, not_found
 from service.queue import send_job
-from service.validation import check_items, check_request
+from service.validation import check_items, validated_options
+from worker.methods.request import ExplainOptions
 
 log = logging.getLogger("lantern.api")
 blp = Blueprint("audits", __name__, url_prefix="/v1/audits", description="Corpus audits: fan-out and aggregates")
@@ -38,16 +39,14 @@ class Audits(MethodView):
             if body.get("concepts") and "sigma" in body["methods"]:  # the items' sigma computes r_{i,c} for them
                 sigma = {"concepts": body["concepts"], **body["params"].get("sigma", {})}
                 body = {**body, "params": {**body["params"], "sigma": sigma}}
-            revisions, checked = {}, body
-            first = {k: v for k, v in chosen[0][1].items() if k != "label"}
-            for name in body["models"]:  # methods, layers and params checked against each model, on item one
+            revisions, asked = {}, ExplainOptions.from_document(body)
+            for name in body["models"]:  # methods, layers and params checked against each model
                 ref = model_field(s, tenant, name, "models")
-                probe = {**body, "model": name, "inputs": first}
                 adapter = rt.adapters.get(ref)
-                checked = {**body, "params": check_request(adapter, probe, rt.settings)["params"]}
+                checked = validated_options(adapter, asked, rt.settings)
                 check_items(adapter, chosen, rt.settings)  # every item's tokens, as its batch will encode them
                 revisions[name] = ref.revision
-            stored = {k: v for k, v in checked.items() if k != "corpus"}
+            stored = {k: v for k, v in {**body, **checked.document()}.items() if k != "corpus"}  # params filled
             stored["corpus"] = {k: v for k, v in body["corpus"].items() if k != "items"} or {"items": len(items)}
             audit, batches = audits.create(s, tenant, stored, revisions, chosen, rt.settings)
             for job in batches:  # stamped before the commit: a send in progress never looks unsent to the reaper

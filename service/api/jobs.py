@@ -15,7 +15,8 @@ from service.db import Artifact, utcnow
 from service.errors import Problem, invalid, not_found
 from service.queue import send_job
 from service.storage import ObjectNotFound
-from service.validation import check_request
+from service.validation import validated
+from worker.methods.request import ExplainRequest
 
 log = logging.getLogger("lantern.api")
 blp = Blueprint("jobs", __name__, url_prefix="/v1/jobs", description="Explanation jobs: submit, poll, cancel")
@@ -38,15 +39,16 @@ class Jobs(MethodView):
             if replay is not None:
                 return _accepted(jobs.document(replay, jobs.artifacts_of(s, replay.id)))
             ref = model_field(s, caller.tenant_id, body["model"], "model")
-            checked = check_request(rt.adapters.get(ref), body, rt.settings)
+            asked = ExplainRequest.from_document(body)
+            checked = validated(rt.adapters.get(ref), asked, rt.settings)
             compare = {}
             for other in body["compare_with"]:
                 other_ref = model_field(s, caller.tenant_id, other, "compare_with")
-                check_request(rt.adapters.get(other_ref), {**body, "model": other}, rt.settings)
+                validated(rt.adapters.get(other_ref), asked, rt.settings)
                 compare[other] = other_ref.revision
             jobs.check_limits(s, caller.tenant_id, rt.settings)
-            job = jobs.create(s, caller.tenant_id, {**checked, "compare_revisions": compare}, ref.revision,
-                              rt.settings.job_queue, key, digest)
+            row = {**body, **checked.document(), "compare_revisions": compare}  # the body's keys, params filled
+            job = jobs.create(s, caller.tenant_id, row, ref.revision, rt.settings.job_queue, key, digest)
             job.enqueued_at = utcnow()  # stamped before the commit: a send in progress never looks unsent
             doc = jobs.document(job, [])
         try:

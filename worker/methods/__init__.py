@@ -5,53 +5,33 @@ Adding a method = one new module `worker/methods/<name>.py` with `METHOD = Metho
 """
 from __future__ import annotations
 
-import dataclasses
-import importlib
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import marshmallow as ma
 import torch
 
-from worker.capabilities import METHODS, Capability, applicable
-from worker.methods.base import SCORES, Method, MethodResult, Target, word_scores
+from worker.methods.base import Method, MethodResult, Target, word_scores
+from worker.methods.catalog import HEAD_WORDS, applicable_methods, refusal, registry, some_labels
 from worker.methods.faithfulness import faithfulness
-from worker.methods.sanity_results import load as load_sanity
+from worker.methods.request import (
+    NO_LIMITS,
+    ExplainOptions,
+    ExplainRequest,
+    Limits,
+    RequestError,
+    UnknownMethods,
+    validate,
+    validate_options,
+)
 from worker.models.base import Adapter, Encoding, InputError
 
-
-def registry() -> dict[str, Method]:
-    """Every method of `worker.capabilities.METHODS`, in its order: `METHOD` of `worker.methods.<name>`."""
-    sanity = load_sanity()  # the model-randomisation check's stored result, per method (worker/methods/sanity.py)
-    methods = {}
-    for name in METHODS:
-        method: Method = importlib.import_module(f"worker.methods.{name}").METHOD
-        if method.name != name:
-            raise ImportError(f"worker.methods.{name} defines the method {method.name!r}, not {name!r}")
-        if name in sanity:
-            method = dataclasses.replace(method, sanity={**method.sanity, **sanity[name]})
-        methods[name] = method
-    return methods
-
-
-def applicable_methods(adapter: Adapter) -> list[str]:
-    """The methods that apply to `adapter`: those whose requirement its capabilities meet."""
-    return applicable(adapter.capabilities)
-
-
-def refusal(adapter: Adapter, method: Method) -> str | None:
-    """Why `method` does not apply to `adapter`, naming the capabilities it lacks, or None. The API (at submit) and
-    the worker both refuse with it."""
-    missing = [HEAD_WORDS if gap == Capability.HEAD else gap for gap in method.missing(adapter)]
-    if not missing:
-        return None
-    return f"method {method.name!r} does not apply to {adapter.name}: it needs {', '.join(missing)}, " \
-           f"which {adapter.name} does not offer"
-
-
-HEAD_WORDS = "head (a model with an output head)"
+# the engine's public names, re-exported from where they live (scripts and the service import them from here)
+__all__ = ["HEAD_WORDS", "NO_LIMITS", "Cancelled", "ExplainOptions", "ExplainRequest", "Explanation", "Limits",
+           "RequestError", "UnknownMethods", "applicable_methods", "check_methods", "compare_figures", "explain",
+           "explain_batch", "explain_many", "explain_request", "refusal", "registry", "some_labels", "validate",
+           "validate_options"]
 
 
 class Cancelled(Exception):
@@ -76,6 +56,9 @@ def resolve_target(adapter: Adapter, logits: torch.Tensor | None, target: str) -
     return torch.full((logits.shape[0],), labels.index(target), dtype=torch.long)
 
 
+Progress = Callable[[float], None]
+
+
 def explain(
     adapter: Adapter,
     inputs: dict[str, str],
@@ -85,7 +68,7 @@ def explain(
     score: str = "logit",
     params: dict[str, dict[str, Any]] | None = None,
     seed: int = 0,
-    progress: Callable[[float], None] = lambda fraction: None,
+    progress: Progress = lambda fraction: None,
     figures: bool = True,
 ) -> Explanation:
     """Run `methods` on one input and assemble the result document, tensors and figures (figures=False skips
@@ -102,23 +85,48 @@ def explain_batch(
     score: str = "logit",
     params: dict[str, dict[str, Any]] | None = None,
     seed: int = 0,
-    progress: Callable[[float], None] = lambda fraction: None,
+    progress: Progress = lambda fraction: None,
     figures: bool = True,
 ) -> list[Explanation]:
     """`explain` for several inputs: one padded batch for the prediction, and one pass per method for the methods
     that have `run_batch` (the others run item by item). The results equal those of `explain` per item."""
-    table = registry()
-    chosen_params = check_methods(adapter, table, methods, score, params or {})
-    encoding = adapter.encode(inputs if len(inputs) > 1 else inputs[0]).to(adapter.device)
+    options = ExplainOptions(methods=methods, layers=layers, target=target, score=score, params=params or {},
+                             seed=seed)
+    return explain_many(adapter, options, inputs, progress=progress, figures=figures)
+
+
+def explain_request(adapter: Adapter, request: ExplainRequest, limits: Limits = NO_LIMITS,
+                    progress: Progress = lambda fraction: None, figures: bool = True) -> Explanation:
+    """A job's request: validated as the API validated it (its input and the service's limits included), then
+    run."""
+    return _run(adapter, validate(adapter, request, limits), [request.inputs], progress, figures)[0]
+
+
+def explain_many(adapter: Adapter, options: ExplainOptions, inputs: Sequence[Mapping[str, str]],
+                 limits: Limits = NO_LIMITS, progress: Progress = lambda fraction: None,
+                 figures: bool = True) -> list[Explanation]:
+    """The same options on several inputs (an audit's batch): the options are validated; the inputs are not,
+    beyond their encoding, because their caller checks each one apart (one bad item must not fail the others)."""
+    return _run(adapter, validate_options(adapter, options, limits), inputs, progress, figures)
+
+
+def _run(adapter: Adapter, options: ExplainOptions, inputs: Sequence[Mapping[str, str]], progress: Progress,
+         figures: bool) -> list[Explanation]:
+    """The work of validated options: the prediction in one batch, then each method."""
+    table, params, seed, score = registry(), options.plain_params(), options.seed, options.score
+    plain = [dict(one) for one in inputs]
+    encoding = adapter.encode(plain if len(plain) > 1 else plain[0]).to(adapter.device)
     with torch.no_grad():
         logits = adapter.forward(adapter.embed(encoding), encoding).logits
-    index = resolve_target(adapter, logits, target)
-    items = [encoding.item(i) for i in range(len(inputs))] if len(inputs) > 1 else [encoding]
+    index = resolve_target(adapter, logits, options.target)
+    items = [encoding.item(i) for i in range(len(plain))] if len(plain) > 1 else [encoding]
     heads = [None if index is None else index[i:i + 1] for i in range(len(items))]
     explanations = [Explanation(document(adapter, items[i], None if logits is None else logits[i:i + 1],
                                          heads[i], score, seed)) for i in range(len(items))]
+    layers = None if options.layers is None else list(options.layers)
+    methods = options.methods
     for n, name in enumerate(methods):
-        method, chosen = table[name], chosen_params[name]
+        method, chosen = table[name], params[name]
 
         def step(fraction: float, n: int = n) -> None:
             progress((n + min(max(fraction, 0.0), 1.0)) / len(methods))
@@ -142,28 +150,10 @@ def explain_batch(
 
 def check_methods(adapter: Adapter, table: dict[str, Method], methods: list[str], score: str,
                   params: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Everything a request can get wrong, checked before any work; returns each method's params with defaults."""
-    if score not in SCORES:
-        raise InputError(f"score must be one of {SCORES}")
-    unknown = [m for m in methods if m not in table]
-    if unknown:
-        raise InputError(f"unknown method(s): {', '.join(unknown)}")
-    extra = [k for k in params if k not in methods]
-    if extra:
-        raise InputError(f"params given for method(s) not requested: {', '.join(extra)}")
-    chosen: dict[str, dict[str, Any]] = {}
-    for name in methods:
-        why = refusal(adapter, table[name])
-        if why:
-            raise InputError(why)
-        try:
-            chosen[name] = table[name].params().load(params.get(name) or {})
-        except ma.ValidationError as err:
-            raise InputError(f"params.{name}: {err.messages}") from None
-        check = table[name].check
-        if check is not None:
-            check(adapter, chosen[name])
-    return chosen
+    """Each method's params with defaults, or RequestError: `validate_options` for callers of this older name
+    (`table` is not read: validation reads the registry itself)."""
+    options = validate_options(adapter, ExplainOptions(methods=methods, score=score, params=params))
+    return options.plain_params()
 
 
 def document(adapter: Adapter, encoding: Encoding, logits: torch.Tensor | None, index: torch.Tensor | None,
@@ -227,12 +217,6 @@ def prediction(adapter: Adapter, logits: torch.Tensor | None) -> dict[str, Any] 
     else:
         pairs = list(zip(labels, probs.tolist(), strict=True))
     return {"label": labels[int(logits[0].argmax())], "probabilities": dict(pairs)}
-
-
-def some_labels(labels: list[str], limit: int = 20) -> str:
-    """A label list for a message: all of a classifier's, the first `limit` of a language model's vocabulary."""
-    shown = ", ".join(map(repr, labels[:limit]))
-    return f"[{shown}]" if len(labels) <= limit else f"[{shown}, …] ({len(labels)} in all)"
 
 
 def provenance(adapter: Adapter, seed: int) -> dict[str, Any]:

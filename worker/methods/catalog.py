@@ -1,0 +1,47 @@
+"""The methods the engine knows and which of them apply to a model. A module of its own so that request
+validation (worker/methods/request.py) reads it without importing its own package's `__init__`."""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+
+from worker.capabilities import METHODS, Capability, applicable
+from worker.methods.base import Method
+from worker.methods.sanity_results import load as load_sanity
+from worker.models.base import Adapter
+
+HEAD_WORDS = "head (a model with an output head)"
+
+
+def registry() -> dict[str, Method]:
+    """Every method of `worker.capabilities.METHODS`, in its order: `METHOD` of `worker.methods.<name>`."""
+    sanity = load_sanity()  # the model-randomisation check's stored result, per method (worker/methods/sanity.py)
+    methods = {}
+    for name in METHODS:
+        method: Method = importlib.import_module(f"worker.methods.{name}").METHOD
+        if method.name != name:
+            raise ImportError(f"worker.methods.{name} defines the method {method.name!r}, not {name!r}")
+        if name in sanity:
+            method = dataclasses.replace(method, sanity={**method.sanity, **sanity[name]})
+        methods[name] = method
+    return methods
+
+
+def applicable_methods(adapter: Adapter) -> list[str]:
+    """The methods that apply to `adapter`: those whose requirement its capabilities meet."""
+    return applicable(adapter.capabilities)
+
+
+def refusal(adapter: Adapter, method: Method) -> str | None:
+    """Why `method` does not apply to `adapter`, naming the capabilities it lacks, or None."""
+    missing = [HEAD_WORDS if gap == Capability.HEAD else gap for gap in method.missing(adapter)]
+    if not missing:
+        return None
+    return f"method {method.name!r} does not apply to {adapter.name}: it needs {', '.join(missing)}, " \
+           f"which {adapter.name} does not offer"
+
+
+def some_labels(labels: list[str], limit: int = 20) -> str:
+    """A label list for a message: all of a classifier's, the first `limit` of a language model's vocabulary."""
+    shown = ", ".join(map(repr, labels[:limit]))
+    return f"[{shown}]" if len(labels) <= limit else f"[{shown}, …] ({len(labels)} in all)"
