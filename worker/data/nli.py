@@ -238,9 +238,9 @@ def _rules(frame: str, slots: Slots, info: dict) -> dict[str, list[tuple[str, Sl
     # activity / verb
     if purchase:
         group, verb = info["group"], info["verb"]
-        for other in VERBS[group]:
-            if other != verb:
-                entail.append(("paraphrase", {**slots, "V": other[0]}, {"V"}))
+        for other_verb in VERBS[group]:
+            if other_verb != verb:
+                entail.append(("paraphrase", {**slots, "V": other_verb[0]}, {"V"}))
         for g, verbs in VERBS.items():
             if g != group:
                 contra.append(("activity", {**slots, "V": verbs[0][0]}, {"V"}))

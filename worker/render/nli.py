@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -28,7 +29,10 @@ def alignment_png(panels: Sequence[tuple[str, np.ndarray | Sequence[Sequence[flo
     """panels: (panel title, n × m values); rows = premise words, columns = hypothesis words. `premises` (one word
     list per panel) lets panels have different premises; then `hypothesis` may be one list per panel too."""
     rows_per = list(premises) if premises is not None else [premise] * len(panels)
-    cols_per = list(hypothesis) if hypothesis and not isinstance(hypothesis[0], str) else [hypothesis] * len(panels)
+    # a non-empty `hypothesis` whose first item is not a word is one word list per panel
+    cols_per: list[Sequence[str]] = (cast("list[Sequence[str]]", list(hypothesis))
+                                     if hypothesis and not isinstance(hypothesis[0], str)
+                                     else [cast("Sequence[str]", hypothesis)] * len(panels))
     longest = max(len(_label(w)) for words in (*rows_per, *cols_per) for w in words)
     n = max(len(r) for r in rows_per)
     m = max(len(c) for c in cols_per)
@@ -56,6 +60,7 @@ def alignment_png(panels: Sequence[tuple[str, np.ndarray | Sequence[Sequence[flo
         axes[0].set_ylabel("premise", color=MUTED)
         fig.suptitle(title if not subtitle else f"{title}\n{subtitle}", x=0.01, ha="left", fontsize=11,
                      fontweight="bold", color=INK)
+        assert image is not None  # panels is non-empty: max() over their words above raised otherwise
         fig.colorbar(image, ax=list(axes), shrink=0.7, aspect=25, pad=0.01,
                      label="normalised (÷ panel max)").ax.tick_params(labelsize=8)
         return figure_png(fig)

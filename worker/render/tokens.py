@@ -64,6 +64,7 @@ def token_scores_png(
 
     signed = bool((values < 0).any() and (values > 0).any())
     bound = float(np.abs(values).max()) or 1.0
+    norm: Normalize
     if signed:
         cmap, norm = colormaps[DIVERGING], TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound)
     else:

