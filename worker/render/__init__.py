@@ -1,4 +1,4 @@
-"""Figures (DESIGN §7): matplotlib with the Agg backend, one style, PNG bytes out.
+"""Figures (docs/api.md): matplotlib with the Agg backend, one style, PNG bytes out.
 
 Every figure is drawn inside :func:`style` on its own ``Figure`` object (no pyplot global state), so rendering is
 safe in a worker thread and never opens a window.

@@ -1,4 +1,4 @@
-"""Audit charts (DESIGN §7): words most used per model (Guan Fig. 6), information per layer (Fig. 3/7 over a
+"""Audit charts (docs/api.md): words most used per model (Guan Fig. 6), information per layer (Fig. 3/7 over a
 corpus), r_{i,c} per layer (Fig. 8), faithfulness lift per method — models side by side."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Heat-map grids (DESIGN §7): attention maps per layer or head (query tokens × key tokens) and neuron traces
+"""Heat-map grids (docs/api.md): attention maps per layer or head (query tokens × key tokens) and neuron traces
 (neurons × tokens), in the one Lantern style. Values are drawn as given; each panel shares one colour scale so panels
 can be compared (pass ``signed=True`` for a diverging scale centred on 0).
 """

@@ -1,4 +1,4 @@
-"""NLI figures (DESIGN §7; Ghaeini et al. 2018 Fig. 1–3), in the one Lantern style.
+"""NLI figures (docs/api.md; Ghaeini et al. 2018 Fig. 1–3), in the one Lantern style.
 
 - :func:`alignment_png`: premise × hypothesis heat maps with the words on both axes (attention, attention saliency),
   one panel per map side by side (two directions of one model, or one map of several models). Each panel is

@@ -1,4 +1,4 @@
-"""Sigma figures (DESIGN §7; Guan et al. Fig. 2, 3/7 and 8), in the one Lantern style.
+"""Sigma figures (docs/api.md; Guan et al. Fig. 2, 3/7 and 8), in the one Lantern style.
 
 - :func:`information_map_png`: rows × words heat map of the information kept, −log(σ/bound) (0 = discarded, darker =
   more kept). Rows are layers (Fig. 3/7) or decoder time steps (Fig. 2: :func:`timestamp_map_png`).
