@@ -41,16 +41,14 @@ def load_block(monkeypatch, name: str, first_line: str) -> types.ModuleType:
 @pytest.fixture
 def toy(monkeypatch, tmp_path):
     """The document's steps: the two modules, the two registry lines, a toy bundle (its directory)."""
-    import worker.methods
-    from worker import models
+    from worker import capabilities, models
     from worker.models import bundle
 
     load_block(monkeypatch, "worker.methods.state_norm", "# worker/methods/state_norm.py")
     load_block(monkeypatch, "worker.models.toy", "# worker/models/toy.py")
     # the registry lines, read from the document's own blocks
-    modules = re.search(r"_MODULES = \(.*\)", block("# worker/methods/__init__.py")).group()
-    assert modules.endswith('"activations", "state_norm")')
-    monkeypatch.setattr(worker.methods, "_MODULES", (*worker.methods._MODULES, "state_norm"))
+    name, requirement = re.search(r'"(state_norm)": (requires\(.*\)),', block("# worker/capabilities.py")).groups()
+    monkeypatch.setitem(capabilities.METHODS, name, eval(requirement, vars(capabilities)))
     kind, target = re.search(r'"(toy)": "([\w.]+:\w+)"', block("# worker/models/bundle.py")).groups()
     monkeypatch.setitem(bundle.ADAPTERS, kind, target)
 
@@ -70,6 +68,7 @@ def test_toy_method_and_adapter_through_explain(toy):
     assert type(adapter).__name__ == "ToyAdapter" and len(adapter.revision) == 64
     card = model_card(toy)
     assert card["layers"] == ["embeddings", "pool", "output"] and card["kind"] == "toy"
+    assert card["capabilities"] == ["embedding_table", "head"]
     # the methods the document says apply to the toy, and only those
     assert set(applicable_methods(adapter)) == {
         "gradient", "smoothgrad", "grad_x_input", "integrated_gradients", "occlusion", "perturbation", "lime",
@@ -77,7 +76,7 @@ def test_toy_method_and_adapter_through_explain(toy):
 
     text = {"text": "A good film."}
     ex = explain(adapter, text, ["state_norm", "grad_x_input", "occlusion", "sigma"],
-                 params={"sigma": {"max_steps": 20, "eval_samples": 16}})
+                 params={"sigma": {"max_steps": 20, "eval_samples": 16, "concepts": {"praise": ["good", "fine"]}}})
     result = ex.result
     assert result["tokens"] == ["a", "good", "film", "."]
     assert result["prediction"]["label"] == "positive" and result["target"] == "positive"
@@ -92,6 +91,11 @@ def test_toy_method_and_adapter_through_explain(toy):
     assert max(range(4), key=result["methods"]["grad_x_input"]["scores"].__getitem__) == 1
     assert max(range(4), key=result["methods"]["occlusion"]["scores"].__getitem__) == 1
     assert list(result["methods"]["sigma"]["layers"]) == ["embeddings"]
+    assert len(result["methods"]["sigma"]["layers"]["embeddings"]["r"]["praise"]) == 4  # concepts: its table
+
+    # a method whose requirement the toy does not meet is refused, naming the capability
+    with pytest.raises(InputError, match="needs lrp_rules"):
+        explain(adapter, text, ["lrp"])
 
     # the check hook refuses a layer that is not per token, before any work
     with pytest.raises(InputError, match="per-token layer"):
