@@ -159,6 +159,8 @@ class ModelSchema(ma.Schema):
     attention = ma.fields.List(ma.fields.String())
     gates = ma.fields.List(ma.fields.String())
     methods = ma.fields.List(ma.fields.String())
+    capabilities = ma.fields.List(ma.fields.String(), metadata={
+        "description": "what the model offers the methods (head, self_attention, lrp_rules, …; docs/extending.md)"})
     description = ma.fields.String()
     license = ma.fields.String()
     source = ma.fields.String()

@@ -76,20 +76,3 @@ def word_attributes(x_i: torch.Tensor, sigma_i: torch.Tensor, concepts: Mapping[
     a_i = 0.0 - baseline  # log p(x_i|s) = const + 0
     a_c = {name: log_p(emb) - baseline for name, emb in concepts.items()}
     return {"A_i": a_i, "A_c": a_c, "r": {name: a_i - a for name, a in a_c.items()}}
-
-
-def embedding_table(adapter: Adapter) -> torch.Tensor | None:
-    """The adapter's input embedding table without its padding row (N×K), the population of "random words" for
-    :func:`word_attributes`; None when the adapter exposes none (Hugging Face: the input embeddings; native models:
-    ``module.embeddings``)."""
-    model = getattr(adapter, "model", None)
-    if model is not None and hasattr(model, "get_input_embeddings"):
-        layer = model.get_input_embeddings()
-    else:
-        layer = getattr(getattr(adapter, "module", None), "embeddings", None)
-    if not isinstance(layer, torch.nn.Embedding):
-        return None
-    keep = torch.ones(layer.num_embeddings, dtype=torch.bool)
-    if layer.padding_idx is not None:
-        keep[layer.padding_idx] = False
-    return layer.weight.detach()[keep]
