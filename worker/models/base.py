@@ -149,6 +149,12 @@ class Adapter(ABC):
         """Run from embeddings x. capture: layer/attention/gate names to keep; upto: stop after this layer."""
 
     @property
+    def loaded(self) -> bool:
+        """Whether the weights are in memory. Adapters that read them lazily (on the first embed or forward, so
+        that tokenising costs no weights) say False until then."""
+        return True
+
+    @property
     def has_head(self) -> bool:
         return self.labels is not None
 

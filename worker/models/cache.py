@@ -121,4 +121,4 @@ def _usable(adapter: Adapter) -> bool:
     """Adapters read their weights on first use, from their bundle directory: one whose directory is gone (a temporary
     copy since removed) and whose weights were never read cannot serve a job, so it is built again."""
     root = getattr(getattr(adapter, "spec", None), "path", None)
-    return root is None or bool(getattr(adapter, "loaded", True)) or Path(root).is_dir()
+    return root is None or adapter.loaded or Path(root).is_dir()
