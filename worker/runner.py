@@ -1,6 +1,6 @@
 """One job, start to end: claim the row → load the model → explain → store artifacts → record the outcome.
 
-Thin by design (DESIGN §10): the engine (worker.methods.explain) knows nothing of rows, queues or storage.
+Thin by design (docs/architecture.md): the engine (worker.methods.explain) knows nothing of rows, queues or storage.
 """
 from __future__ import annotations
 

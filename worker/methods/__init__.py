@@ -40,7 +40,7 @@ class Cancelled(Exception):
 
 @dataclass
 class Explanation:
-    result: dict[str, Any]  # the job document's "result" (DESIGN §9)
+    result: dict[str, Any]  # the job document's "result" (docs/api.md)
     tensors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # method -> tensors
     figures: dict[str, bytes] = field(default_factory=dict)  # artifact name (e.g. "gradient.png") -> PNG
 
@@ -158,7 +158,7 @@ def check_methods(adapter: Adapter, table: dict[str, Method], methods: list[str]
 
 def document(adapter: Adapter, encoding: Encoding, logits: torch.Tensor | None, index: torch.Tensor | None,
              score: str, seed: int) -> dict[str, Any]:
-    """The result document of one input (DESIGN §9), before its methods are added."""
+    """The result document of one input (docs/api.md), before its methods are added."""
     return {
         "schema_version": 1,
         "tokens": encoding.tokens[0],
