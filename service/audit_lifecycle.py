@@ -15,7 +15,19 @@ from typing import Any
 from sqlalchemy import ColumnElement, Exists, exists, func, select, update
 from sqlalchemy.orm import Session
 
-from service.db import IN_FLIGHT, WAITING, Artifact, Audit, AuditItem, Database, Job, changed, is_id, utcnow
+from service.db import (
+    IN_FLIGHT,
+    WAITING,
+    Artifact,
+    Audit,
+    AuditItem,
+    Database,
+    Job,
+    changed,
+    is_id,
+    tenant_row,
+    utcnow,
+)
 from service.errors import conflict, not_found
 
 ITEM_ENDED = ("done", "failed")
@@ -40,10 +52,7 @@ def _bump(**values: Any) -> dict[str, Any]:
 
 
 def get(session: Session, tenant_id: str, audit_id: str) -> Audit:
-    audit = session.get(Audit, audit_id) if is_id(audit_id) else None
-    if audit is None or audit.tenant_id != tenant_id:
-        raise not_found(f"audit {audit_id}")
-    return audit
+    return tenant_row(session, Audit, tenant_id, audit_id, "audit")
 
 
 def etag(session: Session, tenant_id: str, audit_id: str) -> str:

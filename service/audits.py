@@ -20,8 +20,8 @@ from service.audit_lifecycle import (
     release_finalizers,  # noqa: F401 (its old home: the reaper imports it here)
 )
 from service.config import Settings
-from service.db import IN_FLIGHT, WAITING, Audit, AuditItem, Job, Upload, new_id, utcnow
-from service.errors import invalid, not_found, too_many
+from service.db import IN_FLIGHT, WAITING, Audit, AuditItem, Job, Upload, new_id, tenant_row, utcnow
+from service.errors import invalid, too_many
 from service.storage import Store
 
 ITEM_FIELDS = ({"text"}, {"premise", "hypothesis"})
@@ -109,9 +109,7 @@ def store_upload(session: Session, store: Store, tenant_id: str, filename: str, 
 
 def delete_upload(session: Session, store: Store, tenant_id: str, upload_id: str) -> None:
     """Delete an uploaded corpus file (audits made from it keep their copied items); 404 for another tenant's."""
-    upload = session.get(Upload, upload_id)
-    if upload is None or upload.tenant_id != tenant_id:
-        raise not_found(f"upload {upload_id!r}")
+    upload = tenant_row(session, Upload, tenant_id, upload_id, "upload")
     store.delete(upload.storage_key)  # the object first: a delete cut short never leaves a stray file
     session.delete(upload)
 

@@ -5,7 +5,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
     JSON,
@@ -211,6 +211,20 @@ class Artifact(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     storage_key: Mapped[str] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+Owned = TypeVar("Owned", "Job", "Audit", "Upload")
+
+
+def tenant_row(session: Session, table: type[Owned], tenant_id: str, row_id: str, what: str) -> Owned:
+    """The tenant's row with this id; 404 for anything else (another tenant's row included: ids are not secrets,
+    but another tenant's are not found)."""
+    from service.errors import not_found
+
+    row = session.get(table, row_id) if is_id(row_id) else None
+    if row is None or row.tenant_id != tenant_id:
+        raise not_found(f"{what} {row_id}")
+    return row
 
 
 def changed(session: Session, statement: Executable) -> int:

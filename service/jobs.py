@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.config import Settings
-from service.db import FINISHED, IN_FLIGHT, Artifact, Database, Job, Lease, changed, is_id, utcnow
+from service.db import FINISHED, IN_FLIGHT, Artifact, Database, Job, Lease, changed, is_id, tenant_row, utcnow
 from service.domain import JobStatus
 from service.errors import Problem, conflict, not_found, too_many
 
@@ -77,10 +77,7 @@ def mark_unsent(db: Database, job_id: str) -> None:
 
 
 def get(session: Session, tenant_id: str, job_id: str) -> Job:
-    job = session.get(Job, job_id) if is_id(job_id) else None
-    if job is None or job.tenant_id != tenant_id:
-        raise not_found(f"job {job_id}")
-    return job
+    return tenant_row(session, Job, tenant_id, job_id, "job")
 
 
 def etag(session: Session, tenant_id: str, job_id: str) -> str:
