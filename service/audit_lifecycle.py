@@ -28,9 +28,10 @@ from service.db import (
     tenant_row,
     utcnow,
 )
+from service.domain import ItemStatus, JobStatus
 from service.errors import conflict, not_found
 
-ITEM_ENDED = ("done", "failed")
+ITEM_ENDED = (ItemStatus.DONE, ItemStatus.FAILED)
 NOT_PROCESSED = {"title": "Not processed", "status": 500,
                  "detail": "its micro-batch was dead-lettered after repeated worker loss"}
 NOTHING_EXPLAINED = {"title": "Audit failed", "status": 500, "detail": "no item could be explained; see items.csv"}
@@ -41,7 +42,7 @@ Fold = Callable[[Session, dict[str, Any] | None], tuple[dict[str, Any], dict[str
 
 
 def _holds_lease(job_id: str, worker: str) -> Exists:
-    return exists().where(Job.id == job_id, Job.status == "running", Job.lease_owner == worker)
+    return exists().where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.lease_owner == worker)
 
 
 def _bump(**values: Any) -> dict[str, Any]:
@@ -98,8 +99,8 @@ def unfinished_items(db: Database, audit_id: str, model: str, batch: int) -> Seq
 def start(db: Database, audit_id: str) -> Audit | None:
     """queued -> running when its first batch starts (later batches find it running); the audit as it is now."""
     with db.session() as s:
-        s.execute(update(Audit).where(Audit.id == audit_id, Audit.status == "queued").values(
-            **_bump(status="running", started_at=utcnow())))
+        s.execute(update(Audit).where(Audit.id == audit_id, Audit.status == JobStatus.QUEUED).values(
+            **_bump(status=JobStatus.RUNNING, started_at=utcnow())))
         return s.get(Audit, audit_id)
 
 
@@ -112,7 +113,7 @@ def record_item(db: Database, item_id: str, job_id: str, worker: str, status: st
             AuditItem.id == item_id, AuditItem.status.notin_(ITEM_ENDED), _holds_lease(job_id, worker)).values(
             status=status, attempts=attempts, result=result, error=error))
         if written:
-            column = Audit.done if status == "done" else Audit.failed
+            column = Audit.done if status == ItemStatus.DONE else Audit.failed
             audit_id = select(AuditItem.audit_id).where(AuditItem.id == item_id).scalar_subquery()
             s.execute(update(Audit).where(Audit.id == audit_id).values(**_bump(**{column.key: column + 1})))
         return bool(written)
@@ -125,7 +126,7 @@ def fold_batch(db: Database, audit_id: str, job_id: str, worker: str, fold: Fold
     database lock) before the state is read, so two batches finishing at once fold one after the other, never
     both from the same state. False: the lease is gone, or the audit no longer runs."""
     with db.session() as s:
-        locked = changed(s, update(Audit).where(Audit.id == audit_id, Audit.status == "running",
+        locked = changed(s, update(Audit).where(Audit.id == audit_id, Audit.status == JobStatus.RUNNING,
                                                 _holds_lease(job_id, worker)).values(**_bump()))
         if not locked:
             return False
@@ -148,7 +149,7 @@ def release_finalizers(db: Database, send: Callable[[str, str], None]) -> int:
             open_batches = s.scalar(select(func.count()).select_from(Job).where(
                 Job.audit_id == audit_id, Job.kind == "audit_batch", Job.status.in_(IN_FLIGHT)))
             if open_batches == 0 and changed(s, update(Job).where(Job.id == job_id, Job.status == WAITING)
-                                             .values(status="queued", enqueued_at=utcnow())):
+                                             .values(status=JobStatus.QUEUED, enqueued_at=utcnow())):
                 ready.append((job_id, queue))
     for job_id, queue in ready:
         send(job_id, queue)
@@ -163,7 +164,7 @@ def fail_unprocessed(db: Database, audit_id: str) -> int:
     with db.session() as s:
         failed = changed(s, update(AuditItem).where(
             AuditItem.audit_id == audit_id, AuditItem.status.notin_(ITEM_ENDED)).values(
-            status="failed", error=NOT_PROCESSED))
+            status=ItemStatus.FAILED, error=NOT_PROCESSED))
         if failed:
             s.execute(update(Audit).where(Audit.id == audit_id).values(**_bump(failed=Audit.failed + failed)))
         return failed
@@ -178,7 +179,7 @@ def finish(db: Database, audit_id: str, job_id: str, worker: str, aggregates: di
         audit = s.get(Audit, audit_id)
         if audit is None:
             return None
-        status = "succeeded" if audit.done else "failed"
+        status = JobStatus.SUCCEEDED if audit.done else JobStatus.FAILED
         won = changed(s, update(Audit).where(
             Audit.id == audit_id, Audit.status.in_(IN_FLIGHT), _holds_lease(job_id, worker)).values(**_bump(
                 status=status, aggregates=aggregates, aggregate_state=None, finished_at=utcnow(),
@@ -201,13 +202,13 @@ def cancel(session: Session, tenant_id: str, audit_id: str) -> Audit:
     audit = get(session, tenant_id, audit_id)
     now = utcnow()
     won = changed(session, update(Audit).where(Audit.id == audit.id, Audit.status.in_(IN_FLIGHT)).values(
-        **_bump(status="cancelled", finished_at=now, cancel_requested=True)))
+        **_bump(status=JobStatus.CANCELLED, finished_at=now, cancel_requested=True)))
     if not won:
         session.refresh(audit)
         raise conflict(f"audit {audit.id} already {audit.status}")
-    session.execute(update(Job).where(Job.audit_id == audit.id, Job.status.in_(("queued", WAITING))).values(
-        status="cancelled", finished_at=now, cancel_requested=True))
-    session.execute(update(Job).where(Job.audit_id == audit.id, Job.status == "running").values(
+    session.execute(update(Job).where(Job.audit_id == audit.id, Job.status.in_((JobStatus.QUEUED, WAITING))).values(
+        status=JobStatus.CANCELLED, finished_at=now, cancel_requested=True))
+    session.execute(update(Job).where(Job.audit_id == audit.id, Job.status == JobStatus.RUNNING).values(
         cancel_requested=True))
     session.refresh(audit)
     return audit

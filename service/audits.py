@@ -21,6 +21,7 @@ from service.audit_lifecycle import (
 )
 from service.config import Settings
 from service.db import IN_FLIGHT, WAITING, Audit, AuditItem, Job, Upload, new_id, tenant_row, utcnow
+from service.domain import ItemStatus
 from service.errors import invalid, too_many
 from service.storage import Store
 
@@ -165,7 +166,7 @@ def create(session: Session, tenant_id: str, request: dict[str, Any], revisions:
             chunk = items[start:start + size]
             batch = start // size
             rows += [dict(audit_id=audit.id, model=model, position=pos, batch=batch, label=item.get("label"),
-                          input={k: v for k, v in item.items() if k != "label"}, status="queued", attempts=0)
+                          input={k: v for k, v in item.items() if k != "label"}, status=ItemStatus.QUEUED, attempts=0)
                      for pos, item in chunk]
             batches.append(_child(audit, "audit_batch", model, revision, settings.job_queue,
                                   {"audit_id": audit.id, "model": model, "batch": batch}))

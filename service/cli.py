@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from service.config import Settings
+from service.domain import JobStatus
 from service.terminal import summary, wait_with_progress
 
 
@@ -289,7 +290,7 @@ def submit(model: str, text: str | None, premise: str | None, hypothesis: str | 
     except ApiError as e:
         raise click.ClickException(_problem_text(e)) from None
     click.echo(json.dumps(job, indent=2) if as_json else summary(job))
-    if job["status"] in ("failed", "cancelled"):
+    if job["status"] in (JobStatus.FAILED, JobStatus.CANCELLED):
         sys.exit(1)
 
 
@@ -443,7 +444,7 @@ def audit(corpus: str, models: tuple[str, ...], methods: tuple[str, ...], layers
         raise click.ClickException(_problem_text(e)) from None
     c = doc["counts"]
     click.echo(f"audit {doc['id']}: {doc['status']} — {c['done']} done, {c['failed']} failed of {c['total']}")
-    if doc["status"] in ("failed", "cancelled"):
+    if doc["status"] in (JobStatus.FAILED, JobStatus.CANCELLED):
         sys.exit(1)
 
 

@@ -26,6 +26,14 @@ class JobKind(StrEnum):
     AUDIT_FINALIZE = "audit_finalize"  # the audit's aggregates and report, once its batches have ended
 
 
+class ItemStatus(StrEnum):
+    """An audit item through one model."""
+
+    QUEUED = "queued"
+    DONE = "done"
+    FAILED = "failed"
+
+
 # the statuses a client sees (WAITING is an audit finaliser's, internal)
 JOB_STATES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)

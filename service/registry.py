@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.db import Model
+from service.domain import IN_FLIGHT, JobStatus
 from service.errors import Problem, conflict, invalid, not_found
 from service.storage import Store
 
@@ -149,7 +150,7 @@ def reidentify(conn: Any, store: Store) -> dict[str, int]:
     counts = {"unchanged": 0, "changed": 0, "withdrawn": 0}
     for row in conn.execute(select(Model.id, Model.tenant_id, Model.name, Model.revision, Model.storage_key)).all():
         waiting = (Job.tenant_id == row.tenant_id, Job.model_name == row.name, Job.model_revision == row.revision,
-                   Job.status.in_(("queued", "running")))
+                   Job.status.in_(IN_FLIGHT))
         with tempfile.TemporaryDirectory(prefix="lantern-rehash-") as tmp:
             try:
                 new = bundle_revision(materialise(store, row.storage_key, Path(tmp)))
@@ -164,7 +165,7 @@ def reidentify(conn: Any, store: Store) -> dict[str, int]:
         else:
             problem = conflict(f"model {row.name!r} revision {row.revision[:12]} was withdrawn: its stored files do "
                                f"not form a valid bundle ({why[:200]}); register it again").body()
-            conn.execute(update(Job).where(*waiting).values(status="failed", error=problem, finished_at=utcnow(),
+            conn.execute(update(Job).where(*waiting).values(status=JobStatus.FAILED, error=problem, finished_at=utcnow(),
                                                              lease_owner=None, lease_expires_at=None))
             conn.execute(delete(Model).where(Model.id == row.id))
             for key in store.list(row.storage_key):

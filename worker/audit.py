@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from service import audit_lifecycle as lifecycle
 from service.db import Audit, AuditItem, Job
+from service.domain import ItemStatus, JobStatus
 from service.runtime import Runtime
 from worker.artifacts import Files, store_files
 
@@ -62,7 +63,7 @@ def _explain(rt: Runtime, job: Job, worker: str, todo: list[AuditItem], engine: 
                     type(e).__name__)
     else:
         for item, result in zip(todo, results, strict=True):
-            write_item(rt, item.id, job.id, worker, "done", 1, result=result)
+            write_item(rt, item.id, job.id, worker, ItemStatus.DONE, 1, result=result)
         return len(todo), 0
     done = 0
     for n, item in enumerate(todo):
@@ -85,7 +86,7 @@ def within_limit(rt: Runtime, job: Job, worker: str, adapter: Any, item: AuditIt
             return True
         error = Problem(422, "Input too long", f"the input has {n} tokens; the limit is "
                                                f"{rt.settings.max_tokens}").body()
-    write_item(rt, item.id, job.id, worker, "failed", 1, error=error)
+    write_item(rt, item.id, job.id, worker, ItemStatus.FAILED, 1, error=error)
     return False
 
 
@@ -96,17 +97,17 @@ def one_item(rt: Runtime, job: Job, worker: str, item: AuditItem, engine: Engine
 
     for attempt in range(1, rt.settings.max_attempts + 1):
         try:
-            write_item(rt, item.id, job.id, worker, "done", attempt, result=engine([item])[0])
+            write_item(rt, item.id, job.id, worker, ItemStatus.DONE, attempt, result=engine([item])[0])
             return True
         except InputError as e:  # this item cannot be explained: no retry
-            write_item(rt, item.id, job.id, worker, "failed", attempt, error=problem_of(e))
+            write_item(rt, item.id, job.id, worker, ItemStatus.FAILED, attempt, error=problem_of(e))
             return False
         except Exception as e:
             if _stops_the_batch(e):
                 raise
             log.warning("audit item %d attempt %d failed: %s", item.position, attempt, type(e).__name__)
             if attempt == rt.settings.max_attempts:
-                write_item(rt, item.id, job.id, worker, "failed", attempt, error=problem_of(e))
+                write_item(rt, item.id, job.id, worker, ItemStatus.FAILED, attempt, error=problem_of(e))
     return False
 
 
@@ -166,7 +167,7 @@ def run_finalize(rt: Runtime, job: Job, worker: str, progress: Progress) -> tupl
 
     audit_id = _audit_id(job)
     with rt.db.session() as s:
-        if _audit(s.get(Audit, audit_id), job).status == "cancelled":
+        if _audit(s.get(Audit, audit_id), job).status == JobStatus.CANCELLED:
             return {"skipped": "cancelled"}, {}
     lifecycle.fail_unprocessed(rt.db, audit_id)
     progress(0.2)

@@ -12,6 +12,7 @@ from service import jobs, models
 from service.api.base import Blueprint, runtime
 from service.api.schemas import IdempotencyHeaders, JobListQuery, JobListSchema, JobRequestSchema, JobSchema
 from service.db import Artifact, utcnow
+from service.domain import IN_FLIGHT
 from service.errors import Problem, invalid, not_found
 from service.queue import send_job
 from service.storage import ObjectNotFound
@@ -98,7 +99,7 @@ class JobById(MethodView):
             doc = jobs.document(job, jobs.artifacts_of(s, job.id))
         body = json.dumps(doc, sort_keys=True).encode()
         headers = {"ETag": f'"{etag}"', "Cache-Control": "no-cache"}
-        if doc["status"] in ("queued", "running"):
+        if doc["status"] in IN_FLIGHT:
             headers["Retry-After"] = str(runtime().settings.retry_after)
         return Response(body, status=200, mimetype="application/json", headers=headers)
 
