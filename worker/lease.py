@@ -17,14 +17,14 @@ words. The sidecar beats every lease_seconds/3 while a slot holds a job, and exi
 """
 from __future__ import annotations
 
-import base64
 import ctypes
+import dataclasses
 import fcntl
+import json
 import logging
 import math
 import mmap
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -32,12 +32,13 @@ import threading
 import time
 
 from service import jobs
+from service.config import Settings
 from service.db import Database
 
 log = logging.getLogger("lantern.worker")
 
 SLOTS = 8  # jobs in flight per worker process (prefork runs one; threads in tests may run a few)
-SPEC = 4096  # bytes for one job's (id, lease owner, settings), pickled and base64-encoded (no NUL bytes)
+SPEC = 4096  # bytes for one job's (id, lease owner, settings) as JSON (which escapes NUL: none in the bytes)
 POLL = 0.1  # seconds between the sidecar's looks at its slots and at its parent
 START_TIMEOUT = 60.0
 
@@ -132,9 +133,9 @@ class Keeper:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def hold(self, settings, job_id: str, worker: str) -> Lease:
+    def hold(self, settings: Settings, job_id: str, worker: str) -> Lease:
         # the settings travel with each job (database URL, lease length), in memory only: never on a command line
-        spec = base64.b64encode(pickle.dumps((job_id, worker, settings)))
+        spec = json.dumps([job_id, worker, dataclasses.asdict(settings)]).encode()
         if len(spec) >= SPEC:
             raise ValueError(f"a job's lease spec over {SPEC - 1} bytes")
         with self.slots_lock:
@@ -193,7 +194,7 @@ def keeper() -> Keeper:
         return found
 
 
-def hold(settings, job_id: str, worker: str) -> Lease:
+def hold(settings: Settings, job_id: str, worker: str) -> Lease:
     return keeper().hold(settings, job_id, worker)
 
 
@@ -217,7 +218,7 @@ def keep(parent: int, shared: Shared) -> None:
         now = time.monotonic()
         for slot, (generation, spec) in enumerate(shared.read() or ()):
             if slot not in held or held[slot][0] != generation:  # a new hold or a release: the claim just set it
-                job = pickle.loads(base64.b64decode(spec)) if spec else None
+                job = _job(spec) if spec else None
                 held[slot] = (generation, job, now + _interval(job))
             generation, job, due = held[slot]
             if job is None or now < due:
@@ -232,6 +233,12 @@ def keep(parent: int, shared: Shared) -> None:
         time.sleep(POLL)
     for db in databases.values():
         db.dispose()
+
+
+def _job(spec: bytes) -> tuple[str, str, Settings]:
+    """(job id, lease owner, settings) from a slot's spec: plain JSON, never code (no pickle across processes)."""
+    job_id, worker, values = json.loads(spec)
+    return job_id, worker, Settings(**values)
 
 
 def _database(databases: dict[str, Database], url: str, in_use: set[str]) -> Database:
