@@ -28,13 +28,14 @@ from service.db import (
     tenant_row,
     utcnow,
 )
-from service.domain import ItemStatus, JobStatus
+from service.domain import ItemStatus, JobKind, JobStatus
 from service.errors import conflict, not_found
 
 ITEM_ENDED = (ItemStatus.DONE, ItemStatus.FAILED)
 NOT_PROCESSED = {"title": "Not processed", "status": 500,
                  "detail": "its micro-batch was dead-lettered after repeated worker loss"}
 NOTHING_EXPLAINED = {"title": "Audit failed", "status": 500, "detail": "no item could be explained; see items.csv"}
+FINALISER_FAILED = {"title": "Audit failed", "status": 500, "detail": "its report could not be made"}
 
 # a fold gets the open session (to read the batch's items) and the running state; it answers the new state and
 # the aggregates derived from it, or None when there is nothing to fold (the batch was folded already)
@@ -154,6 +155,17 @@ def release_finalizers(db: Database, send: Callable[[str, str], None]) -> int:
     for job_id, queue in ready:
         send(job_id, queue)
     return len(ready)
+
+
+def fail_abandoned(db: Database) -> int:
+    """An audit whose finaliser job ended without finishing it (it failed, or was dead-lettered) -> failed, with
+    that job's error: no audit stays running for ever. Run after every audit job and by the reaper."""
+    with db.session() as s:
+        abandoned = s.execute(select(Audit.id, Job.error).join(Job, Job.audit_id == Audit.id).where(
+            Job.kind == JobKind.AUDIT_FINALIZE, Job.status == JobStatus.FAILED, Audit.status.in_(IN_FLIGHT))).all()
+        return sum(changed(s, update(Audit).where(Audit.id == audit_id, Audit.status.in_(IN_FLIGHT)).values(
+            **_bump(status=JobStatus.FAILED, finished_at=utcnow(), error=error or FINALISER_FAILED)))
+            for audit_id, error in abandoned)
 
 
 # --- worker side: the finaliser ----------------------------------------------------------------------------

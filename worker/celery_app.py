@@ -84,7 +84,7 @@ class Reaper(threading.Thread):
 
     def work(self, rt: Runtime) -> None:
         from service import jobs
-        from service.audit_lifecycle import release_finalizers
+        from service.audit_lifecycle import fail_abandoned, release_finalizers
         from service.queue import held_job_ids, send_job
 
         if not jobs.lead(rt.db, "reaper", self.owner, rt.settings.reaper_interval * 3):
@@ -95,6 +95,7 @@ class Reaper(threading.Thread):
 
         counts = jobs.reap(rt.db, rt.settings, send, held=lambda: held_job_ids(app, queues))
         counts["finalizers"] = release_finalizers(rt.db, send)
+        counts["abandoned audits"] = fail_abandoned(rt.db)
         if any(counts.values()):
             log.info("reaper: %s", counts)
         if time.monotonic() >= self.next_purge:

@@ -163,12 +163,14 @@ def _when_recorded(record: Callable[[], bool]) -> bool:
 
 
 def _release_finalizers(rt: Runtime) -> None:
-    """Right after a batch ends, start its audit's finaliser if it was the last (the reaper does it otherwise)."""
-    from service.audit_lifecycle import release_finalizers
+    """Right after an audit's job ends: start its finaliser if that was the last batch, or fail the audit if its
+    finaliser failed (the reaper does both otherwise)."""
+    from service.audit_lifecycle import fail_abandoned, release_finalizers
     from service.queue import send_job
 
     try:
         release_finalizers(rt.db, lambda job_id, queue: send_job(rt.celery, job_id, queue))
+        fail_abandoned(rt.db)
     except Exception:  # the reaper's next pass does the same
         log.warning("could not release audit finalisers now; the reaper will")
 

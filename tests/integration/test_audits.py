@@ -7,7 +7,7 @@ import io
 import json
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from service.db import Audit, AuditItem, Job
 from worker.report import STOP_WORDS, spearman
@@ -175,3 +175,33 @@ def test_a_bad_item_fails_alone(api, runtime):
     with runtime.db.session() as s:
         bad = s.scalars(select(AuditItem).where(AuditItem.audit_id == audit_id, AuditItem.position == 1)).one()
     assert bad.status == "failed" and bad.error["status"] == 422
+
+
+def test_an_audit_whose_finaliser_is_dead_lettered_ends_failed(api, runtime):
+    """Its report could not be made: the audit says failed with the finaliser's error, not running for ever."""
+    from datetime import timedelta
+
+    from service import jobs
+    from service.audit_lifecycle import fail_abandoned, release_finalizers
+    from service.db import utcnow
+    from worker.runner import run_job
+
+    resp = api.post("/v1/audits", json={"model": "cnn-rt", "corpus": {"items": ITEMS[:2]}, "methods": ["gradient"]})
+    audit_id = resp.get_json()["id"]
+    with runtime.db.session() as s:
+        batches = s.scalars(select(Job.id).where(Job.audit_id == audit_id, Job.kind == "audit_batch")).all()
+    assert all(run_job(runtime, job_id, "w1") == "succeeded" for job_id in batches)
+    release_finalizers(runtime.db, lambda job_id, queue: None)
+    with runtime.db.session() as s:
+        final = s.scalars(select(Job.id).where(Job.audit_id == audit_id, Job.kind == "audit_finalize")).one()
+    for attempt in range(runtime.settings.max_attempts):  # its worker dies every time
+        assert jobs.claim(runtime.db, final, f"dying-{attempt}", runtime.settings, "cpu")
+        with runtime.db.session() as s:
+            s.execute(update(Job).where(Job.id == final).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+    jobs.reap(runtime.db, runtime.settings, lambda job_id, queue: None)
+    assert api.get(f"/v1/audits/{audit_id}").get_json()["status"] == "running"
+    assert fail_abandoned(runtime.db) >= 1
+    doc = api.get(f"/v1/audits/{audit_id}").get_json()
+    assert doc["status"] == "failed" and "dead-lettered" in doc["error"]["title"].lower() + doc["error"]["detail"]
+    fail_abandoned(runtime.db)  # a second pass leaves it as it is
+    assert api.get(f"/v1/audits/{audit_id}").get_json()["finished_at"] == doc["finished_at"]
