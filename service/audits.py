@@ -17,12 +17,13 @@ from sqlalchemy.orm import Session
 from service.audit_lifecycle import (
     artifacts_of,
     counts,
-    release_finalizers,  # noqa: F401 (its old home: the reaper imports it here)
+    release_finalizers,  # noqa: F401 (its old home, where tests import it)
 )
 from service.config import Settings
 from service.db import IN_FLIGHT, WAITING, Audit, AuditItem, Job, Upload, new_id, tenant_row, utcnow
 from service.domain import ItemStatus
-from service.errors import invalid, too_many
+from service.errors import Problem, invalid, too_many
+from service.jsontext import loads
 from service.storage import Store
 
 ITEM_FIELDS = ({"text"}, {"premise", "hypothesis"})
@@ -77,12 +78,18 @@ def parse_corpus_file(data: bytes, filename: str, settings: Settings) -> list[di
 
 
 def _jsonl_rows(text: str) -> Iterator[tuple[int, Any]]:
+    """Each line parsed once, under the same depth and text rules as a request body (service/jsontext.py)."""
     for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
-                yield n, json.loads(line)
+                yield n, loads(line, f"line {n} of the file")
             except ValueError:
                 raise invalid(f"line {n}: not a JSON object", "file") from None
+            except Problem as e:
+                if e.status == 422:  # the text rule: name the line, never echo the text
+                    raise invalid(f"line {n}: invalid text: a lone UTF-16 surrogate or a NUL character",
+                                  "file") from None
+                raise
 
 
 def _csv_rows(text: str) -> Iterator[tuple[int, Any]]:

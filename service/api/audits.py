@@ -11,7 +11,6 @@ from sqlalchemy import select
 from service import audit_lifecycle as lifecycle
 from service import audits, jobs
 from service.api.base import Blueprint, runtime
-from service.api.guard import check_upload_lines
 from service.api.jobs import artifact_response, model_field
 from service.api.schemas import AuditRequestSchema, AuditSchema, UploadSchema
 from service.db import IN_FLIGHT, Artifact, utcnow
@@ -79,7 +78,6 @@ class Uploads(MethodView):
         if file is None:
             raise invalid("send the corpus as multipart field 'file'", "file")
         data = file.read()
-        check_upload_lines(data)
         with rt.db.session() as s:
             upload = audits.store_upload(s, rt.store, g.caller.tenant_id, file.filename or "corpus", data,
                                          rt.settings)
