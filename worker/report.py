@@ -371,10 +371,18 @@ def _finite(value: Any) -> float | None:
 # --- report files ----------------------------------------------------------------------------------------
 
 
-def csv_cell(value: Any) -> str:
-    """CSV cells that a spreadsheet would run as a formula are neutralised (docs/api.md)."""
-    text = "" if value is None else str(value)
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A string cell that a spreadsheet would run as a formula is neutralised with a leading `'` (docs/api.md);
+    numbers stay numbers (a negative lift is data, not a formula, and must read back as a float)."""
+    if value is None:
+        return ""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value
+    text = str(value)
+    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
 
 
 def items_csv(items: list[dict[str, Any]], request: dict[str, Any]) -> bytes:
