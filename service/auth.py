@@ -79,6 +79,19 @@ def authenticate(session: Session, header: str | None) -> Caller:
     row = session.get(ApiKey, parts[0]) if len(parts) == 2 else None
     if row is None or not hmac.compare_digest(row.secret_hash, _digest(plain)):
         raise unauthorized("unknown API key")
+    return _caller(session, row)
+
+
+def authenticate_key_id(session: Session, key_id: str) -> Caller:
+    """The caller of a key already proven once (the web UI's session holds its id, never the key): 401 when the
+    key is gone, expired or revoked since."""
+    row = session.get(ApiKey, key_id)
+    if row is None:
+        raise unauthorized("unknown API key")
+    return _caller(session, row)
+
+
+def _caller(session: Session, row: ApiKey) -> Caller:
     now = utcnow()
     if row.revoked_at is not None:
         raise unauthorized("this API key was revoked")

@@ -67,6 +67,10 @@ class Settings:
     log_level: str = "INFO"
     log_json: bool = False
     retry_after: int = 1  # seconds a client should wait before polling
+    # the web UI's session cookies are signed with this (required in production; the embedded default keeps one in
+    # data_dir/secret_key, so every API process on the machine agrees); never shown (repr=False)
+    secret_key: str = field(default="", repr=False)
+    secure_cookies: bool = False  # the site is served over HTTPS: session cookies are marked Secure
 
     # worker observability
     worker_metrics_port: int = 0  # >0: the worker's main process serves /metrics and /healthz on this port

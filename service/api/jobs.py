@@ -32,32 +32,7 @@ class Jobs(MethodView):
     @blp.problems(400, 409, 413, 429)  # 409: Idempotency-Key reused with another body; 429: over a tenant limit
     def post(self, body: dict, headers: dict):
         """Submit one explanation job. Answers 202 at once; poll the Location."""
-        rt, caller = runtime(), g.caller
-        key = headers.get("key")
-        digest = jobs.request_hash(body)
-        with rt.db.session() as s:
-            replay = jobs.find_idempotent(s, caller.tenant_id, key, digest)
-            if replay is not None:
-                return _accepted(jobs.document(replay, jobs.artifacts_of(s, replay.id)))
-            ref = model_field(s, caller.tenant_id, body["model"], "model")
-            asked = ExplainRequest.from_document(body)
-            checked = validated(rt.adapters.get(ref), asked, rt.settings)
-            compare = {}
-            for other in body["compare_with"]:
-                other_ref = model_field(s, caller.tenant_id, other, "compare_with")
-                validated(rt.adapters.get(other_ref), asked, rt.settings)
-                compare[other] = other_ref.revision
-            jobs.check_limits(s, caller.tenant_id, rt.settings)
-            row = {**body, **checked.document(), "compare_revisions": compare}  # the body's keys, params filled
-            job = jobs.create(s, caller.tenant_id, row, ref.revision, rt.settings.job_queue, key, digest)
-            job.enqueued_at = utcnow()  # stamped before the commit: a send in progress never looks unsent
-            doc = jobs.document(job, [])
-        try:
-            send_job(rt.celery, job.id, job.queue)
-        except Exception as e:  # the row is the truth: the reaper sends it when the broker is back
-            jobs.mark_unsent(rt.db, job.id)
-            log.warning("broker unavailable (%s); job %s stays queued for the reaper", type(e).__name__, job.id)
-        return _accepted(doc)
+        return _accepted(submit(body, headers.get("key")))
 
     @blp.arguments(JobListQuery, location="query")
     @blp.response(200, JobListSchema)
@@ -69,6 +44,36 @@ class Jobs(MethodView):
                                          query.get("status"), query.get("model"))
             return {"items": [jobs.document(j, jobs.artifacts_of(s, j.id), with_result=False) for j in items],
                     "next_cursor": cursor}
+
+
+def submit(body: dict, key: str | None) -> dict:
+    """Validate and queue a job for g.caller (the API's POST /v1/jobs and the web UI's form): the job document.
+    `body` is a loaded JobRequestSchema; `key` an Idempotency-Key (its replay gives the earlier job)."""
+    rt, caller = runtime(), g.caller
+    digest = jobs.request_hash(body)
+    with rt.db.session() as s:
+        replay = jobs.find_idempotent(s, caller.tenant_id, key, digest)
+        if replay is not None:
+            return jobs.document(replay, jobs.artifacts_of(s, replay.id))
+        ref = model_field(s, caller.tenant_id, body["model"], "model")
+        asked = ExplainRequest.from_document(body)
+        checked = validated(rt.adapters.get(ref), asked, rt.settings)
+        compare = {}
+        for other in body["compare_with"]:
+            other_ref = model_field(s, caller.tenant_id, other, "compare_with")
+            validated(rt.adapters.get(other_ref), asked, rt.settings)
+            compare[other] = other_ref.revision
+        jobs.check_limits(s, caller.tenant_id, rt.settings)
+        row = {**body, **checked.document(), "compare_revisions": compare}  # the body's keys, params filled
+        job = jobs.create(s, caller.tenant_id, row, ref.revision, rt.settings.job_queue, key, digest)
+        job.enqueued_at = utcnow()  # stamped before the commit: a send in progress never looks unsent
+        doc = jobs.document(job, [])
+    try:
+        send_job(rt.celery, job.id, job.queue)
+    except Exception as e:  # the row is the truth: the reaper sends it when the broker is back
+        jobs.mark_unsent(rt.db, job.id)
+        log.warning("broker unavailable (%s); job %s stays queued for the reaper", type(e).__name__, job.id)
+    return doc
 
 
 def model_field(session, tenant_id: str, name: str, field: str) -> models.ModelRef:
