@@ -76,7 +76,7 @@ def run_batch(
         out.append(token_result(adapter, one, Target(target.index[i : i + 1], target.score), scores,
                                 f"LRP-ε (ε={params['epsilon']:g}, sum over embedding dims)", {"relevance": r},
                                 rule=params["rule"], epsilon=float(params["epsilon"]), start=float(start[i]),
-                                total=total, absorbed=float(start[i]) - total))
+                                total=total, absorbed=float(start[i]) - total, output=float(start[i])))
     progress(1.0)
     return out
 

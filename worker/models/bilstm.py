@@ -7,6 +7,9 @@ concatenated, as ``nn.LSTM`` returns them; zeros at padded positions), ``pool`` 
 reaches a real position (the backward direction starts at each item's last real token).
 
 ``config["model"]``: ``embedding_size``, ``hidden_size`` (per direction), ``layers``, ``dropout`` (training only).
+
+LRP rules (the ``lrp_rules`` capability): the LSTM rules of Arras et al. 2017 in every layer and direction
+(:func:`worker.models.relevance.lstm`), winner-takes-all through the max-pool, the ε-rule on the output layer.
 """
 from __future__ import annotations
 
@@ -17,7 +20,10 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from worker.capabilities import Capability
+from worker.models import relevance
 from worker.models.native import NativeAdapter, masked_max, sequence_lengths
+from worker.models.protocols import ScoreTarget
 
 
 def run_packed(lstm: nn.LSTM, x: torch.Tensor, mask: torch.Tensor, state=None):
@@ -41,19 +47,30 @@ class BiLSTMClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.output = nn.Linear(2 * hidden_size, classes)
 
-    def steps(self, x: torch.Tensor, mask: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+    def steps(self, x: torch.Tensor, mask: torch.Tensor, ops: relevance.Ops = relevance.PLAIN
+              ) -> Iterator[tuple[str, torch.Tensor]]:
+        """The layers in order; with ``ops`` = :class:`~worker.models.relevance.Rules` the LSTMs run under the LSTM
+        rules (same values, LRP's backward). The output layer's ε-rule is the relevance seed's."""
         yield "embeddings", x
         hidden = x
         for k, lstm in enumerate(self.lstm, 1):
-            hidden, _ = run_packed(lstm, self.dropout(hidden), mask)
+            if isinstance(ops, relevance.Rules):
+                hidden = relevance.lstm(lstm, hidden, mask, ops.eps)
+            else:
+                hidden, _ = run_packed(lstm, self.dropout(hidden), mask)
             yield f"lstm.{k}", hidden
         pooled = masked_max(hidden, mask)
         yield "pool", pooled
         yield "output", self.output(self.dropout(pooled))
 
+    def lrp_logits(self, x: torch.Tensor, mask: torch.Tensor, eps: float) -> torch.Tensor:
+        """The logits under the LRP rules (eval mode): the same values as ``steps``, a backward that carries them."""
+        return dict(self.steps(x, mask, relevance.Rules(eps)))["output"]
+
 
 class BiLSTMAdapter(NativeAdapter):
     kind = "bilstm"
+    offers = NativeAdapter.offers | {Capability.LRP_RULES}
 
     @staticmethod
     def architecture(h: dict[str, Any], vocab_size: int, classes: int) -> BiLSTMClassifier:
@@ -62,3 +79,9 @@ class BiLSTMAdapter(NativeAdapter):
 
     def step_names(self) -> list[str]:
         return ["embeddings", *(f"lstm.{k}" for k in range(1, int(self.hyper["layers"]) + 1)), "pool", "output"]
+
+    def lrp_relevance(self, x: torch.Tensor, mask: torch.Tensor, target: ScoreTarget, epsilon: float
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The ``lrp_rules`` capability (module docstring)."""
+        module = self.module
+        return relevance.input_relevance(x, lambda e: module.lrp_logits(e, mask, epsilon), target, epsilon)
