@@ -1,0 +1,295 @@
+"""Result documents → what the templates draw: every number and colour class is decided here, so the templates
+only lay them out and escape them (docs/viewer.md, "Job view")."""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import quote
+
+from worker.render.page.palette import Scale, fmt
+from worker.report import spearman
+
+ArtifactUrl = Callable[[str], str]
+MATRIX_CELLS = 96 * 96  # larger matrices are left to the PNG figures: SVG of every cell would outweigh the page
+
+
+def shaded(texts: Sequence[str], values: Sequence[float | None], special: Sequence[bool] = ()) -> dict[str, Any]:
+    """A run of texts shaded by their values on one scale, with its legend."""
+    scale = Scale([v for v, s in zip(values, _pad(special, len(values)), strict=True) if not s])
+    cells = [{"text": t, "value": fmt(v), "cls": scale.level(v), "special": s}
+             for t, v, s in zip(texts, values, _pad(special, len(values)), strict=True)]
+    return {"cells": cells, "signed": scale.signed, "legend": scale.legend()}
+
+
+def _pad(flags: Sequence[bool], n: int) -> list[bool]:
+    return [bool(f) for f in flags][:n] + [False] * max(0, n - len(flags))
+
+
+def word_special(result: dict[str, Any]) -> list[bool]:
+    """A word is special when every token of it is (a [CLS] word, an ESIM separator)."""
+    special = result.get("special") or []
+    return [bool(group) and all(special[t] for t in group if t < len(special))
+            for group in result.get("words") or []]
+
+
+def is_token_scoring(part: Any, result: dict[str, Any]) -> bool:
+    return (isinstance(part, dict) and isinstance(part.get("scores"), list)
+            and len(part["scores"]) == len(result.get("tokens") or []) and isinstance(part.get("word_scores"), list))
+
+
+def token_methods(result: dict[str, Any]) -> list[str]:
+    return [m for m, part in (result.get("methods") or {}).items() if is_token_scoring(part, result)]
+
+
+def faithfulness_rows(result: dict[str, Any], methods: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for m in methods:
+        f = result["methods"][m].get("faithfulness")
+        if isinstance(f, dict):
+            rnd = f.get("random") or {}
+            rows.append({"method": m, "comprehensiveness": f.get("comprehensiveness"),
+                         "sufficiency": f.get("sufficiency"), "random": rnd.get("comprehensiveness"),
+                         "random_sufficiency": rnd.get("sufficiency"), "lift": f.get("lift")})
+    return rows
+
+
+def bar_chart(rows: list[dict[str, Any]], series: list[str], label: str = "method") -> dict[str, Any] | None:
+    """A grouped horizontal bar chart (inline SVG) of `series` per row; bars start at 0 and may go negative."""
+    values = [r[s] for r in rows for s in series if isinstance(r.get(s), (int, float)) and math.isfinite(r[s])]
+    if not values:
+        return None
+    low, high = min(0.0, *values), max(0.0, *values)
+    span = (high - low) or 1.0
+    left, width, bar, gap = 150, 320, 11, 10
+    group = bar * len(series) + gap
+    zero = left + width * (0 - low) / span
+    bars = []
+    for i, row in enumerate(rows):
+        for j, s in enumerate(series):
+            v = row.get(s)
+            if not isinstance(v, (int, float)) or not math.isfinite(v):
+                continue
+            x = left + width * (min(v, 0) - low) / span
+            bars.append({"x": round(x, 1), "y": 20 + i * group + j * bar, "w": round(max(width * abs(v) / span, 1), 1),
+                         "h": bar - 2, "series": j, "name": s, "row": row[label], "value": fmt(v), "raw": v})
+    return {"rows": [{"label": r[label], "y": 20 + i * group + bar * len(series) / 2} for i, r in enumerate(rows)],
+            "bars": bars, "series": series, "zero": round(zero, 1), "low": fmt(low), "high": fmt(high),
+            "left": left, "right": left + width, "height": 30 + len(rows) * group, "width": left + width + 20}
+
+
+def agreement(result: dict[str, Any], methods: list[str]) -> list[dict[str, Any]]:
+    """Spearman ρ of the word scores between every two methods (real words only)."""
+    keep = [i for i, s in enumerate(word_special(result)) if not s]
+    out = []
+    for n, a in enumerate(methods):
+        for b in methods[n + 1:]:
+            sa, sb = (result["methods"][m]["word_scores"] for m in (a, b))
+            rho = spearman([sa[i] for i in keep], [sb[i] for i in keep])
+            out.append({"a": a, "b": b, "rho": fmt(rho), "raw": rho})
+    return out
+
+
+def word_table(result: dict[str, Any], methods: list[str]) -> dict[str, Any]:
+    """Words × methods: every word's score per method, each column on its own scale."""
+    words, special = result.get("word_strings") or [], word_special(result)
+    columns = []
+    for m in methods:
+        scores = result["methods"][m]["word_scores"]
+        scale = Scale([v for v, s in zip(scores, special, strict=False) if not s])
+        columns.append([{"value": fmt(v), "raw": v, "cls": scale.level(v)} for v in scores])
+    rows = [{"word": w, "special": special[i] if i < len(special) else False,
+             "cells": [col[i] for col in columns]} for i, w in enumerate(words)]
+    return {"methods": methods, "rows": rows}
+
+
+def line_chart(points: list[tuple[str, float]], title: str) -> dict[str, Any] | None:
+    """A small line chart over named x positions (sigma's sentence entropy per layer)."""
+    ys = [y for _, y in points if isinstance(y, (int, float)) and math.isfinite(y)]
+    if len(ys) < 1:
+        return None
+    low, high = min(ys), max(ys)
+    span = (high - low) or 1.0
+    left, width, top, height = 60, max(60 * (len(points) - 1), 60), 14, 120
+    step = width / max(len(points) - 1, 1)
+    dots = [{"x": round(left + i * step, 1), "y": round(top + height * (high - y) / span, 1), "label": x,
+             "value": fmt(y)} for i, (x, y) in enumerate(points)]
+    return {"dots": dots, "path": " ".join(f"{d['x']},{d['y']}" for d in dots), "title": title,
+            "low": fmt(low), "high": fmt(high), "left": left, "top": top, "bottom": top + height,
+            "width": left + width + 40, "height": top + height + 40}
+
+
+def matrix(values: list[list[float]], rows: Sequence[str], cols: Sequence[str], cell: int = 14) -> dict[str, Any] | None:
+    """A heat map as SVG cells with a <title> each (hover), or None when too large to draw inline."""
+    if not values or not values[0] or len(values) * len(values[0]) > MATRIX_CELLS:
+        return None
+    scale = Scale([v for row in values for v in row])
+    left, top = 8 + 7 * max((len(r) for r in rows), default=1), 8 + 7 * max((len(c) for c in cols), default=1)
+    left, top = min(left, 160), min(top, 160)
+    cells = [{"x": left + j * cell, "y": top + i * cell, "fill": scale.colour(v),
+              "tip": f"{rows[i] if i < len(rows) else i} → {cols[j] if j < len(cols) else j}: {fmt(v)}"}
+             for i, row in enumerate(values) for j, v in enumerate(row)]
+    return {"cells": cells, "cell": cell, "left": left, "top": top,
+            "rows": [{"label": r, "y": top + i * cell + cell * 0.7} for i, r in enumerate(rows)],
+            "cols": [{"label": c, "x": left + j * cell + cell * 0.7} for j, c in enumerate(cols)],
+            "width": left + cell * len(values[0]) + 8, "height": top + cell * len(values) + 8,
+            "legend": scale.legend(), "signed": scale.signed}
+
+
+def sigma_view(part: dict[str, Any], result: dict[str, Any]) -> dict[str, Any] | None:
+    """Information per word per layer as small multiples (one shaded sentence per layer, one scale for all layers
+    so they compare) and the sentence entropy per layer (Guan et al. Fig. 3/7)."""
+    layers = part.get("layers")
+    if not isinstance(layers, dict) or not layers:
+        return None
+    words, special = result.get("word_strings") or [], word_special(result)
+    every = [v for layer in layers.values() for v, s in zip(layer.get("word_scores") or [], special, strict=False)
+             if not s]
+    scale = Scale(every)
+    multiples = [{"layer": name, "cells": [{"text": w, "value": fmt(v), "cls": scale.level(v),
+                                            "special": special[i] if i < len(special) else False}
+                                           for i, (w, v) in enumerate(zip(words, layer.get("word_scores") or [],
+                                                                          strict=False))]}
+                 for name, layer in layers.items()]
+    entropy = line_chart([(name, layer.get("sentence_entropy")) for name, layer in layers.items()],
+                         "sentence entropy per layer")
+    return {"multiples": multiples, "legend": scale.legend(), "signed": scale.signed, "entropy": entropy}
+
+
+def attention_view(part: dict[str, Any], result: dict[str, Any]) -> dict[str, Any] | None:
+    view = part.get("view")
+    if view == "transformer" and part.get("head_average"):
+        tokens = result.get("tokens") or []
+        names = part.get("layers") or [str(i + 1) for i in range(len(part["head_average"]))]
+        layers = [{"layer": n, "matrix": matrix(m, tokens, tokens)} for n, m in zip(names, part["head_average"],
+                                                                                   strict=False)]
+        return {"kind": "transformer", "layers": layers, "heads": part.get("heads")}
+    if view == "esim":
+        p, h = part.get("premise_tokens") or part.get("premise") or [], part.get("hypothesis_tokens") or []
+        return {"kind": "esim", "maps": [
+            {"title": "premise → hypothesis", "matrix": matrix(part.get("premise_to_hypothesis") or [], p, h)},
+            {"title": "hypothesis → premise", "matrix": matrix(part.get("hypothesis_to_premise") or [], h, p)}]}
+    if view == "lm" and part.get("history"):
+        tokens = part.get("tokens") or []
+        return {"kind": "lm", "maps": [{"title": "attention over the history", "matrix":
+                                        matrix(part["history"], tokens, tokens)}]}
+    return None
+
+
+def esim_view(part: dict[str, Any]) -> dict[str, Any] | None:
+    """attention_saliency: alignment and saliency side by side."""
+    p, h = part.get("premise_tokens") or [], part.get("hypothesis_tokens") or []
+    att = part.get("attention") or {}
+    maps = [{"title": "alignment premise → hypothesis", "matrix": matrix(att.get("premise_to_hypothesis") or [], p, h)},
+            {"title": "saliency", "matrix": matrix(part.get("saliency") or [], p, h)}]
+    return {"maps": [m for m in maps if m["matrix"]], "top": part.get("top") or []}
+
+
+def gating_view(part: dict[str, Any]) -> dict[str, Any] | None:
+    """Gate signals per gate and direction: one shaded row of tokens per gate, premise then hypothesis."""
+    gates = part.get("gates")
+    if not isinstance(gates, dict) or not gates:
+        return None
+    tokens = list(part.get("premise_tokens") or []) + list(part.get("hypothesis_tokens") or [])
+    rows = []
+    for name, gate in gates.items():
+        values = gate.get("signal") or []
+        texts = tokens if len(tokens) == len(values) else [str(i) for i in range(len(values))]
+        rows.append({"gate": name, **shaded(texts, values)})
+    return {"rows": rows}
+
+
+def method_views(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One entry per token-scoring method: words and tokens shaded, each on its own scale."""
+    tokens, special = result.get("tokens") or [], result.get("special") or []
+    words, wspecial = result.get("word_strings") or [], word_special(result)
+    out = []
+    for m in token_methods(result):
+        part = result["methods"][m]
+        out.append({"method": m, "words": shaded(words, part["word_scores"], wspecial),
+                    "tokens": shaded(tokens, part["scores"], special),
+                    "params": part.get("params") or {}})
+    return out
+
+
+def single(result: dict[str, Any]) -> dict[str, Any]:
+    """The view of one result document (a job's, a compared model's, an audit item's or a batch item's)."""
+    methods = token_methods(result)
+    parts = result.get("methods") or {}
+    prediction = result.get("prediction") or None
+    probs = sorted((prediction or {}).get("probabilities", {}).items(), key=lambda kv: -kv[1])
+    others = []
+    for m, part in parts.items():
+        if m in methods or not isinstance(part, dict):
+            continue
+        if m == "sigma":
+            view = sigma_view(part, result)
+        elif m == "attention":
+            view = attention_view(part, result)
+        elif m == "attention_saliency":
+            view = esim_view(part)
+        elif m == "gating":
+            view = gating_view(part)
+        else:
+            view = None
+        others.append({"method": m, "kind": m if view else "other", "view": view})
+    faith = faithfulness_rows(result, methods)
+    return {
+        "model": (result.get("model") or {}).get("name"),
+        "prediction": prediction, "target": result.get("target"), "score": result.get("score"),
+        "probabilities": [{"label": k, "p": fmt(v), "raw": v, "pct": round(100 * v, 1)} for k, v in probs],
+        "methods": method_views(result), "others": others,
+        "table": word_table(result, methods) if methods else None,
+        "agreement": agreement(result, methods),
+        "faithfulness": faith,
+        "faithfulness_chart": bar_chart(faith, ["comprehensiveness", "sufficiency", "random", "lift"]),
+        "generation": generation_view(result) if result.get("kind") == "generation" else None,
+    }
+
+
+def generation_view(result: dict[str, Any]) -> dict[str, Any] | None:
+    """A generation result (issue 19): per method a steps × tokens heat map of its S×T `scores`."""
+    steps = [str(s) for s in result.get("generation") or []]
+    tokens = result.get("tokens") or []
+    maps = []
+    for m, part in (result.get("methods") or {}).items():
+        scores = part.get("scores") if isinstance(part, dict) else None
+        if isinstance(scores, list) and scores and isinstance(scores[0], list):
+            maps.append({"title": m, "matrix": matrix(scores, steps or [str(i) for i in range(len(scores))],
+                                                      tokens or [str(i) for i in range(len(scores[0]))])})
+    return {"maps": maps, "text": "".join(steps)} if maps else None
+
+
+def artifacts(document: dict[str, Any], artifact_url: ArtifactUrl | None) -> list[dict[str, Any]]:
+    return [{"name": a["name"], "url": artifact_url(a["name"]) if artifact_url else "./" + quote(a["name"]),
+             "bytes": a.get("bytes"), "content_type": a.get("content_type")}
+            for a in document.get("artifacts") or [] if isinstance(a, dict) and a.get("name")]
+
+
+def job(document: dict[str, Any], artifact_url: ArtifactUrl | None) -> dict[str, Any]:
+    """The job document's view: its result (single, batch or generation), the compared models, its artifacts."""
+    result = document.get("result")
+    items: list[dict[str, Any]] = []
+    if isinstance(result, dict):
+        if result.get("kind") == "batch":
+            items = [single(r) for r in result.get("items") or [] if isinstance(r, dict)]
+        else:
+            items = [single(result)]
+    compare = [single(r) for r in (document.get("compare") or {}).values() if isinstance(r, dict)]
+    model = document.get("model") or (result or {}).get("model") or {}
+    return {"id": document.get("id"), "status": document.get("status") or ("succeeded" if result else None),
+            "model": model.get("name") if isinstance(model, dict) else model,
+            "batch": isinstance(result, dict) and result.get("kind") == "batch",
+            "inputs": (document.get("request") or {}).get("inputs") or {}, "error": document.get("error"),
+            "results": items, "compare": compare, "artifacts": artifacts(document, artifact_url)}
+
+
+def script_data(document: dict[str, Any]) -> dict[str, Any]:
+    """What viewer.js reads (and a test compares with the DOM): per result the words and each method's scores."""
+    result = document.get("result") or {}
+    results = result.get("items") if result.get("kind") == "batch" else [result]
+    return {"results": [{"model": (r.get("model") or {}).get("name"), "words": r.get("word_strings"),
+                         "tokens": r.get("tokens"), "special": r.get("special"), "prediction": r.get("prediction"),
+                         "methods": {m: {"word_scores": r["methods"][m]["word_scores"],
+                                         "scores": r["methods"][m]["scores"]} for m in token_methods(r)}}
+                        for r in results or [] if isinstance(r, dict)]}
