@@ -77,6 +77,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         api.register_blueprint(blp)
     app.register_blueprint(health.blp)
     document(api.spec)
+    from service.ui import register as register_ui
+
+    register_ui(app, runtime)  # the signed-in web pages under /ui/ (their own headers, sessions and error pages)
     _answer_errors(app, api)
     _guard_requests(app, api)
     return app

@@ -24,15 +24,20 @@ blp = Blueprint("catalog", __name__, url_prefix="/v1", description="Methods and 
 @blp.problems()
 def list_methods():
     """Every method with its parameters (JSON schema with defaults) and the model capabilities it requires."""
+    return {"methods": method_catalog()}
+
+
+def method_catalog() -> list[dict]:
+    """The methods as /v1/methods lists them (the web UI's submit form is built from the same list)."""
     from worker.methods import registry
 
     converter = current_app.extensions["lantern.api"].ma_plugin.converter
-    return {"methods": [
+    return [
         {"name": m.name, "summary": m.summary, "params": converter.schema2jsonschema(m.params),
          "needs_head": m.needs_head, "requires": sorted(m.requires.all_of),
          "requires_one_of": list(m.requires.any_of), "takes_layers": m.takes_layers, "tensors": list(m.tensors),
          "sanity": m.sanity}
-        for m in registry().values()]}
+        for m in registry().values()]
 
 
 @blp.route("/models")
