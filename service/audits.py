@@ -23,6 +23,7 @@ from service.config import Settings
 from service.db import IN_FLIGHT, WAITING, Audit, AuditItem, Job, Upload, new_id, tenant_row, utcnow
 from service.domain import ItemStatus
 from service.errors import Problem, invalid, too_many
+from service.jobs import page
 from service.jsontext import loads
 from service.storage import Store
 
@@ -192,6 +193,15 @@ def _child(audit: Audit, kind: str, model: str, revision: str, queue: str, reque
 
 
 # --- reading -----------------------------------------------------------------------------------------
+
+
+def listing(session: Session, tenant_id: str, limit: int, cursor: str | None,
+            status: str | None) -> tuple[list[Audit], str | None]:
+    """The tenant's audits, newest first, paged as jobs are."""
+    q = select(Audit).where(Audit.tenant_id == tenant_id)
+    if status:
+        q = q.where(Audit.status == status)
+    return page(session, q, Audit, limit, cursor)
 
 
 def document(session: Session, audit: Audit) -> dict[str, Any]:

@@ -97,13 +97,18 @@ def listing(session: Session, tenant_id: str, limit: int, cursor: str | None, st
         q = q.where(Job.status == status)
     if model:
         q = q.where(Job.model_name == model)
+    return page(session, q, Job, limit, cursor)
+
+
+def page(session: Session, q: Any, row: Any, limit: int, cursor: str | None) -> tuple[list[Any], str | None]:
+    """One page of rows (jobs or audits), newest first; the cursor is the (created_at, id) of the last item seen."""
     if cursor:
         at, last_id = _decode_cursor(cursor)
-        q = q.where(or_(Job.created_at < at, and_(Job.created_at == at, Job.id < last_id)))
-    jobs = list(session.scalars(q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
-    more = len(jobs) > limit
-    jobs = jobs[:limit]
-    return jobs, (_encode_cursor(jobs[-1]) if more else None)
+        q = q.where(or_(row.created_at < at, and_(row.created_at == at, row.id < last_id)))
+    rows = list(session.scalars(q.order_by(row.created_at.desc(), row.id.desc()).limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (_encode_cursor(rows[-1]) if more else None)
 
 
 def cancel(session: Session, tenant_id: str, job_id: str) -> Job:
@@ -333,10 +338,10 @@ def _timings(job: Job) -> dict[str, float | None]:
             "total_seconds": seconds(job.created_at, job.finished_at)}
 
 
-def _encode_cursor(job: Job) -> str:
+def _encode_cursor(row: Any) -> str:
     import base64
 
-    return base64.urlsafe_b64encode(f"{job.created_at.isoformat()}|{job.id}".encode()).decode()
+    return base64.urlsafe_b64encode(f"{row.created_at.isoformat()}|{row.id}".encode()).decode()
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -188,3 +189,30 @@ def small_disk(size: str = "1m") -> Iterator[Path]:
     finally:
         subprocess.run(["umount", "-l", str(where)], check=False)
         where.rmdir()
+
+
+@contextlib.contextmanager
+def embedded_stack(tmp: Path) -> Iterator[Any]:
+    """`lantern up` (SQLite, the server-less broker, local objects, one worker) in its own process group, as the
+    demo starts it; yields `.url`, `.key` and `.proc`. LANTERN_* settings of this process are left out."""
+    from types import SimpleNamespace
+
+    from service.demo import start_embedded
+
+    saved = {k: os.environ.pop(k) for k in [k for k in os.environ if k.startswith("LANTERN_")]}
+    try:
+        port = free_port()
+        proc, key = start_embedded(tmp / "data", port)
+    finally:
+        os.environ.update(saved)
+    stack = SimpleNamespace(url=f"http://127.0.0.1:{port}", key=key, proc=proc)
+    try:
+        wait_for(lambda: api_ready(stack.url), 60, "the embedded API to be ready")
+        yield stack
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -12,7 +12,7 @@ from service import audit_lifecycle as lifecycle
 from service import audits, jobs
 from service.api.base import Blueprint, runtime
 from service.api.jobs import artifact_response, model_field
-from service.api.schemas import AuditRequestSchema, AuditSchema, UploadSchema
+from service.api.schemas import AuditListQuery, AuditListSchema, AuditRequestSchema, AuditSchema, UploadSchema
 from service.db import IN_FLIGHT, Artifact, utcnow
 from service.errors import invalid, not_found
 from service.queue import send_job
@@ -60,6 +60,16 @@ class Audits(MethodView):
                     jobs.mark_unsent(rt.db, unsent.id)
                 break
         return doc, 202, {"Location": f"/v1/audits/{audit.id}", "Retry-After": str(rt.settings.retry_after)}
+
+    @blp.arguments(AuditListQuery, location="query")
+    @blp.response(200, AuditListSchema)
+    @blp.problems(400)  # a cursor this API did not return
+    def get(self, query: dict):
+        """The caller's audits, newest first."""
+        with runtime().db.session() as s:
+            items, cursor = audits.listing(s, g.caller.tenant_id, query["limit"], query.get("cursor"),
+                                           query.get("status"))
+            return {"items": [audits.document(s, a) for a in items], "next_cursor": cursor}
 
 
 @blp.route("/uploads")

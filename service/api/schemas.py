@@ -250,6 +250,17 @@ class AuditSchema(ma.Schema):
     artifacts = ma.fields.List(ma.fields.Nested(ArtifactSchema))
 
 
+class AuditListQuery(Strict):
+    limit = ma.fields.Integer(load_default=20, validate=validate.Range(1, 100))
+    cursor = ma.fields.String()
+    status = ma.fields.String(validate=validate.OneOf(STATUSES))
+
+
+class AuditListSchema(ma.Schema):
+    items = ma.fields.List(ma.fields.Nested(AuditSchema))
+    next_cursor = ma.fields.String(allow_none=True)
+
+
 class UploadSchema(ma.Schema):
     upload = ma.fields.String()
     items = ma.fields.Integer()

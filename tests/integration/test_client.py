@@ -1,0 +1,196 @@
+"""The Python client against the real API: the audit list it pages through (in process, both backends), and
+against the embedded stack in real processes (`lantern up`): typed jobs and audits, ETag waits, downloads,
+cancellation; Retry-After honoured for 503 (a tiny local HTTP server that answers 503 first)."""
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+
+import pytest
+
+from service.client import ApiError, Audit, Client, Job
+from tests.helpers import embedded_stack
+
+TEXT = "A gripping, beautifully acted film."
+
+
+# --- GET /v1/audits, in process ------------------------------------------------------------------------------
+
+@pytest.mark.postgres
+def test_audits_are_listed_newest_first_page_by_page(api, new_key):
+    made = []
+    for n in range(3):
+        resp = api.post("/v1/audits", json={"model": "minilm-rt", "methods": ["gradient"],
+                                            "corpus": {"items": [{"text": f"{TEXT} {n}"}]}})
+        assert resp.status_code == 202, resp.get_json()
+        made.append(resp.get_json()["id"])
+    first = api.get("/v1/audits?limit=2").get_json()
+    assert [a["id"] for a in first["items"]] == made[::-1][:2] and first["next_cursor"]
+    rest = api.get(f"/v1/audits?limit=2&cursor={first['next_cursor']}").get_json()
+    assert [a["id"] for a in rest["items"]] == made[:1] and rest["next_cursor"] is None
+    assert api.get("/v1/audits?status=succeeded").get_json()["items"] == []
+    assert api.as_(new_key("other")).get("/v1/audits").get_json()["items"] == []  # a tenant sees its own
+    assert api.get("/v1/audits?cursor=nonsense").status_code == 400
+    assert api.get("/v1/audits?colour=red").status_code == 422
+
+
+# --- the embedded stack in real processes --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    with embedded_stack(tmp_path_factory.mktemp("embedded")) as st:
+        yield st
+
+
+@pytest.fixture
+def client(stack) -> Client:
+    return Client(stack.url, stack.key)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_a_job_typed_waited_on_and_downloaded(client, tmp_path):
+    job = client.submit({"model": "minilm-rt", "inputs": {"text": TEXT}, "methods": ["gradient", "grad_x_input"]})
+    assert isinstance(job, Job) and job.status == "queued" and job["status"] == "queued"
+    polls = []
+    done = client.wait(job, timeout=240, on_update=polls.append)
+    assert done.status == "succeeded", done.raw
+    assert done.raw["id"] == job.id and done.finished and done.result["prediction"]["label"] == "positive"
+    assert all(isinstance(p, Job) for p in polls) and polls[-1].status == "succeeded"
+    assert {a.name for a in done.artifacts} >= {"gradient.png", "result.json"}
+
+    words = done.to_pandas()
+    assert list(words.columns)[0] == "word" and set(words.columns[1:]) == {"gradient", "grad_x_input"}
+    assert list(words["word"]) == done.result["word_strings"]
+    assert words["gradient"].tolist() == pytest.approx(done.result["methods"]["gradient"]["word_scores"])
+    tokens = done.to_pandas("tokens")
+    assert list(tokens["token"]) == done.result["tokens"] and tokens["special"].any()
+
+    png = client.download(done, "gradient.png", tmp_path)
+    assert png == tmp_path / "gradient.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    listed = [j.id for j in client.jobs(limit=1)]  # one per page: the iterator follows next_cursor
+    assert job.id in listed and len(listed) == len(set(listed)) >= 1
+
+    page = done._repr_html_()
+    if done.artifact("result.html"):  # the viewer's page (issue 17), escaped into srcdoc
+        assert page.startswith("<iframe srcdoc=\"") and "<html" not in page and "&lt;" in page
+        assert client.get(job.id).save_html(tmp_path / "r.html").read_text().lstrip().lower().startswith("<!doctype")
+    else:
+        assert "has no result.html" in page
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_wait_polls_with_etags_and_the_server_s_retry_after(client, monkeypatch):
+    job = client.submit({"model": "minilm-rt", "inputs": {"text": TEXT}, "methods": ["smoothgrad"],
+                         "params": {"smoothgrad": {"samples": 200}}})
+    seen, sleeps = [], []
+    real_request, real_sleep = client.session.request, time.sleep
+
+    def request(method, url, **kw):
+        resp = real_request(method, url, **kw)
+        seen.append((kw.get("headers", {}).get("If-None-Match"), resp.status_code))
+        return resp
+
+    monkeypatch.setattr(client.session, "request", request)
+    monkeypatch.setattr(time, "sleep", lambda s: (sleeps.append(s), real_sleep(s)))
+    assert client.wait(job, timeout=240).status == "succeeded"
+    assert seen[0] == (None, 200) and all(tag for tag, _ in seen[1:])  # every later poll sends the ETag
+    assert set(sleeps) == {1.0}  # LANTERN_RETRY_AFTER's default, not a fixed 0.5 s
+    assert len(seen) >= 2
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_cancel_and_errors(client):
+    job = client.submit({"model": "minilm-rt", "inputs": {"text": TEXT}, "methods": ["smoothgrad"],
+                         "params": {"smoothgrad": {"samples": 5000}}})
+    cancelled = client.wait(client.cancel(job.id), timeout=240)
+    assert cancelled.status == "cancelled"
+    with pytest.raises(ApiError) as e:
+        client.cancel(job.id)
+    assert e.value.status == 409
+    with pytest.raises(ApiError) as e:
+        client.submit({"model": "minilm-rt", "inputs": {"text": TEXT}, "methods": ["gradient"],
+                       "params": {"gradient": {"nope": 1}}})
+    assert e.value.status == 422 and e.value.field_errors and e.value.field_errors[0].startswith("params.gradient")
+    with pytest.raises(ApiError) as e:
+        Client(client.url, "lt_bad_key").models()
+    assert e.value.status == 401
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_an_audit_typed_listed_waited_on_and_downloaded(client, tmp_path):
+    audit = client.audit({"model": "minilm-rt", "methods": ["gradient"],
+                          "corpus": {"items": [{"text": TEXT, "label": "positive"}, {"text": "Dull and long."}]}})
+    assert isinstance(audit, Audit) and audit.counts["total"] == 2
+    assert audit.id in [a.id for a in client.audits()]
+    done = client.wait_audit(audit, timeout=300)
+    assert done.status == "succeeded" and done.counts["done"] == 2, done.raw
+    summary = client.download_audit(done, "summary.json", tmp_path)
+    assert json.loads(summary.read_text())["id"] == audit.id
+    with pytest.raises(ApiError) as e:
+        client.cancel_audit(audit)
+    assert e.value.status == 409
+
+
+# --- retries -------------------------------------------------------------------------------------------------
+
+class _Flaky(http.server.BaseHTTPRequestHandler):
+    """503 with Retry-After: 1 for the first `busy_for` requests, then 200."""
+
+    calls: list[float] = []
+    busy_for = 2
+
+    def do_GET(self):
+        self.calls.append(time.monotonic())
+        busy = len(self.calls) <= self.busy_for
+        body = json.dumps({"title": "Service unavailable"} if busy else {"methods": []}).encode()
+        self.send_response(503 if busy else 200)
+        if busy:
+            self.send_header("Retry-After", "1")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_503_is_retried_after_retry_after():
+    _Flaky.calls, _Flaky.busy_for = [], 2
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert Client(f"http://127.0.0.1:{server.server_port}", "k").methods() == []
+    finally:
+        server.shutdown()
+    gaps = [b - a for a, b in zip(_Flaky.calls, _Flaky.calls[1:], strict=False)]
+    assert len(_Flaky.calls) == 3 and all(g >= 0.95 for g in gaps)  # waited what the server asked, twice
+
+
+def test_a_server_that_stays_unavailable_is_an_api_error():
+    _Flaky.calls, _Flaky.busy_for = [], 1000
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(ApiError) as e:
+            Client(f"http://127.0.0.1:{server.server_port}", "k", retries=1).methods()
+    finally:
+        server.shutdown()
+    assert e.value.status == 503 and len(_Flaky.calls) == 2  # the first answer and one retry
+
+
+def test_connection_refused_is_retried_then_raised():
+    import requests
+
+    from tests.helpers import free_port
+
+    t0 = time.monotonic()
+    with pytest.raises(requests.ConnectionError):
+        Client(f"http://127.0.0.1:{free_port()}", "k", retries=2, backoff=0.2).models()
+    assert time.monotonic() - t0 >= 0.2  # backed off between the tries
