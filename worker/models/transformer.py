@@ -13,6 +13,10 @@ Block k: h ← h + W_o·attention(LN₁(h)) ; h ← h + W₂·gelu(W₁·LN₂(h
 uses columns j·d_head…(j+1)·d_head of each).
 
 ``config["model"]``: ``embedding_size``, ``d_model``, ``heads``, ``layers``, ``ff_size``, ``dropout``.
+
+LRP rules (the ``lrp_rules`` capability): AttnLRP (Achtibat et al. 2024; :mod:`worker.models.relevance`): ε-rule on
+every linear layer, identity rule through GELU and the LayerNorms' divisor, the uniform rule on QKᵀ and A·V, the
+softmax's own gradient (AttnLRP's softmax rule). The sinusoidal positions and the biases absorb part of S(y).
 """
 from __future__ import annotations
 
@@ -24,7 +28,9 @@ import torch
 from torch import nn
 
 from worker.capabilities import Capability
+from worker.models import relevance
 from worker.models.native import NativeAdapter
+from worker.models.protocols import ScoreTarget
 
 CLS = "<cls>"
 
@@ -53,15 +59,18 @@ class Block(nn.Module):
         self.ff2 = nn.Linear(ff_size, d_model)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """h B×T×d, mask B×T bool -> (new h, attention B×heads×T×T)."""
+    def forward(self, h: torch.Tensor, mask: torch.Tensor, ops: relevance.Ops = relevance.PLAIN
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """h B×T×d, mask B×T bool -> (new h, attention B×heads×T×T). ``ops``: the plain operations or LRP's rules."""
         batch, length, d_model = h.shape
-        q, k, v = self.qkv(self.norm1(h)).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+        qkv = ops.linear(self.qkv(ops.norm(h, self.norm1)))
+        q, k, v = qkv.view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        scores = ops.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
         attention = scores.masked_fill(~mask[:, None, None, :], float("-inf")).softmax(-1)
-        context = (self.dropout(attention) @ v).transpose(1, 2).reshape(batch, length, d_model)
-        h = h + self.dropout(self.proj(context))
-        h = h + self.dropout(self.ff2(nn.functional.gelu(self.ff1(self.norm2(h)))))
+        context = ops.matmul(self.dropout(attention), v).transpose(1, 2).reshape(batch, length, d_model)
+        h = h + self.dropout(ops.linear(self.proj(context)))
+        inner = ops.act(nn.functional.gelu, ops.linear(self.ff1(ops.norm(h, self.norm2))))
+        h = h + self.dropout(ops.linear(self.ff2(inner)))
         return h, attention
 
 
@@ -76,24 +85,31 @@ class TransformerClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.output = nn.Linear(d_model, classes)
 
-    def steps(self, x: torch.Tensor, mask: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+    def steps(self, x: torch.Tensor, mask: torch.Tensor, ops: relevance.Ops = relevance.PLAIN
+              ) -> Iterator[tuple[str, torch.Tensor]]:
+        """The layers in order; with ``ops`` = :class:`~worker.models.relevance.Rules` the same values under
+        AttnLRP's rules (the output layer's ε-rule is the relevance seed's)."""
         real = mask.unsqueeze(-1).to(x.dtype)
-        h = (self.project(x) + sinusoid_positions(x.shape[1], self.project.out_features, x.device)) * real
+        h = (ops.linear(self.project(x)) + sinusoid_positions(x.shape[1], self.project.out_features, x.device)) * real
         yield "embeddings", h
         h = self.dropout(h)
         for k, block in enumerate(self.layer, 1):
-            h, attention = block(h, mask)
+            h, attention = block(h, mask, ops)
             h = h * real
             yield f"attention.{k}", attention
             yield f"layer.{k}", h
-        pooled = self.norm(h[:, 0])
+        pooled = ops.norm(h[:, 0], self.norm)
         yield "pool", pooled
         yield "output", self.output(self.dropout(pooled))
+
+    def lrp_logits(self, x: torch.Tensor, mask: torch.Tensor, eps: float) -> torch.Tensor:
+        """The logits under AttnLRP's rules (eval mode): the values of ``steps``, LRP's backward."""
+        return dict(self.steps(x, mask, relevance.Rules(eps)))["output"]
 
 
 class TransformerAdapter(NativeAdapter):
     kind = "transformer"
-    offers = NativeAdapter.offers | {Capability.SELF_ATTENTION}
+    offers = NativeAdapter.offers | {Capability.SELF_ATTENTION, Capability.LRP_RULES}
 
     @staticmethod
     def architecture(h: dict[str, Any], vocab_size: int, classes: int) -> TransformerClassifier:
@@ -106,3 +122,9 @@ class TransformerAdapter(NativeAdapter):
 
     def layout(self, text: str) -> list[tuple[str, bool, tuple[int, int], int]]:
         return [(CLS, True, (0, 0), 0), *super().layout(text)]
+
+    def lrp_relevance(self, x: torch.Tensor, mask: torch.Tensor, target: ScoreTarget, epsilon: float
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The ``lrp_rules`` capability: AttnLRP (module docstring)."""
+        module = self.module
+        return relevance.input_relevance(x, lambda e: module.lrp_logits(e, mask, epsilon), target, epsilon)
