@@ -70,12 +70,13 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.extensions["lantern.api"] = api
     app.extensions["lantern.metrics"] = Metrics(runtime)
 
-    from service.api import audits, catalog, health, jobs
+    from service.api import audits, catalog, docs, health, jobs
     from service.api.schemas import document
 
     for blp in (jobs.blp, audits.blp, catalog.blp):
         api.register_blueprint(blp)
     app.register_blueprint(health.blp)
+    app.register_blueprint(docs.blp)
     document(api.spec)
     from service.ui import register as register_ui
 
@@ -86,6 +87,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
 
 def _api_config(settings: Settings) -> dict[str, Any]:
+    from service.api import docs
+
     return dict(
         API_TITLE="Lantern",
         API_VERSION="v1",
@@ -93,7 +96,10 @@ def _api_config(settings: Settings) -> dict[str, Any]:
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="v1/openapi.json",
         OPENAPI_SWAGGER_UI_PATH="docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        OPENAPI_SWAGGER_UI_URL=docs.SWAGGER_UI_URL,  # vendored in the package: the pages work offline
+        OPENAPI_SWAGGER_UI_CONFIG={"validatorUrl": None},  # no badge fetched from swagger.io
+        OPENAPI_REDOC_PATH="redoc",
+        OPENAPI_REDOC_URL=docs.REDOC_URL,
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         API_SPEC_OPTIONS={
             "info": {"description": "Explanation jobs for PyTorch NLP models. Every /v1 call except this "

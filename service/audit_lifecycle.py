@@ -29,13 +29,12 @@ from service.db import (
     utcnow,
 )
 from service.domain import ItemStatus, JobKind, JobStatus
-from service.errors import conflict, not_found
+from service.errors import Problem, conflict, not_found
 
 ITEM_ENDED = (ItemStatus.DONE, ItemStatus.FAILED)
-NOT_PROCESSED = {"title": "Not processed", "status": 500,
-                 "detail": "its micro-batch was dead-lettered after repeated worker loss"}
-NOTHING_EXPLAINED = {"title": "Audit failed", "status": 500, "detail": "no item could be explained; see items.csv"}
-FINALISER_FAILED = {"title": "Audit failed", "status": 500, "detail": "its report could not be made"}
+NOT_PROCESSED = Problem(500, "Not processed", "its micro-batch was dead-lettered after repeated worker loss").body()
+NOTHING_EXPLAINED = Problem(500, "Audit failed", "no item could be explained; see items.csv").body()
+FINALISER_FAILED = Problem(500, "Audit failed", "its report could not be made").body()
 
 # a fold gets the open session (to read the batch's items) and the running state; it answers the new state and
 # the aggregates derived from it, or None when there is nothing to fold (the batch was folded already)
