@@ -64,6 +64,7 @@ METHODS: dict[str, Requires] = {
     "perturbation": requires(HEAD),
     "lime": requires(HEAD),
     "lrp": requires(HEAD, LRP_RULES),
+    "shap": requires(HEAD),
     "sigma": requires(),
     "attention": requires(any_of=(PAIR_ALIGNMENT, NEXT_WORD, SELF_ATTENTION)),
     "attention_saliency": requires(HEAD, PAIR_ALIGNMENT),

@@ -11,7 +11,7 @@ EVERY_METHOD = list(METHODS)
 # the methods that did NOT apply to each zoo model under the class checks (computed from the code before capabilities)
 NOT_APPLICABLE = {
     "all-minilm-l6-v2": ["gradient", "smoothgrad", "grad_x_input", "integrated_gradients", "occlusion",
-                         "perturbation", "lime", "lrp", "attention_saliency", "gating"],
+                         "perturbation", "lime", "shap", "lrp", "attention_saliency", "gating"],
     "bilstm-rt": ["lrp", "attention", "attention_saliency", "gating", "attention_rollout"],
     "cnn-rt": ["attention", "attention_saliency", "gating", "attention_rollout"],
     "esim-300": ["lrp", "attention_rollout"],
@@ -19,7 +19,7 @@ NOT_APPLICABLE = {
     "lstm-lm-rt": ["lrp", "attention_saliency", "gating", "attention_rollout"],
     "minilm-rt": ["lrp", "attention_saliency", "gating"],
     "reverse-seq2seq": ["gradient", "smoothgrad", "grad_x_input", "integrated_gradients", "occlusion",
-                        "perturbation", "lime", "lrp", "attention", "attention_saliency", "gating",
+                        "perturbation", "lime", "shap", "lrp", "attention", "attention_saliency", "gating",
                         "attention_rollout"],
     "transformer-rt": ["lrp", "attention_saliency", "gating"],
 }
