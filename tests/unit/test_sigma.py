@@ -84,8 +84,8 @@ def test_linear_phi_known_answer():
     assert torch.allclose(sigma[kept], expected[kept], rtol=0.3), (sigma, expected)
     assert exact_objective(sigma) <= exact_objective(optimum) * 1.01  # the 1 % criterion
     assert float(result.objective[0, 0]) == pytest.approx(exact_objective(sigma), rel=0.03)  # the sampled estimate
-    # the linear warm start is exact for a linear Φ (up to the Hutchinson estimate)
-    warm = fit(adapter, enc, [View("linear")], Settings(**{**settings.__dict__, "init": "linear", "max_steps": 1,
+    # the linear warm start is exact for a linear Φ (up to the Hutchinson estimate); max_steps 0: the start itself
+    warm = fit(adapter, enc, [View("linear")], Settings(**{**settings.__dict__, "init": "linear", "max_steps": 0,
                                                           "probes": 256}),
                stats={"linear": std}, seed=2)
     assert torch.allclose(warm.sigma[0][0][kept], expected[kept], rtol=0.15)

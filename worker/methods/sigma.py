@@ -17,7 +17,8 @@ once per time step t with s = the state at step t.
 Params (names are a contract): ``lambda`` (0.1), ``bound`` (default 10 × std of the model's embedding matrix),
 ``normalization`` (``std``: per-unit std of the layer over reference inputs, from the bundle's
 ``sigma_stats.safetensors``; a model without them falls back to ``mean_square``, and the result says so),
-``samples`` (noise draws per step per layer), ``max_steps``, ``lr`` (Adam on r, σ = bound·sigmoid(r)), ``init``
+``samples`` (noise draws per step per layer), ``max_steps``, ``optimizer`` (``newton``, the default: per-token
+fixed-point steps on log σ; ``adam``: Adam on r, σ = bound·sigmoid(r), with ``lr``), ``lr``, ``init``
 (``linear``: the closed-form small-noise start from vector–Jacobian products; ``random``: the authors' r ~ N(0, 1);
 ``half``: σ = bound/2), ``restarts`` (extra starts from ``random``; the lowest re-estimated objective wins, per layer),
 ``eval_samples`` (noise draws for the final objective), ``timestamps``, ``concepts`` (concept name -> words: word
@@ -47,7 +48,17 @@ from worker.capabilities import Capability
 from worker.methods.base import Method, MethodResult, Params, Target
 from worker.models.base import Adapter, Encoding, InputError
 from worker.models.protocols import EmbeddingTable, offering
-from worker.sigma import INITS, NORMALIZATIONS, Settings, View, fit, load_stats, scores, token_entropy
+from worker.sigma import (
+    INITS,
+    NORMALIZATIONS,
+    OPTIMIZERS,
+    Settings,
+    View,
+    fit,
+    load_stats,
+    scores,
+    token_entropy,
+)
 from worker.sigma.analysis import word_attributes, word_embedding, word_sigma, word_values
 
 MAX_STEPS = 5000
@@ -73,6 +84,10 @@ _FIELDS: dict[str, ma.fields.Field] = {
     "init": ma.fields.String(load_default="linear", validate=ma.validate.OneOf(INITS),
                              metadata={"description": "first start: linear (closed form from Jacobian norms), "
                                                       "random (authors'), half (σ = bound/2)"}),
+    "optimizer": ma.fields.String(load_default="newton", validate=ma.validate.OneOf(OPTIMIZERS),
+                                  metadata={"description": "newton: per-token fixed-point steps on log σ (converges "
+                                                           "in tens of steps); adam: Adam on r with lr (the authors' "
+                                                           "optimiser, many more steps)"}),
     "restarts": ma.fields.Integer(load_default=1, strict=True, validate=ma.validate.Range(1, 8),
                                   metadata={"description": "starts (the 2nd on are random); lowest objective wins"}),
     "eval_samples": ma.fields.Integer(load_default=256, strict=True, validate=ma.validate.Range(16, 4096),
@@ -129,7 +144,7 @@ def settings_for(adapter: Adapter, params: dict[str, Any]) -> Settings:
         bound = 10.0 * std
     return Settings(lam=params["lambda"], bound=float(bound), normalization=params["normalization"],
                     samples=params["samples"], max_steps=params["max_steps"], lr=params["lr"], init=params["init"],
-                    restarts=params["restarts"], eval_samples=params["eval_samples"])
+                    restarts=params["restarts"], eval_samples=params["eval_samples"], optimizer=params["optimizer"])
 
 
 def _entry(sigma: torch.Tensor, k: int, bound: float, words: list[list[int]], objective: float,

@@ -14,6 +14,7 @@ from worker.sigma.analysis import (
 from worker.sigma.engine import (
     INITS,
     NORMALIZATIONS,
+    OPTIMIZERS,
     Fit,
     Settings,
     View,
@@ -25,7 +26,7 @@ from worker.sigma.engine import (
 from worker.sigma.stats import compute_stats, load_stats
 
 __all__ = [
-    "INITS", "NORMALIZATIONS", "Fit", "Settings", "View", "compute_stats", "corpus_information", "fit", "load_stats",
-    "objective", "scores", "sentence_entropy", "token_entropy", "word_attributes", "word_embedding", "word_sigma",
+    "INITS", "NORMALIZATIONS", "OPTIMIZERS", "Fit", "Settings", "View", "compute_stats", "corpus_information", "fit",
+    "load_stats", "objective", "scores", "sentence_entropy", "token_entropy", "word_attributes", "word_embedding", "word_sigma",
     "word_values",
 ]
