@@ -144,7 +144,7 @@ def new_job() -> Any:
         except ma.ValidationError as e:
             errors = forms.field_errors(e.messages)
         except Problem as e:
-            errors = [e.detail, *forms.field_errors(e.errors or {})]
+            errors = forms.field_errors(e.errors or {}) or [e.detail]
         else:
             return redirect(url_for("ui.job_page", job_id=doc["id"]), 303)
     with runtime().db.session() as s:
