@@ -4,15 +4,30 @@ Explicit URLs win over the data dir; `--data-dir` (passed as `data_dir=`) wins o
 """
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+# LANTERN_* variables read by something other than Settings: the client and CLI, and the test suite
+OTHER_VARIABLES = frozenset({"LANTERN_URL", "LANTERN_API_KEY", "LANTERN_TEST_PG", "LANTERN_TEST_REDIS",
+                             "LANTERN_FUZZ_EXAMPLES", "LANTERN_FUZZ_SEED"})
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+_warned: set[str] = set()  # unknown variables already warned about in this process
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used; the message names the variable, its value and what is expected. The CLI
+    prints it as one line and exits 2."""
+
 
 def _bool(value: str) -> bool:
-    return value.strip().lower() in ("1", "true", "yes", "on")
+    if value.strip().lower() not in TRUE + FALSE:
+        raise ValueError(value)
+    return value.strip().lower() in TRUE
 
 
 @dataclass(frozen=True)
@@ -47,12 +62,15 @@ class Settings:
 
     # limits (enforced before enqueueing)
     max_tokens: int = 512
+    max_prompt_tokens: int = 512  # generative models: prompt tokens, and tokens generated or given after it
+    max_new_tokens: int = 64
     max_body_bytes: int = 1_000_000
     max_methods: int = 8
     max_in_flight: int = 20  # queued + running jobs per tenant
     rate_per_minute: int = 120  # job submissions per tenant per minute
     max_upload_bytes: int = 200_000_000
     max_audit_items: int = 10_000
+    max_batch_inputs: int = 64  # inputs of one batch job (a list of inputs; docs/api.md)
     max_item_chars: int = 20_000  # per corpus item field, checked before anything is queued
     max_samples: int = 10_000  # per method: samples / noisy copies (lime, smoothgrad, sigma)
     max_steps: int = 2000  # per method: integration / optimisation steps (integrated_gradients, perturbation)
@@ -67,6 +85,7 @@ class Settings:
     log_level: str = "INFO"
     log_json: bool = False
     retry_after: int = 1  # seconds a client should wait before polling
+    sync_timeout_cap: float = 60  # POST /v1/models/{name}:explain waits at most this long, whatever it asks
     # the web UI's session cookies are signed with this (required in production; the embedded default keeps one in
     # data_dir/secret_key, so every API process on the machine agrees); never shown (repr=False)
     secret_key: str = field(default="", repr=False)
@@ -88,7 +107,8 @@ class Settings:
             raw = env.get(f"LANTERN_{f.name.upper()}")
             if raw is None:
                 continue
-            values[f.name] = _convert(f.type, raw)
+            values[f.name] = _convert(f"LANTERN_{f.name.upper()}", f.type, raw)
+        warn_unknown(env)
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
         settings.check()
@@ -100,11 +120,13 @@ class Settings:
 
     def check(self) -> None:
         if self.visibility_timeout <= self.hard_time_limit:
-            raise ValueError("LANTERN_VISIBILITY_TIMEOUT must exceed LANTERN_HARD_TIME_LIMIT")
+            raise SettingsError(f"LANTERN_VISIBILITY_TIMEOUT={self.visibility_timeout} must exceed "
+                                f"LANTERN_HARD_TIME_LIMIT={self.hard_time_limit}")
         if self.soft_time_limit >= self.hard_time_limit:
-            raise ValueError("LANTERN_SOFT_TIME_LIMIT must be below LANTERN_HARD_TIME_LIMIT")
+            raise SettingsError(f"LANTERN_SOFT_TIME_LIMIT={self.soft_time_limit} must be below "
+                                f"LANTERN_HARD_TIME_LIMIT={self.hard_time_limit}")
         if self.model_cache_size < 1:
-            raise ValueError("LANTERN_MODEL_CACHE_SIZE must be at least 1")
+            raise SettingsError(f"LANTERN_MODEL_CACHE_SIZE={self.model_cache_size}: expected at least 1")
 
     # --- derived -----------------------------------------------------------------------------------------
     @property
@@ -128,12 +150,35 @@ class Settings:
         return self.db_url.startswith("sqlite")
 
 
-def _convert(kind: Any, raw: str) -> Any:
+EXPECTED = {"int": "a whole number", "float": "a number", "bool": "true or false (also 1/0, yes/no, on/off)"}
+
+
+def _convert(name: str, kind: Any, raw: str) -> Any:
     kind = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
-    if kind == "int":
-        return int(raw)
-    if kind == "float":
-        return float(raw)
-    if kind == "bool":
-        return _bool(raw)
-    return raw
+    convert = {"int": int, "float": float, "bool": _bool}.get(kind)
+    if convert is None:
+        return raw
+    try:
+        return convert(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected {EXPECTED[kind]}") from None
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """A line per LANTERN_* variable that nothing reads (a typo is otherwise silently ignored), with the closest
+    known name when there is one."""
+    known = Settings.env_names() | OTHER_VARIABLES
+    lines = []
+    for name in sorted(n for n in env if n.startswith("LANTERN_") and n not in known):
+        # compared without the shared prefix, which would make every name look close
+        close = difflib.get_close_matches(name[8:], sorted(k[8:] for k in known), n=1, cutoff=0.75)
+        lines.append(f"unknown setting {name} is ignored" + (f" (did you mean LANTERN_{close[0]}?)" if close else ""))
+    return lines
+
+
+def warn_unknown(env: Mapping[str, str]) -> None:
+    """Warn once per process about each unknown LANTERN_* variable (at start: Settings.from_env and the CLI)."""
+    for line in unknown_variables(env):
+        if line not in _warned:
+            _warned.add(line)
+            logging.getLogger("lantern.config").warning(line)
