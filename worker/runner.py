@@ -210,7 +210,19 @@ def explain_job(rt: Runtime, request: dict[str, Any], revision: str, progress,
         for fig, png in compare_figures(list(asked.methods), results).items():
             files[fig] = (png, "image/png")
     files["result.json"] = (json.dumps(outcome, indent=1).encode(), "application/json")
+    files["result.html"] = (_result_page(request, outcome, files), "text/html")
     return outcome, files
+
+
+def _result_page(request: dict[str, Any], outcome: dict[str, Any], files: Files) -> bytes:
+    """The job's self-contained result.html (docs/viewer.md): the job view of what the job document will hold."""
+    from worker.render.page import result_html
+
+    listed = [{"name": name, "content_type": kind, "bytes": len(data)} for name, (data, kind) in files.items()]
+    listed.append({"name": "result.html", "content_type": "text/html", "bytes": None})
+    document = {**outcome, "status": "succeeded", "model": outcome["result"].get("model"),
+                "request": request, "artifacts": sorted(listed, key=lambda a: a["name"])}
+    return result_html(document).encode()
 
 
 def store_artifacts(rt: Runtime, job_id: str, files: Files) -> list[Artifact]:

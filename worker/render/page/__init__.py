@@ -63,7 +63,8 @@ def job_view(document: dict[str, Any], artifact_url: Callable[[str], str] | None
 
 def audit_view(audit: dict[str, Any], items: list[dict[str, Any]],
                artifact_url: Callable[[str], str] | None = None) -> Markup:
-    """The audit view of an audit document and its per-item attributions (the lines of `attributions.jsonl`)."""
+    """The audit view of an audit document and its items: the lines of its `attributions.jsonl`, or the item rows
+    (`service.audit_lifecycle.item_results`: model, position, label, status, input, result, error)."""
     from worker.render.page import audit as audit_views
 
     view = audit_views.audit(audit, items, artifact_url)

@@ -91,13 +91,10 @@ def agreement(result: dict[str, Any], methods: list[str]) -> list[dict[str, Any]
 
 
 def word_table(result: dict[str, Any], methods: list[str]) -> dict[str, Any]:
-    """Words × methods: every word's score per method, each column on its own scale."""
+    """Words × methods: every word's raw score per method (unshaded: the colours are in the texts above, and a
+    512-word table of shaded cells would double the page)."""
     words, special = result.get("word_strings") or [], word_special(result)
-    columns = []
-    for m in methods:
-        scores = result["methods"][m]["word_scores"]
-        scale = Scale([v for v, s in zip(scores, special, strict=False) if not s])
-        columns.append([{"value": fmt(v), "raw": v, "cls": scale.level(v)} for v in scores])
+    columns = [[{"value": fmt(v), "raw": v} for v in result["methods"][m]["word_scores"]] for m in methods]
     rows = [{"word": w, "special": special[i] if i < len(special) else False,
              "cells": [col[i] for col in columns]} for i, w in enumerate(words)]
     return {"methods": methods, "rows": rows}
@@ -266,30 +263,39 @@ def artifacts(document: dict[str, Any], artifact_url: ArtifactUrl | None) -> lis
             for a in document.get("artifacts") or [] if isinstance(a, dict) and a.get("name")]
 
 
+def results_of(document: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(the job's own results: one, or a batch's items; the compared models' results), in page order."""
+    result = document.get("result")
+    own: list[Any] = []
+    if isinstance(result, dict):
+        own = list(result.get("items") or []) if result.get("kind") == "batch" else [result]
+    compare = list((document.get("compare") or {}).values())
+    return [r for r in own if isinstance(r, dict)], [r for r in compare if isinstance(r, dict)]
+
+
 def job(document: dict[str, Any], artifact_url: ArtifactUrl | None) -> dict[str, Any]:
     """The job document's view: its result (single, batch or generation), the compared models, its artifacts."""
-    result = document.get("result")
-    items: list[dict[str, Any]] = []
-    if isinstance(result, dict):
-        if result.get("kind") == "batch":
-            items = [single(r) for r in result.get("items") or [] if isinstance(r, dict)]
-        else:
-            items = [single(result)]
-    compare = [single(r) for r in (document.get("compare") or {}).values() if isinstance(r, dict)]
-    model = document.get("model") or (result or {}).get("model") or {}
-    return {"id": document.get("id"), "status": document.get("status") or ("succeeded" if result else None),
+    own, compare = results_of(document)
+    views = [{**single(r), "index": n} for n, r in enumerate(own + compare)]
+    result = document.get("result") or {}
+    model = document.get("model") or result.get("model") or {}
+    return {"id": document.get("id"), "status": document.get("status") or ("succeeded" if own else None),
             "model": model.get("name") if isinstance(model, dict) else model,
-            "batch": isinstance(result, dict) and result.get("kind") == "batch",
+            "batch": result.get("kind") == "batch",
             "inputs": (document.get("request") or {}).get("inputs") or {}, "error": document.get("error"),
-            "results": items, "compare": compare, "artifacts": artifacts(document, artifact_url)}
+            "results": views[:len(own)], "compare": views[len(own):], "artifacts": artifacts(document, artifact_url)}
 
 
 def script_data(document: dict[str, Any]) -> dict[str, Any]:
-    """What viewer.js reads (and a test compares with the DOM): per result the words and each method's scores."""
-    result = document.get("result") or {}
-    results = result.get("items") if result.get("kind") == "batch" else [result]
-    return {"results": [{"model": (r.get("model") or {}).get("name"), "words": r.get("word_strings"),
-                         "tokens": r.get("tokens"), "special": r.get("special"), "prediction": r.get("prediction"),
-                         "methods": {m: {"word_scores": r["methods"][m]["word_scores"],
-                                         "scores": r["methods"][m]["scores"]} for m in token_methods(r)}}
-                        for r in results or [] if isinstance(r, dict)]}
+    """What viewer.js reads for the hover and focus values (and a test compares with the DOM): per result, in the
+    order of the views' `data-r`, each token-scoring method's word and token scores (4 significant digits:
+    the page shows 3)."""
+    own, compare = results_of(document)
+    return {"results": [{"model": (r.get("model") or {}).get("name"), "prediction": r.get("prediction"),
+                         "methods": {m: {"word_scores": _short(r["methods"][m]["word_scores"]),
+                                         "scores": _short(r["methods"][m]["scores"])} for m in token_methods(r)}}
+                        for r in own + compare]}
+
+
+def _short(values: list[float | None]) -> list[float | None]:
+    return [float(f"{v:.4g}") if isinstance(v, (int, float)) and math.isfinite(v) else None for v in values]

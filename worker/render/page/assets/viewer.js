@@ -56,7 +56,8 @@
       section.querySelectorAll("[data-unit]").forEach(function (el) { el.hidden = el.getAttribute("data-unit") !== unit; });
       choices.forEach(function (b) { b.setAttribute("aria-pressed", String(b.getAttribute("data-choose") === unit)); });
     }
-    section.insertBefore(bar, section.children[1] || null);
+    var first = section.firstElementChild;
+    section.insertBefore(bar, first && /^H\d$/.test(first.tagName) ? first.nextSibling : first);
     section.querySelectorAll(".unit-note").forEach(function (n) { n.hidden = true; });
     show("words");
   }
@@ -120,7 +121,47 @@
     go(0);
   }
 
+  // Shaded texts: the raw value of a word on hover and focus. Runs with data-m/data-u keep their values in the
+  // view's JSON (data-r picks the result); the value is copied to data-v, which the stylesheet shows.
+  function number(x) {
+    if (x === null || x === undefined) return "–";
+    return Math.abs(x) >= 1e-3 && Math.abs(x) < 1e4 ? String(Number(x.toPrecision(3))) : x.toExponential(2);
+  }
+
+  function values(root) {
+    var holder = root.querySelector("script.lantern-data");
+    var data = holder ? JSON.parse(holder.textContent) : {results: []};
+    function reveal(span) {
+      var text = span.parentNode;
+      if (span.hasAttribute("data-v") || !text.hasAttribute("data-m")) return;
+      var result = data.results[Number(text.closest("[data-r]").getAttribute("data-r"))];
+      var scores = result && result.methods[text.getAttribute("data-m")];
+      var i = Array.prototype.indexOf.call(text.children, span);
+      if (scores) span.setAttribute("data-v", number(scores[text.getAttribute("data-u")][i]));
+    }
+    function onWord(e) {
+      var span = e.target;
+      if (span.tagName === "SPAN" && span.parentNode.classList.contains("text")) reveal(span);
+    }
+    root.addEventListener("mouseover", onWord);
+    root.addEventListener("focusin", onWord);
+    // keyboard: each text is one tab stop; the arrow keys move from word to word
+    root.querySelectorAll(".text").forEach(function (text) {
+      Array.prototype.forEach.call(text.children, function (w, i) { w.tabIndex = i === 0 ? 0 : -1; });
+      text.addEventListener("keydown", function (e) {
+        var step = e.key === "ArrowRight" ? 1 : e.key === "ArrowLeft" ? -1 : 0;
+        var next = step > 0 ? e.target.nextElementSibling : step < 0 ? e.target.previousElementSibling : null;
+        if (!next) return;
+        e.preventDefault();
+        e.target.tabIndex = -1;
+        next.tabIndex = 0;
+        next.focus();
+      });
+    });
+  }
+
   function init(root) {
+    values(root);
     root.querySelectorAll("[data-tabs]").forEach(tabs);
     root.querySelectorAll("[data-units]").forEach(units);
     root.querySelectorAll("table[data-sortable]").forEach(sortable);
