@@ -1,10 +1,48 @@
 """gunicorn settings for `lantern serve`.
 
 The app loads in the master before the port opens (preload), so a client never connects to a server that cannot
-answer yet (without it the port accepted connections ~16 s before the first answer, while torch imported). Each
-worker then drops the database connections the master may have opened while loading: a pool must not cross a fork.
+answer yet (without it the port accepted connections ~16 s before the first answer, while torch imported). The
+master also warms the model adapters before the port opens (`on_starting`): every worker inherits them, instead of
+stalling its first submits 2-4 s while it imports a tokenizer library, hashes a bundle and imports the database
+driver and the broker's transport (the "2 s stall" of an open-loop run on a fresh API). Each worker then drops the
+database connections the master may have opened while loading: a pool must not cross a fork.
 """
 preload_app = True
+
+
+def on_starting(server) -> None:  # gunicorn calls it after the preload, before it binds the port
+    from service.wsgi import app
+
+    runtime = app.extensions["lantern"]
+    warm_adapters(runtime)
+    warm_clients(runtime)
+
+
+def warm_adapters(runtime) -> None:
+    """Load every zoo model's adapter as a submit would (its revision hashed, its tokenizer read; weights stay
+    lazy), so the first submits do not pay for it. The model cache keeps the last few; the imports and revision
+    hashes that cost the most stay for all. Best effort, and without the database: a model that cannot load here
+    gets its error at submit, as before, and a database that is down gets its 503s."""
+    import logging
+
+    from service.models import ModelRef
+    from worker.models import bundle_dir, bundle_revision, zoo_names
+
+    for name in zoo_names():
+        try:
+            runtime.adapters.get(ModelRef(name, bundle_revision(bundle_dir(name)), True))
+        except Exception as e:
+            logging.getLogger("lantern.api").warning("could not warm model %s: %s", name, type(e).__name__)
+
+
+def warm_clients(runtime) -> list[object]:
+    """Import the database driver and the broker's transport (psycopg, redis, kombu's and Celery's publishing
+    code: ~1.5 s) as the first submit would, without connecting: connections must not cross a fork. Returns what
+    it loaded."""
+    loaded = [runtime.db.engine.dialect.dbapi]  # the engine imports its driver; it connects on first use
+    with runtime.celery.connection_for_write() as conn:
+        loaded.append(conn.transport)  # imports the transport module; it connects on first use
+    return [*loaded, runtime.celery.amqp.router, runtime.celery.backend]  # Celery's message, routing, result code
 
 
 def post_fork(server, worker) -> None:  # gunicorn calls it with these two
