@@ -87,7 +87,7 @@ def needs(extra: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                 return command(*args, **kwargs)
             except ModuleNotFoundError as e:
                 path = click.get_current_context().command_path
-                raise Failure(f"`{path}` needs the {extra} extra ({e.name} is not installed): "
+                raise Failure(f"`{path}` needs lantern[{extra}] ({e.name} is not installed): "
                               f"pip install 'lantern[{extra}]'", USAGE) from None
         return run
     return wrap
