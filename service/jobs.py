@@ -37,26 +37,30 @@ def find_idempotent(session: Session, tenant_id: str, key: str | None, digest: s
 
 
 def check_limits(session: Session, tenant_id: str, settings: Settings) -> None:
-    """429 over the tenant's in-flight or per-minute limit. Counted from the jobs table: exact across replicas."""
-    in_flight = session.scalar(
-        select(func.count()).select_from(Job).where(Job.tenant_id == tenant_id, Job.status.in_(IN_FLIGHT),
-                                                    Job.audit_id.is_(None))) or 0
-    if in_flight >= settings.max_in_flight:
-        raise too_many(f"{in_flight} jobs in flight; the limit is {settings.max_in_flight}", settings.retry_after * 5)
-    since = utcnow() - timedelta(minutes=1)
-    recent = session.scalars(
-        select(Job.created_at).where(Job.tenant_id == tenant_id, Job.created_at >= since)
-        .order_by(Job.created_at).limit(settings.rate_per_minute)).all()
-    if len(recent) >= settings.rate_per_minute:
-        wait = 60 - (utcnow() - recent[0]).total_seconds()
+    """429 over the tenant's in-flight or per-minute limit. Counted from the jobs table: exact across replicas.
+    One round trip that reads a bounded amount whatever the limits: the in-flight jobs counted up to their limit,
+    and of the last minute's jobs only the one that would be the limit's oldest (it exists: the limit is reached;
+    the window frees a place when it leaves)."""
+    mine = Job.tenant_id == tenant_id
+    in_flight = select(Job.id).where(mine, Job.status.in_(IN_FLIGHT), Job.audit_id.is_(None)) \
+        .limit(settings.max_in_flight).subquery()
+    limit_reached_at = select(Job.created_at).where(mine, Job.created_at >= utcnow() - timedelta(minutes=1)) \
+        .order_by(Job.created_at.desc()).offset(settings.rate_per_minute - 1).limit(1)
+    counted, oldest = session.execute(select(select(func.count()).select_from(in_flight).scalar_subquery(),
+                                             limit_reached_at.scalar_subquery())).one()
+    if counted >= settings.max_in_flight:
+        raise too_many(f"{counted} jobs in flight; the limit is {settings.max_in_flight}", settings.retry_after * 5)
+    if oldest is not None:
+        wait = 60 - (utcnow() - oldest).total_seconds()
         raise too_many(f"more than {settings.rate_per_minute} jobs a minute", int(wait) + 1)
 
 
 def create(session: Session, tenant_id: str, request: dict[str, Any], revision: str, queue: str,
-           idempotency_key: str | None, digest: str) -> Job:
-    """A queued job row. `digest` is the hash of the body as sent, for Idempotency-Key replays."""
+           idempotency_key: str | None, digest: str, enqueued_at: datetime | None = None) -> Job:
+    """A queued job row. `digest` is the hash of the body as sent, for Idempotency-Key replays; `enqueued_at` is
+    stamped in the same INSERT by a caller that sends the message after the commit."""
     job = Job(tenant_id=tenant_id, model_name=request["model"], model_revision=revision, request=request,
-              request_hash=digest, idempotency_key=idempotency_key, queue=queue)
+              request_hash=digest, idempotency_key=idempotency_key, queue=queue, enqueued_at=enqueued_at)
     session.add(job)
     try:
         session.flush()

@@ -65,8 +65,8 @@ def submit(body: dict, key: str | None) -> dict:
             compare[other] = other_ref.revision
         jobs.check_limits(s, caller.tenant_id, rt.settings)
         row = {**body, **checked.document(), "compare_revisions": compare}  # the body's keys, params filled
-        job = jobs.create(s, caller.tenant_id, row, ref.revision, rt.settings.job_queue, key, digest)
-        job.enqueued_at = utcnow()  # stamped before the commit: a send in progress never looks unsent
+        # enqueued_at stamped before the commit: a send in progress never looks unsent
+        job = jobs.create(s, caller.tenant_id, row, ref.revision, rt.settings.job_queue, key, digest, utcnow())
         doc = jobs.document(job, [])
     try:
         send_job(rt.celery, job.id, job.queue)
