@@ -9,7 +9,9 @@ id with the adapter's mask id (``Adapter.mask``; [MASK] for Hugging Face models)
     comprehensiveness = mean_b [p(x) − p(x with r_b masked)]            (higher = the top tokens matter)
     sufficiency       = mean_b [p(x) − p(x with all but r_b masked)]    (lower = the top tokens suffice)
 
-(AOPC = the mean over the bins.) The same two numbers for a random ranking of the non-special tokens (a permutation
+(AOPC = the mean over the bins.) ``normalized`` places both between the lowest and highest AOPC found over rankings
+(Edin et al. 2024; worker/methods/aopc_bounds.py: the search, its budget and cost).
+The same two numbers for a random ranking of the non-special tokens (a permutation
 drawn from a generator seeded with the job's seed), and ``lift`` = comprehensiveness − random comprehensiveness.
 All 1 + 4·|bins| masked variants run in one batched forward pass.
 
@@ -17,6 +19,7 @@ Result (docs/extending.md keys, plus ``k`` and per-bin values)::
 
     {"bins": [0.01, 0.05, 0.1, 0.2, 0.5], "comprehensiveness": x, "sufficiency": x,
      "random": {"comprehensiveness": x, "sufficiency": x}, "lift": x,
+     "normalized": {"comprehensiveness": x, "sufficiency": x, "random": {...}, "bounds": {...}, "search", "rows"},
      "k": [k_b ...], "probability": p(x), "per_bin": {"comprehensiveness": [...], "sufficiency": [...],
      "random_comprehensiveness": [...], "random_sufficiency": [...]}}
 """
@@ -28,6 +31,7 @@ from typing import Any
 
 import torch
 
+from worker.methods.aopc_bounds import CACHE, normalized
 from worker.methods.perturb import candidates, masked_probabilities
 from worker.models.base import Adapter, Encoding
 
@@ -82,12 +86,14 @@ def faithfulness(
 
     comprehensiveness, sufficiency = aopc(drop[0][0]), aopc(drop[0][1])
     random = {"comprehensiveness": aopc(drop[1][0]), "sufficiency": aopc(drop[1][1])}
+    bounds = CACHE.get(adapter, one, index, ks, float(full))  # one search per input, shared by its methods
     return {
         "bins": list(bins),
         "comprehensiveness": comprehensiveness,
         "sufficiency": sufficiency,
         "random": random,
         "lift": comprehensiveness - random["comprehensiveness"],
+        "normalized": normalized(bounds, comprehensiveness, sufficiency, random),
         "k": ks,
         "probability": float(full),
         "per_bin": {"comprehensiveness": drop[0][0], "sufficiency": drop[0][1],
