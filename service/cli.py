@@ -40,7 +40,7 @@ class Failure(click.ClickException):
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(" ".join(message.split()))  # one line, whatever the server's detail held
-        self.exit_code = exit_code
+        self.exit_code = exit_code  # type: ignore[misc]  # click declares it on the class; per error here
 
 
 def api_failure(e: Any) -> Failure:

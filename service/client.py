@@ -99,7 +99,8 @@ class Artifact:
 
     @classmethod
     def from_raw(cls, raw: dict[str, Any]) -> Artifact:
-        return cls(**{f.name: raw.get(f.name) for f in fields(cls)})  # fields added to the document later: ignored
+        known: dict[str, Any] = {f.name: raw.get(f.name) for f in fields(cls)}
+        return cls(**known)  # fields the server adds later are ignored here (they stay in the job's .raw)
 
 
 @dataclass(frozen=True, eq=False)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -155,7 +155,8 @@ EXPECTED = {"int": "a whole number", "float": "a number", "bool": "true or false
 
 def _convert(name: str, kind: Any, raw: str) -> Any:
     kind = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
-    convert = {"int": int, "float": float, "bool": _bool}.get(kind)
+    converters: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "bool": _bool}
+    convert = converters.get(kind)
     if convert is None:
         return raw
     try:
