@@ -49,7 +49,7 @@ def _model(name: str, agg: dict[str, Any]) -> dict[str, Any]:
     information = views.line_chart([(layer, (part.get("word_information") or {}).get("mean"))
                                     for layer, part in sigma.items()], "mean word information per layer") \
         if sigma else None
-    return {"model": name, "items": agg.get("items"), "accuracy": fmt(agg.get("accuracy")) if "accuracy" in agg
+    return {"model": name, "n_items": agg.get("items"), "accuracy": fmt(agg.get("accuracy")) if "accuracy" in agg
             else None, "methods": methods,
             "faithfulness_chart": views.bar_chart(faith_rows, ["comprehensiveness", "sufficiency", "lift"]),
             "agreement": [{"pair": k, "rho": fmt(v)} for k, v in (agg.get("agreement") or {}).items()],
@@ -86,6 +86,6 @@ def audit(document: dict[str, Any], items: list[dict[str, Any]], artifact_url: v
             "error": document.get("error"),
             "per_model": [_model(n, a) for n, a in (aggregates.get("models") or {}).items()],
             "model_agreement": [{"pair": k, "rho": fmt(v)} for k, v in (aggregates.get("model_agreement") or {}).items()],
-            "first": first, "items": [_item(i, first) for i in items[:SHOWN_ITEMS]], "total_items": len(items),
+            "first": first, "rows": [_item(i, first) for i in items[:SHOWN_ITEMS]], "total_items": len(items),
             "artifacts": views.artifacts(document, artifact_url),
             "data": {"id": document.get("id"), "counts": counts, "items": len(items)}}

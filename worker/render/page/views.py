@@ -116,10 +116,11 @@ def line_chart(points: list[tuple[str, float]], title: str) -> dict[str, Any] | 
             "width": left + width + 40, "height": top + height + 40}
 
 
-def matrix(values: list[list[float]], rows: Sequence[str], cols: Sequence[str], cell: int = 14) -> dict[str, Any] | None:
+def matrix(values: list[list[float]], rows: Sequence[str], cols: Sequence[str]) -> dict[str, Any] | None:
     """A heat map as SVG cells with a <title> each (hover), or None when too large to draw inline."""
     if not values or not values[0] or len(values) * len(values[0]) > MATRIX_CELLS:
         return None
+    cell = max(8, min(26, 480 // max(len(values), len(values[0]))))  # small matrices readable, large ones fit
     scale = Scale([v for row in values for v in row])
     left, top = 8 + 7 * max((len(r) for r in rows), default=1), 8 + 7 * max((len(c) for c in cols), default=1)
     left, top = min(left, 160), min(top, 160)
@@ -162,7 +163,7 @@ def attention_view(part: dict[str, Any], result: dict[str, Any]) -> dict[str, An
                                                                                    strict=False)]
         return {"kind": "transformer", "layers": layers, "heads": part.get("heads")}
     if view == "esim":
-        p, h = part.get("premise_tokens") or part.get("premise") or [], part.get("hypothesis_tokens") or []
+        p, h = labels(part, "premise"), labels(part, "hypothesis")
         return {"kind": "esim", "maps": [
             {"title": "premise → hypothesis", "matrix": matrix(part.get("premise_to_hypothesis") or [], p, h)},
             {"title": "hypothesis → premise", "matrix": matrix(part.get("hypothesis_to_premise") or [], h, p)}]}
@@ -173,9 +174,14 @@ def attention_view(part: dict[str, Any], result: dict[str, Any]) -> dict[str, An
     return None
 
 
+def labels(part: dict[str, Any], side: str) -> list[str]:
+    """An ESIM part's words of one side (`premise`, `hypothesis`: their texts; `*_tokens` are token indices)."""
+    return [str(w) for w in part.get(side) or []]
+
+
 def esim_view(part: dict[str, Any]) -> dict[str, Any] | None:
     """attention_saliency: alignment and saliency side by side."""
-    p, h = part.get("premise_tokens") or [], part.get("hypothesis_tokens") or []
+    p, h = labels(part, "premise"), labels(part, "hypothesis")
     att = part.get("attention") or {}
     maps = [{"title": "alignment premise → hypothesis", "matrix": matrix(att.get("premise_to_hypothesis") or [], p, h)},
             {"title": "saliency", "matrix": matrix(part.get("saliency") or [], p, h)}]
@@ -187,7 +193,7 @@ def gating_view(part: dict[str, Any]) -> dict[str, Any] | None:
     gates = part.get("gates")
     if not isinstance(gates, dict) or not gates:
         return None
-    tokens = list(part.get("premise_tokens") or []) + list(part.get("hypothesis_tokens") or [])
+    tokens = labels(part, "premise") + labels(part, "hypothesis")
     rows = []
     for name, gate in gates.items():
         values = gate.get("signal") or []
