@@ -58,15 +58,16 @@ def _model(name: str, agg: dict[str, Any]) -> dict[str, Any]:
 
 def _item(line: dict[str, Any], first: str | None) -> dict[str, Any]:
     text = " ||| ".join(str(v) for k, v in (line.get("input") or {}).items() if k in ("text", "premise", "hypothesis"))
+    methods: dict[str, Any] = line.get("methods") or {}
+    words: list[str] = line.get("word_strings") or []
     result = {"tokens": line.get("tokens") or [], "special": line.get("special") or [], "words": line.get("words"),
-              "word_strings": line.get("word_strings") or [],
-              "methods": line.get("methods") or {}}
+              "word_strings": words, "methods": methods}
     top = ""
-    if first and first in result["methods"]:
-        scores = result["methods"][first]["word_scores"]
+    if first and first in methods:
+        scores = methods[first]["word_scores"]
         special = views.word_special(result)
         order = sorted((i for i in range(len(scores)) if not special[i]), key=lambda i: -abs(scores[i]))[:5]
-        top = " ".join(result["word_strings"][i] for i in order)
+        top = " ".join(words[i] for i in order)
     prediction = line.get("prediction") or {}
     return {"model": line.get("model"), "position": line.get("position"), "status": line.get("status"),
             "label": line.get("label"), "prediction": prediction.get("label"), "text": text, "top": top,

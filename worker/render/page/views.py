@@ -100,17 +100,18 @@ def word_table(result: dict[str, Any], methods: list[str]) -> dict[str, Any]:
     return {"methods": methods, "rows": rows}
 
 
-def line_chart(points: list[tuple[str, float]], title: str) -> dict[str, Any] | None:
-    """A small line chart over named x positions (sigma's sentence entropy per layer)."""
-    ys = [y for _, y in points if isinstance(y, (int, float)) and math.isfinite(y)]
-    if len(ys) < 1:
+def line_chart(points: list[tuple[str, float | None]], title: str) -> dict[str, Any] | None:
+    """A small line chart over named x positions (sigma's sentence entropy per layer); a missing value is a gap in
+    the dots (the line joins the others)."""
+    known = [(i, x, y) for i, (x, y) in enumerate(points) if isinstance(y, (int, float)) and math.isfinite(y)]
+    if not known:
         return None
-    low, high = min(ys), max(ys)
+    low, high = min(y for _, _, y in known), max(y for _, _, y in known)
     span = (high - low) or 1.0
     left, width, top, height = 60, max(60 * (len(points) - 1), 60), 14, 120
     step = width / max(len(points) - 1, 1)
     dots = [{"x": round(left + i * step, 1), "y": round(top + height * (high - y) / span, 1), "label": x,
-             "value": fmt(y)} for i, (x, y) in enumerate(points)]
+             "value": fmt(y)} for i, x, y in known]
     return {"dots": dots, "path": " ".join(f"{d['x']},{d['y']}" for d in dots), "title": title,
             "low": fmt(low), "high": fmt(high), "left": left, "top": top, "bottom": top + height,
             "width": left + width + 40, "height": top + height + 40}
