@@ -60,6 +60,7 @@ def screenshot(driver, name: str, full_page: bool = True) -> Path:
     path = SHOTS / f"{name}.png"
     size = driver.get_window_size()
     if full_page:
+        driver.execute_script("window.scrollTo(0, 0)")
         height = driver.execute_script("return Math.min(document.documentElement.scrollHeight, 6000)")
         driver.set_window_size(size["width"], max(height, 300))
     driver.save_screenshot(str(path))

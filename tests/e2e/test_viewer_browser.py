@@ -242,3 +242,29 @@ def test_the_audit_page_shows_progress_then_the_audit(stack, driver):
     screenshot(driver, "audit-page")
     driver.get(f"{stack.url}/ui/audits")
     assert audit_id[:8] in driver.find_element(By.ID, "audits").text
+
+
+def test_sigma_and_esim_views(stack, driver):
+    By = _by()
+    sign_in(driver, stack, stack.key)
+    api = stack.api()
+    sigma = api.post(f"{stack.url}/v1/jobs", json={
+        "model": "minilm-rt", "methods": ["sigma"], "inputs": {"text": "A gripping, beautifully acted film."},
+        "params": {"sigma": {"samples": 1, "max_steps": 150}}}, timeout=30)
+    esim = api.post(f"{stack.url}/v1/jobs", json={
+        "model": "esim-50", "methods": ["attention", "attention_saliency", "gating"],
+        "inputs": {"premise": "A man is playing a guitar on stage.", "hypothesis": "A person plays music."}},
+        timeout=30)
+    assert sigma.status_code == esim.status_code == 202, (sigma.text, esim.text)
+    for job, section, shot in ((sigma.json(), "section.other.sigma", "sigma-view"),
+                               (esim.json(), "section.other.attention_saliency", "esim-view")):
+        doc = stack.wait("jobs", job["id"])
+        assert doc["status"] == "succeeded", doc
+        driver.get(f"{stack.url}/ui/jobs/{job['id']}")
+        view = driver.find_element(By.CSS_SELECTOR, section)
+        driver.execute_script("arguments[0].scrollIntoView()", view)
+        assert view.is_displayed()
+        _clean(driver)
+        screenshot(driver, shot)
+    gates = driver.find_elements(By.CSS_SELECTOR, "section.other.gating .gate")
+    assert len(gates) == len(doc["result"]["methods"]["gating"]["gates"]), len(gates)
