@@ -74,6 +74,9 @@ class Lantern(click.Group):
             raise Failure(str(e), USAGE) from None
         except TimeoutError as e:
             raise Failure(str(e), FAILED) from None
+        except BrokenPipeError:  # `lantern jobs list | head -1`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            sys.exit(OK)
         except OSError as e:  # a download's folder not writable, a file not readable, ...
             raise Failure(f"{e.strerror or e}: {e.filename or ''}", FAILED) from None
 
