@@ -6,6 +6,7 @@ Adding a method = one new module `worker/methods/<name>.py` with `METHOD = Metho
 from __future__ import annotations
 
 import platform
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ from worker.methods.request import (
     validate,
     validate_options,
 )
+from worker.methods.stability import stability
 from worker.models.base import Adapter, Encoding, InputError
 
 # the engine's public names, re-exported from where they live (scripts and the service import them from here)
@@ -131,19 +133,28 @@ def _run(adapter: Adapter, options: ExplainOptions, inputs: Sequence[Mapping[str
         def step(fraction: float, n: int = n) -> None:
             progress((n + min(max(fraction, 0.0), 1.0)) / len(methods))
 
+        targets = [Target(heads[i], score) if index is not None else None for i in range(len(items))]
         if method.run_batch is not None and len(items) > 1:
+            started = time.perf_counter()
             torch.manual_seed(seed)
             outs = method.run_batch(adapter, encoding, Target(index, score) if index is not None else None, chosen,
                                     layers=layers, progress=step, seed=seed)
+            seconds = [(time.perf_counter() - started) / len(items)] * len(items)  # the batch's time, shared
         else:
-            outs = []
+            outs, seconds = [], []
             for i, item in enumerate(items):
+                started = time.perf_counter()
                 torch.manual_seed(seed)
-                outs.append(method.run(adapter, item, Target(heads[i], score) if index is not None else None,
-                                       chosen, layers=layers, seed=seed,
+                outs.append(method.run(adapter, item, targets[i], chosen, layers=layers, seed=seed,
                                        progress=lambda f, i=i: step((i + min(max(f, 0.0), 1.0)) / len(items))))
+                seconds.append(time.perf_counter() - started)
         for i, out in enumerate(outs):
             attach(explanations[i], adapter, items[i], heads[i], name, method, out, chosen, seed, figures)
+            part = explanations[i].result["methods"][name]
+            part["seconds"] = round(seconds[i], 6)  # the method's own run, not its faithfulness
+            if chosen.get("stability") and "scores" in part:
+                part["stability"] = stability(method, adapter, items[i], targets[i], chosen, layers, seed,
+                                              part["scores"])
         step(1.0)
     return explanations
 

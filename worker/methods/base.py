@@ -39,6 +39,14 @@ class Params(ma.Schema):
         unknown = ma.RAISE
 
 
+class SeededParams(Params):
+    """Base of a stochastic method's schema: ``stability: true`` asks for its scores' agreement across seeds
+    (worker/methods/stability.py)."""
+
+    stability = ma.fields.Boolean(load_default=False, metadata={
+        "description": "also run with 2 more seeds and report the mean Spearman ρ of the scores (3× the cost)"})
+
+
 @dataclass
 class MethodResult:
     """Named tensors (one safetensors file per method), the JSON part of the job result, figures as PNG bytes."""

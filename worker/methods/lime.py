@@ -23,14 +23,14 @@ from typing import Any
 import marshmallow as ma
 import torch
 
-from worker.methods.base import Method, MethodResult, Params, Target, token_result
+from worker.methods.base import Method, MethodResult, SeededParams, Target, token_result
 from worker.methods.perturb import masked_probabilities
 from worker.models.base import Adapter, Encoding
 
 MAX_SAMPLES = 5000
 
 
-class LimeParams(Params):
+class LimeParams(SeededParams):
     samples = ma.fields.Integer(load_default=500, strict=True, validate=ma.validate.Range(10, MAX_SAMPLES),
                                 metadata={"description": "perturbed samples (the first is the input itself)"})
     unit = ma.fields.String(load_default="word", validate=ma.validate.OneOf(("word", "token")),

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from worker.methods.sanity_results import PATH, load
+from worker.methods.stability import spearman
 
 __all__ = ["PATH", "WEAK", "check", "load", "randomised", "spearman"]
 
@@ -26,16 +27,8 @@ WEAK = 0.5
 # light settings so that the whole check runs in minutes on a CPU
 PARAMS: dict[str, dict[str, Any]] = {
     "smoothgrad": {"samples": 10}, "integrated_gradients": {"steps": 16}, "lime": {"samples": 200},
-    "perturbation": {"steps": 30, "lr": 0.2},
+    "perturbation": {"steps": 30, "lr": 0.2}, "shap": {"max_evals": 200},
 }
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman's ρ (Pearson correlation of the ranks; ties broken by position)."""
-    ra = a.argsort().argsort().double()
-    rb = b.argsort().argsort().double()
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float((ra @ rb) / (ra.norm() * rb.norm()).clamp_min(1e-30))
 
 
 def randomised(adapter, seed: int = 0):

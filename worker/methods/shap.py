@@ -41,7 +41,7 @@ import marshmallow as ma
 import numpy as np
 import torch
 
-from worker.methods.base import Method, MethodResult, Params, Target, token_result
+from worker.methods.base import Method, MethodResult, SeededParams, Target, token_result
 from worker.models.base import Adapter, Encoding, InputError
 
 ALGORITHMS = ("partition", "kernel")
@@ -49,7 +49,7 @@ UNITS = ("token", "word")
 MAX_EVALS = 20_000
 
 
-class ShapParams(Params):
+class ShapParams(SeededParams):
     algorithm = ma.fields.String(load_default="partition", validate=ma.validate.OneOf(ALGORITHMS),
                                  metadata={"description": "partition (Owen values over a text clustering) or kernel "
                                                           "(KernelSHAP, seeded)"})

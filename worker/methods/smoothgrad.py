@@ -22,7 +22,7 @@ from typing import Any
 import marshmallow as ma
 import torch
 
-from worker.methods.base import Method, MethodResult, Params, Target, token_result
+from worker.methods.base import Method, MethodResult, SeededParams, Target, token_result
 from worker.methods.gradient import AGGREGATES, aggregate, input_gradient
 from worker.models.base import Adapter, Encoding
 
@@ -30,7 +30,7 @@ MAX_SAMPLES = 10_000
 MAX_BATCH = 256
 
 
-class SmoothGradParams(Params):
+class SmoothGradParams(SeededParams):
     samples = ma.fields.Integer(load_default=25, strict=True, validate=ma.validate.Range(1, MAX_SAMPLES),
                                 metadata={"description": "number of noisy copies n"})
     noise = ma.fields.Float(load_default=0.1, allow_nan=False, validate=ma.validate.Range(0.0, 1.0),
