@@ -49,7 +49,7 @@ OUTAGE_RETRY_AFTER = 5
 
 
 @bp.before_request
-def _signed_in() -> Response | None:
+def _signed_in() -> Any:
     if not current_app.extensions.get("lantern.ui"):
         abort(503, "the web UI needs LANTERN_SECRET_KEY to sign its cookies; set it on every API process")
     endpoint = (request.endpoint or "").removeprefix("ui.")
@@ -286,7 +286,7 @@ def _render_audit(doc: dict, items: list[dict], artifact_url: Callable[[str], st
     return audit_view(doc, items, artifact_url)
 
 
-def _links(artifacts: list[dict], endpoint: str, **ids: str) -> list[dict]:
+def _links(artifacts: list[dict], endpoint: str, **ids: Any) -> list[dict]:
     return [{**a, "href": url_for(endpoint, name=a["name"], **ids)} for a in artifacts]
 
 
