@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import sys
 import threading
 import time
 
@@ -194,3 +195,45 @@ def test_connection_refused_is_retried_then_raised():
     with pytest.raises(requests.ConnectionError):
         Client(f"http://127.0.0.1:{free_port()}", "k", retries=2, backoff=0.2).models()
     assert time.monotonic() - t0 >= 0.2  # backed off between the tries
+
+
+# --- the typed job's views of a result (a real result document: tests/fixtures/page) ------------------------
+
+def _fixture_result() -> dict:
+    from pathlib import Path
+
+    return json.loads((Path(__file__).parents[1] / "fixtures" / "page" / "cnn-rt.json").read_text())
+
+
+def test_to_pandas_of_a_single_and_of_a_batch_result(monkeypatch):
+    result = _fixture_result()
+    words = Job.from_raw({"id": "j", "status": "succeeded", "result": result}).to_pandas()
+    assert list(words.columns) == ["word", "gradient", "grad_x_input", "lrp"]
+    assert words["word"].tolist() == result["word_strings"]
+    assert words["grad_x_input"].tolist() == result["methods"]["grad_x_input"]["word_scores"]
+    tokens = Job.from_raw({"id": "j", "status": "succeeded", "result": result}).to_pandas("tokens")
+    assert list(tokens.columns) == ["token", "special", "gradient", "grad_x_input", "lrp"]
+    assert tokens["lrp"].tolist() == result["methods"]["lrp"]["scores"]
+
+    batch = {"schema_version": 1, "kind": "batch", "items": [result, result]}
+    frame = Job.from_raw({"id": "b", "status": "succeeded", "result": batch}).to_pandas()
+    assert list(frame.columns) == ["item", "word", "gradient", "grad_x_input", "lrp"]
+    assert frame["item"].tolist() == [0] * len(result["word_strings"]) + [1] * len(result["word_strings"])
+
+    from service.terminal import summary
+
+    lines = summary({"id": "b", "status": "succeeded", "attempts": 1, "device": "cpu", "result": batch,
+                     "artifacts": []}).splitlines()
+    assert [line.split(" prediction")[0] for line in lines if "prediction" in line] == ["item 0", "item 1"]
+
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    with pytest.raises(ImportError, match="pip install pandas"):
+        Job.from_raw({"id": "j", "status": "succeeded", "result": result}).to_pandas()
+
+
+def test_a_job_without_result_html_says_so_and_artifacts_ignore_new_fields():
+    job = Job.from_raw({"id": "<j>", "status": "running", "artifacts": [
+        {"name": "a.png", "content_type": "image/png", "bytes": 3, "sha256": "x", "url": "/u", "new": 1}]})
+    assert job.artifact("a.png").bytes == 3 and job.artifact("result.html") is None
+    assert job._repr_html_() == ("<p>Lantern job <code>&lt;j&gt;</code> has no result.html yet: it is running. "
+                                 "Call <code>client.wait(job)</code> and show the job it returns.</p>")
