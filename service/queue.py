@@ -8,15 +8,29 @@ import json
 
 from celery import Celery
 from kombu import Exchange, Queue
+from kombu.transport import sqlalchemy as kombu_sqlalchemy
 
 from service.config import Settings
 
 RUN_JOB = "lantern.run_job"
+SQLA = "sqla+"  # the scheme prefix of kombu's SQLAlchemy transport
+
+
+class PolledSQLTransport(kombu_sqlalchemy.Transport):
+    """kombu's server-less SQLAlchemy transport, polled every 50 ms instead of every second: an idle worker of the
+    embedded default otherwise notices a new job 0.5 s late on average (SQLite cannot notify; a poll is one indexed
+    SELECT). Its options cannot set this: the transport hands them all to create_engine."""
+
+    polling_interval = 0.05
 
 
 def make_celery(settings: Settings) -> Celery:
-    app = Celery("lantern", broker=settings.broker, set_as_current=False)
+    broker, transport = settings.broker, None
+    if broker.startswith(SQLA):
+        broker, transport = broker.removeprefix(SQLA), f"{__name__}:PolledSQLTransport"
+    app = Celery("lantern", broker=broker, set_as_current=False)
     app.conf.update(
+        broker_transport=transport,
         task_serializer="json",
         accept_content=["json"],
         result_backend=None,  # the job row is the truth, not a result backend
@@ -29,7 +43,7 @@ def make_celery(settings: Settings) -> Celery:
         # Redis redelivers an unacked message after the visibility timeout: it must outlast the hard limit.
         # (kombu's SQLAlchemy transport passes its options to create_engine and has no such timeout.)
         broker_transport_options=(
-            {"visibility_timeout": settings.visibility_timeout} if settings.broker.startswith("redis") else {}),
+            {"visibility_timeout": settings.visibility_timeout} if broker.startswith("redis") else {}),
         broker_connection_retry_on_startup=True,
         task_queues=[_queue(settings.job_queue), _queue(settings.cpu_queue)],
         task_default_queue=settings.cpu_queue,
