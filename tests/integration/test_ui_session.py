@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from dataclasses import replace
 
 import pytest
 from itsdangerous import URLSafeTimedSerializer
@@ -42,6 +43,8 @@ class Browser:
 def app(runtime):
     from service.app import create_app
 
+    if not runtime.settings.embedded:  # production (PostgreSQL) needs LANTERN_SECRET_KEY for the UI
+        runtime.settings = replace(runtime.settings, secret_key="test-secret-" + "s" * 32)
     return create_app(runtime=runtime)
 
 
@@ -164,7 +167,7 @@ HTML = '<!doctype html><style>p{color:red}</style><script>document.title = "x";<
        '<script type="application/json" id="data">{"a": 1}</script><p>hi</p>'
 
 
-def test_artifacts_inline_with_nosniff_and_a_csp_of_their_own(runtime, api, browser, new_key):
+def test_artifacts_inline_with_nosniff_and_a_csp_of_their_own(runtime, app, api, browser):
     import base64
     import hashlib
 
@@ -172,7 +175,7 @@ def test_artifacts_inline_with_nosniff_and_a_csp_of_their_own(runtime, api, brow
     job_id = _finished_job(runtime, api, {"result.html": (HTML.encode(), "text/html"),
                                           "gradient.png": (png, "image/png"),
                                           "gradient.safetensors": (b"\x00" * 8, "application/octet-stream")})
-    b = Browser(api.app)
+    b = Browser(app)
     b.sign_in(api.key)
     html = b.get(f"/ui/jobs/{job_id}/artifacts/result.html")
     assert html.status_code == 200 and html.data == HTML.encode()
