@@ -117,22 +117,29 @@ def line_chart(points: list[tuple[str, float | None]], title: str) -> dict[str, 
             "width": left + width + 40, "height": top + height + 40}
 
 
-def matrix(values: list[list[float]], rows: Sequence[str], cols: Sequence[str]) -> dict[str, Any] | None:
-    """A heat map as SVG cells with a <title> each (hover), or None when too large to draw inline."""
+def matrix(values: list[list[float | None]], rows: Sequence[str], cols: Sequence[str],
+           per_row: bool = False) -> dict[str, Any] | None:
+    """A heat map as SVG cells with a <title> each (hover), or None when too large to draw inline. `per_row`: each
+    row coloured on its own scale (the legend then spans ±1 of the row's largest |value|); None cells are blank."""
     if not values or not values[0] or len(values) * len(values[0]) > MATRIX_CELLS:
         return None
     cell = max(8, min(26, 480 // max(len(values), len(values[0]))))  # small matrices readable, large ones fit
-    scale = Scale([v for row in values for v in row])
+    colours = values
+    if per_row:
+        colours = [[None if v is None or not top else v / top for v in row]
+                   for row in values for top in [max((abs(v) for v in row if v is not None), default=0.0)]]
+    scale = Scale([v for row in colours for v in row])
     left, top = 8 + 7 * max((len(r) for r in rows), default=1), 8 + 7 * max((len(c) for c in cols), default=1)
     left, top = min(left, 160), min(top, 160)
-    cells = [{"x": left + j * cell, "y": top + i * cell, "fill": scale.colour(v),
+    cells = [{"x": left + j * cell, "y": top + i * cell, "fill": "#ffffff" if v is None else scale.colour(c),
               "tip": f"{rows[i] if i < len(rows) else i} → {cols[j] if j < len(cols) else j}: {fmt(v)}"}
-             for i, row in enumerate(values) for j, v in enumerate(row)]
+             for i, (row, shade) in enumerate(zip(values, colours, strict=True))
+             for j, (v, c) in enumerate(zip(row, shade, strict=True))]
     return {"cells": cells, "cell": cell, "left": left, "top": top,
             "rows": [{"label": r, "y": top + i * cell + cell * 0.7} for i, r in enumerate(rows)],
             "cols": [{"label": c, "x": left + j * cell + cell * 0.7} for j, c in enumerate(cols)],
             "width": left + cell * len(values[0]) + 8, "height": top + cell * len(values) + 8,
-            "legend": scale.legend(), "signed": scale.signed}
+            "legend": scale.legend(), "signed": scale.signed, "per_row": per_row}
 
 
 def sigma_view(part: dict[str, Any], result: dict[str, Any]) -> dict[str, Any] | None:
@@ -223,8 +230,9 @@ def single(result: dict[str, Any]) -> dict[str, Any]:
     prediction = result.get("prediction") or None
     probs = sorted((prediction or {}).get("probabilities", {}).items(), key=lambda kv: -kv[1])
     others = []
+    generation = result.get("kind") == "generation"
     for m, part in parts.items():
-        if m in methods or not isinstance(part, dict):
+        if m in methods or generation or not isinstance(part, dict):
             continue
         if m == "sigma":
             view = sigma_view(part, result)
@@ -247,21 +255,28 @@ def single(result: dict[str, Any]) -> dict[str, Any]:
         "agreement": agreement(result, methods),
         "faithfulness": faith,
         "faithfulness_chart": bar_chart(faith, ["comprehensiveness", "sufficiency", "random", "lift"]),
-        "generation": generation_view(result) if result.get("kind") == "generation" else None,
+        "generation": generation_view(result) if generation else None,
     }
 
 
 def generation_view(result: dict[str, Any]) -> dict[str, Any] | None:
-    """A generation result (issue 19): per method a steps × tokens heat map of its S×T `scores`."""
-    steps = [str(s) for s in result.get("generation") or []]
-    tokens = result.get("tokens") or []
+    """A generation result (issue 19): the prompt and the generated tokens with their probabilities, and per method
+    the steps × tokens heat map of its S×T `scores` (each row on its own scale, as in the method's figure; a cell
+    the step does not read is blank)."""
+    generation = result.get("generation") or {}
+    generated = [str(t) for t in generation.get("tokens") or []]
+    tokens, prompt = [str(t) for t in result.get("tokens") or []], int(result.get("prompt_length") or 0)
+    steps = [f"{s}: {t}" for s, t in enumerate(generated)]
     maps = []
     for m, part in (result.get("methods") or {}).items():
         scores = part.get("scores") if isinstance(part, dict) else None
         if isinstance(scores, list) and scores and isinstance(scores[0], list):
-            maps.append({"title": m, "matrix": matrix(scores, steps or [str(i) for i in range(len(scores))],
-                                                      tokens or [str(i) for i in range(len(scores[0]))])})
-    return {"maps": maps, "text": "".join(steps)} if maps else None
+            labels_ = steps if len(steps) == len(scores) else [str(s) for s in range(len(scores))]
+            maps.append({"title": m, "matrix": matrix(scores, labels_, tokens, per_row=True)})
+    probabilities = [{"step": s, "token": t, "p": fmt(p)}
+                     for s, (t, p) in enumerate(zip(generated, generation.get("probabilities") or [], strict=False))]
+    return {"prompt": "".join(tokens[:prompt]), "generated": generated, "probabilities": probabilities,
+            "maps": maps}
 
 
 def artifacts(document: dict[str, Any], artifact_url: ArtifactUrl | None) -> list[dict[str, Any]]:
