@@ -1,0 +1,122 @@
+"""The submit path after issue 20's stall hunt: what gunicorn's master warms before it forks (and that it opens no
+connection doing so), the tenant limits read in one bounded query (and Retry-After when the window frees a place),
+and the embedded default's broker transport. Behaviour only: the speed lives in benchmarks/bench_api.py and
+bench_latency.py."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from datetime import timedelta
+
+import pytest
+
+WARM_THEN_REPORT = """
+import json, sys
+from service.config import Settings
+from service.runtime import Runtime
+from service import gunicorn_conf
+import worker.models as models
+
+settings = Settings.from_env(env={}, data_dir=sys.argv[1], database_url=sys.argv[2], broker_url=sys.argv[3])
+rt = Runtime(settings)
+before = {m for m in ("psycopg", "redis", "kombu.transport.redis", "transformers") if m in sys.modules}
+gunicorn_conf.warm_adapters(rt)
+gunicorn_conf.warm_clients(rt)
+pool = rt.db.engine.pool
+print(json.dumps({"before": sorted(before),
+                  "after": sorted(m for m in ("psycopg", "redis", "kombu.transport.redis", "transformers")
+                                  if m in sys.modules),
+                  "cached": len(models._cache), "zoo": len(models.zoo_names()),
+                  "db_connections": pool.checkedin() + pool.checkedout()}))
+"""
+
+
+def test_the_api_master_warms_models_and_clients_without_connecting(pg_url, redis_url, tmp_path):
+    """What each gunicorn worker paid on its first submits (2-4 s: the stall), the master now pays before the port
+    opens; it opens no database connection doing so (a pool must not cross a fork)."""
+    out = subprocess.run([sys.executable, "-c", WARM_THEN_REPORT, str(tmp_path), pg_url, redis_url],
+                         capture_output=True, text=True, check=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["before"] == []  # a clean process: these are the warm-up's doing
+    assert report["after"] == ["kombu.transport.redis", "psycopg", "redis", "transformers"]
+    assert report["cached"] == min(4, report["zoo"])  # the model cache's bound (LANTERN_MODEL_CACHE_SIZE)
+    assert report["db_connections"] == 0
+
+
+def test_in_flight_limit_counts_up_to_the_limit(runtime):
+    from dataclasses import replace
+
+    from service import jobs
+    from service.auth import ensure_tenant
+    from service.errors import Problem
+
+    settings = replace(runtime.settings, max_in_flight=2, rate_per_minute=10**6)
+    with runtime.db.session() as s:
+        tenant = ensure_tenant(s, f"busy-{uuid.uuid4().hex[:8]}")
+        s.flush()
+        for i in range(5):
+            jobs.create(s, tenant.id, {"model": "minilm-rt", "seed": i}, "r", "q", None, f"d{i}")
+    with runtime.db.session() as s, pytest.raises(Problem) as refused:
+        jobs.check_limits(s, tenant.id, settings)
+    assert refused.value.status == 429
+    assert "2 jobs in flight; the limit is 2" in refused.value.detail
+
+
+def test_rate_limit_waits_until_the_window_frees_a_place(runtime):
+    """Three jobs in the last minute (50, 30 and 10 s ago) with a limit of 2: a place frees when the limit's
+    oldest (30 s ago) leaves the window, in ~30 s; not when the oldest of all does (~10 s, which would be
+    refused again)."""
+    from dataclasses import replace
+
+    from sqlalchemy import update
+
+    from service import jobs
+    from service.auth import ensure_tenant
+    from service.db import Job, utcnow
+    from service.errors import Problem
+
+    settings = replace(runtime.settings, max_in_flight=10**6, rate_per_minute=2)
+    now = utcnow()
+    with runtime.db.session() as s:
+        tenant = ensure_tenant(s, f"chatty-{uuid.uuid4().hex[:8]}")
+        s.flush()
+        for age in (50, 30, 10):
+            job = jobs.create(s, tenant.id, {"model": "minilm-rt", "seed": age}, "r", "q", None, f"d{age}")
+            s.execute(update(Job).where(Job.id == job.id).values(created_at=now - timedelta(seconds=age)))
+    with runtime.db.session() as s, pytest.raises(Problem) as refused:
+        jobs.check_limits(s, tenant.id, settings)
+    assert "more than 2 jobs a minute" in refused.value.detail
+    assert 29 <= int(refused.value.headers["Retry-After"]) <= 32
+    with runtime.db.session() as s:  # under the limit: no refusal
+        jobs.check_limits(s, tenant.id, replace(settings, rate_per_minute=4))
+
+
+def test_create_stamps_enqueued_at_in_the_insert(runtime):
+    from service import jobs
+    from service.auth import ensure_tenant
+    from service.db import Job, utcnow
+
+    at = utcnow()
+    with runtime.db.session() as s:
+        tenant = ensure_tenant(s, f"t-{uuid.uuid4().hex[:8]}")
+        s.flush()
+        job_id = jobs.create(s, tenant.id, {"model": "minilm-rt"}, "r", "q", None, "d", at).id
+    with runtime.db.session() as s:
+        assert s.get(Job, job_id).enqueued_at == at
+
+
+def test_the_embedded_broker_is_polled_often_and_still_carries_messages(tmp_path):
+    from service.config import Settings
+    from service.queue import PolledSQLTransport, held_job_ids, make_celery, send_job
+
+    settings = Settings.from_env(env={}, data_dir=str(tmp_path))
+    assert settings.broker.startswith("sqla+sqlite")
+    tmp_path.mkdir(exist_ok=True)
+    app = make_celery(settings)
+    with app.connection_for_write() as conn:
+        assert isinstance(conn.transport, PolledSQLTransport)
+        assert conn.transport.polling_interval <= 0.1
+    send_job(app, "job-1", settings.job_queue)
+    assert held_job_ids(app, [settings.job_queue]) == {"job-1"}
