@@ -90,7 +90,7 @@ _FIELDS: dict[str, ma.fields.Field] = {
                                                            "optimiser, many more steps)"}),
     "restarts": ma.fields.Integer(load_default=1, strict=True, validate=ma.validate.Range(1, 8),
                                   metadata={"description": "starts (the 2nd on are random); lowest objective wins"}),
-    "eval_samples": ma.fields.Integer(load_default=256, strict=True, validate=ma.validate.Range(16, 4096),
+    "eval_samples": ma.fields.Integer(load_default=64, strict=True, validate=ma.validate.Range(16, 4096),
                                       metadata={"description": "noise draws for the reported objective"}),
     "timestamps": ma.fields.List(ma.fields.String(), load_default=list,
                                  metadata={"description": "layers to explain once per time step (Guan Fig. 2)"}),
