@@ -47,10 +47,12 @@ def faithfulness_rows(result: dict[str, Any], methods: list[str]) -> list[dict[s
     for m in methods:
         f = result["methods"][m].get("faithfulness")
         if isinstance(f, dict):
-            rnd = f.get("random") or {}
+            rnd, norm = f.get("random") or {}, f.get("normalized") or {}
             rows.append({"method": m, "comprehensiveness": f.get("comprehensiveness"),
                          "sufficiency": f.get("sufficiency"), "random": rnd.get("comprehensiveness"),
-                         "random_sufficiency": rnd.get("sufficiency"), "lift": f.get("lift")})
+                         "random_sufficiency": rnd.get("sufficiency"), "lift": f.get("lift"),
+                         "normalized_comprehensiveness": norm.get("comprehensiveness"),
+                         "normalized_sufficiency": norm.get("sufficiency")})
     return rows
 
 
