@@ -14,7 +14,8 @@ STATIC = Path(__file__).parent / "static"
 
 
 def register(app: Flask, runtime: Runtime) -> None:
-    from service.ui import session, views
+    import service.ui.session as session
+    import service.ui.views as views
 
     app.extensions["lantern.ui"] = session.configure(app, runtime.settings)
     if not app.extensions["lantern.ui"]:

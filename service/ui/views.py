@@ -25,13 +25,14 @@ from markupsafe import Markup
 from sqlalchemy import select
 from werkzeug.exceptions import HTTPException
 
+import service.ui.forms as forms
+import service.ui.session as session
 from service import audit_lifecycle as lifecycle
 from service import audits, jobs, models
 from service.api.base import runtime
 from service.db import FINISHED, Artifact, Audit, is_unavailable
 from service.domain import JobStatus
 from service.errors import Problem, not_found
-from service.ui import forms, session
 from service.ui.artifacts import artifact_response
 
 log = logging.getLogger("lantern.ui")
