@@ -24,7 +24,8 @@ from worker.methods.request import (
 
 def limits_of(settings: Settings) -> Limits:
     """The work limits of the configuration (LANTERN_MAX_TOKENS / _SAMPLES / _STEPS)."""
-    return Limits(max_tokens=settings.max_tokens, max_samples=settings.max_samples, max_steps=settings.max_steps)
+    return Limits(max_tokens=settings.max_tokens, max_samples=settings.max_samples, max_steps=settings.max_steps,
+                  max_prompt_tokens=settings.max_prompt_tokens, max_new_tokens=settings.max_new_tokens)
 
 
 def validated(adapter: Any, request: ExplainRequest, settings: Settings) -> ExplainRequest:

@@ -29,6 +29,7 @@ class Capability(StrEnum):
     LRP_RULES = "lrp_rules"  # relevance propagation rules for every layer from the logits down to the embeddings
     EMBEDDING_TABLE = "embedding_table"  # an input embedding table (random words for sigma's concepts)
     SEQUENCE_OUTPUT = "sequence_output"  # the `output` layer has a row per position (sigma's timestamp mode)
+    GENERATION = "generation"  # a generative LM: a prompt, generated or given tokens, one explanation per step
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,13 @@ METHODS: dict[str, Requires] = {
 }
 
 
+# The methods that explain a generative model step by step (worker/methods/generation.py); no other applies to one.
+GENERATION_METHODS = ("gradient", "grad_x_input", "integrated_gradients")
+
+
 def applicable(offered: Iterable[Capability]) -> list[str]:
     """The methods, in registry order, that apply to an adapter offering `offered`."""
     have = frozenset(offered)
+    if Capability.GENERATION in have:
+        return [name for name in METHODS if name in GENERATION_METHODS]
     return [name for name, requirement in METHODS.items() if not requirement.missing(have)]

@@ -33,10 +33,18 @@ class InputsSchema(Strict):
     text = ma.fields.String(metadata={"description": "a single text", **NOT_BLANK})
     premise = ma.fields.String(metadata=NOT_BLANK)
     hypothesis = ma.fields.String(metadata=NOT_BLANK)
+    prompt = ma.fields.String(metadata={"description": "a generative model's prompt", **NOT_BLANK})
+    continuation = ma.fields.String(validate=validate.Length(1), metadata={
+        "description": "with a prompt: the continuation to explain (forced decoding), tokenised on its own"})
 
     @ma.validates_schema
     def one_shape(self, data: dict, **_: object) -> None:
-        if "text" in data:
+        if "prompt" in data or "continuation" in data:
+            if set(data) - {"prompt", "continuation"} or "prompt" not in data:
+                raise ma.ValidationError("give a prompt (and optionally a continuation) alone")
+            if not data["prompt"].strip():
+                raise ma.ValidationError("must not be empty", "prompt")
+        elif "text" in data:
             if "premise" in data or "hypothesis" in data:
                 raise ma.ValidationError("give either text or premise + hypothesis, not both")
             if not data["text"].strip():
@@ -46,7 +54,14 @@ class InputsSchema(Strict):
                 if not data[name].strip():
                     raise ma.ValidationError("must not be empty", name)
         else:
-            raise ma.ValidationError("give text, or premise and hypothesis")
+            raise ma.ValidationError("give text, premise and hypothesis, or a prompt")
+
+
+class GenerateSchema(Strict):
+    """A generative model's decoding: greedy unless do_sample (then seeded by the request's seed)."""
+
+    max_new_tokens = ma.fields.Integer(load_default=16, strict=True, validate=validate.Range(1, 100_000))
+    do_sample = ma.fields.Boolean(load_default=False)
 
 
 class ExplanationFields(Strict):
@@ -72,7 +87,21 @@ class JobRequestSchema(ExplanationFields):
     compare_with = ma.fields.List(ma.fields.String(validate=validate.Length(1, 100), metadata=ZOO_EXAMPLE),
                                   validate=validate.Length(max=3), load_default=list)
     inputs = ma.fields.Nested(InputsSchema, required=True,
-                              metadata=exactly_one_of(("text",), ("premise", "hypothesis")))
+                              metadata=exactly_one_of(("text",), ("premise", "hypothesis"), ("prompt",)))
+    generate = ma.fields.Nested(GenerateSchema)
+    contrast = ma.fields.Raw(metadata={
+        "description": "generative models: the token to explain the generated one against (one token, or one per "
+                       "step of a continuation)",
+        "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4096}]})
+
+    @ma.validates("contrast")
+    def contrast_shape(self, value: object, **_: object) -> None:
+        if value is None:
+            return
+        ok = isinstance(value, str) or (isinstance(value, list) and 0 < len(value) <= 4096
+                                        and all(isinstance(v, str) for v in value))
+        if not ok or (isinstance(value, str) and not value) or any(not v for v in value or []):
+            raise ma.ValidationError("a non-empty token string, or a list of them")
 
 
 class IdempotencyHeaders(ma.Schema):

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from worker.capabilities import Capability
 from worker.methods.base import Method, MethodResult, Target, word_scores
 from worker.methods.catalog import HEAD_WORDS, applicable_methods, refusal, registry, some_labels
 from worker.methods.faithfulness import faithfulness
@@ -101,6 +102,10 @@ def explain_request(adapter: Adapter, request: ExplainRequest, limits: Limits = 
                     progress: Progress = lambda fraction: None, figures: bool = True) -> Explanation:
     """A job's request: validated as the API validated it (its input and the service's limits included), then
     run."""
+    if Capability.GENERATION in adapter.capabilities:  # step by step (worker/methods/generation.py)
+        from worker.methods.generation import explain_generation
+
+        return explain_generation(adapter, validate(adapter, request, limits), progress, figures)
     return _run(adapter, validate(adapter, request, limits), [request.inputs], progress, figures)[0]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 
-from worker.capabilities import METHODS, Capability, applicable
+from worker.capabilities import GENERATION_METHODS, METHODS, Capability, applicable
 from worker.methods.base import Method
 from worker.methods.sanity_results import load as load_sanity
 from worker.models.base import Adapter
@@ -34,6 +34,9 @@ def applicable_methods(adapter: Adapter) -> list[str]:
 
 def refusal(adapter: Adapter, method: Method) -> str | None:
     """Why `method` does not apply to `adapter`, naming the capabilities it lacks, or None."""
+    if Capability.GENERATION in adapter.capabilities:
+        return None if method.name in GENERATION_METHODS else \
+            f"method {method.name!r} does not apply to generative language models such as {adapter.name}"
     missing = [HEAD_WORDS if gap == Capability.HEAD else gap for gap in method.missing(adapter)]
     if not missing:
         return None

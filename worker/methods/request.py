@@ -16,6 +16,7 @@ from typing import Any, Self, TypeVar
 
 import marshmallow as ma
 
+from worker.capabilities import Capability
 from worker.methods.base import SCORES, Method
 from worker.methods.catalog import applicable_methods, refusal, registry, some_labels
 from worker.models.base import Adapter, InputError
@@ -44,6 +45,8 @@ class Limits:
     max_tokens: int | None = None
     max_samples: int | None = None
     max_steps: int | None = None
+    max_prompt_tokens: int | None = None  # generative models (LANTERN_MAX_PROMPT_TOKENS / _MAX_NEW_TOKENS)
+    max_new_tokens: int | None = None
 
 
 NO_LIMITS = Limits()
@@ -89,17 +92,30 @@ class ExplainRequest(ExplainOptions):
     """What to run on one input: a job's request."""
 
     inputs: Mapping[str, str]
+    # generative models only (docs/api.md): {"max_new_tokens", "do_sample"}, and the contrast token(s)
+    generate: Mapping[str, Any] | None = None
+    contrast: str | Sequence[str] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "inputs", MappingProxyType(dict(self.inputs)))
+        if self.generate is not None:
+            object.__setattr__(self, "generate", MappingProxyType(dict(self.generate)))
+        if self.contrast is not None and not isinstance(self.contrast, str):
+            object.__setattr__(self, "contrast", tuple(self.contrast))
 
     @classmethod
     def from_document(cls, doc: Mapping[str, Any]) -> Self:
-        return cls(inputs=doc["inputs"], **_option_fields(doc))
+        return cls(inputs=doc["inputs"], generate=doc.get("generate"), contrast=doc.get("contrast"),
+                   **_option_fields(doc))
 
     def document(self) -> dict[str, Any]:
-        return {"inputs": dict(self.inputs), **super().document()}
+        extra: dict[str, Any] = {}
+        if self.generate is not None:
+            extra["generate"] = dict(self.generate)
+        if self.contrast is not None:
+            extra["contrast"] = self.contrast if isinstance(self.contrast, str) else list(self.contrast)
+        return {"inputs": dict(self.inputs), **super().document(), **extra}
 
 
 def _option_fields(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -117,7 +133,50 @@ def validate(adapter: Adapter, request: ExplainRequest, limits: Limits = NO_LIMI
     request with each method's params filled with their defaults; raises RequestError."""
     checked = validate_options(adapter, request, limits)
     check_input(adapter, request.inputs, limits)
+    if Capability.GENERATION in adapter.capabilities or request.generate is not None or request.contrast is not None:
+        check_generation(adapter, request, limits)
     return checked
+
+
+def check_generation(adapter: Any, request: ExplainRequest, limits: Limits = NO_LIMITS) -> None:
+    """A generative model's request (docs/api.md): the prompt and new-token limits, a continuation with tokens, a
+    known contrast token per step, and all of it within the model's context."""
+    if Capability.GENERATION not in adapter.capabilities:
+        raise RequestError(f"{adapter.name} is not a generative model: 'generate' and 'contrast' do not apply",
+                           "generate" if request.generate is not None else "contrast")
+    prompt = adapter.count_tokens(dict(request.inputs))
+    if limits.max_prompt_tokens is not None and prompt > limits.max_prompt_tokens:
+        raise RequestError(f"the prompt has {prompt} tokens; the limit is {limits.max_prompt_tokens}", "inputs")
+    given = request.inputs.get("continuation")
+    if given is not None and request.generate is not None:
+        raise RequestError("give either a continuation or generate, not both", "generate")
+    if given is not None:
+        new = len(adapter.continuation_ids(given))
+        if new == 0:
+            raise RequestError("the continuation has no tokens once tokenised", "inputs")
+    else:
+        new = int((request.generate or {}).get("max_new_tokens", 16))
+    if limits.max_new_tokens is not None and new > limits.max_new_tokens:
+        raise RequestError(f"{new} new tokens asked; the limit is {limits.max_new_tokens}",
+                           "inputs" if given is not None else "generate")
+    if prompt + (new if given is not None else 1) > adapter.max_tokens:
+        raise RequestError(f"the prompt and continuation have {prompt + new} tokens; {adapter.name}'s context is "
+                           f"{adapter.max_tokens}", "inputs")
+    _check_contrast(adapter, request.contrast, new if given is not None else None)
+
+
+def _check_contrast(adapter: Any, contrast: str | Sequence[str] | None, steps: int | None) -> None:
+    if contrast is None:
+        return
+    tokens = [contrast] if isinstance(contrast, str) else list(contrast)
+    if not isinstance(contrast, str) and steps is None:
+        raise RequestError("a contrast token per step needs a continuation; with generate give one token", "contrast")
+    if not isinstance(contrast, str) and len(tokens) != steps:
+        raise RequestError(f"contrast has {len(tokens)} tokens; the continuation has {steps}", "contrast")
+    unknown = [t for t in tokens if adapter.token_id(t) is None]
+    if unknown:
+        raise RequestError(f"unknown contrast token(s) {unknown[:5]}: each must be one token of the vocabulary",
+                           "contrast")
 
 
 def validate_options(adapter: Adapter, options: Options, limits: Limits = NO_LIMITS) -> Options:

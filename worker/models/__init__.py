@@ -21,6 +21,7 @@ import torch
 from worker.models.base import Adapter, Encoding, InputError, Trace
 from worker.models.bundle import ADAPTERS, BundleSpec, bundle_revision, validate_bundle
 from worker.models.cache import ModelCache
+from worker.models.causal_lm import is_causal_lm
 
 __all__ = [
     "Adapter", "Encoding", "InputError", "Trace", "BundleSpec", "ZOO_DIR", "adapter_class", "bundle_dir", "bundle_revision",
@@ -88,6 +89,8 @@ def open_model(name_or_path: str | os.PathLike[str]) -> Adapter:
 
 def _build(spec: BundleSpec, revision: str) -> Adapter:
     kind = spec.config.get("adapter", "hf") if spec.kind == "lantern" else "hf"
+    if spec.kind == "hf" and is_causal_lm(spec.config):
+        kind = "causal_lm"  # a plain Hugging Face causal LM folder (worker.models.causal_lm)
     # the concrete adapter classes take (spec, revision); the abstract base declares no constructor
     factory = cast(Callable[[BundleSpec, str], Adapter], adapter_class(kind))
     return factory(spec, revision)

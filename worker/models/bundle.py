@@ -69,6 +69,7 @@ ADAPTERS = {
     "seq2seq": "worker.models.seq2seq:Seq2SeqAdapter",
     "esim": "worker.models.esim:ESIMAdapter",
     "lstm_lm": "worker.models.lstm_lm:LSTMLanguageModelAdapter",
+    "causal_lm": "worker.models.causal_lm:CausalLMAdapter",  # chosen for a plain HF folder of a causal LM
 }
 # the model cache's marker that a bundle copied from object storage is complete (service.models.ModelAdapters)
 CACHE_MARKER = ".complete"

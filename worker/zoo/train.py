@@ -229,6 +229,11 @@ TRAINERS: dict[str, ZooTrainer] = {
                           _deferred("worker.zoo.esim", "train_esim", "esim-50")),
     "esim-300": ZooTrainer("esim-300", "ESIM, spaCy 300-d vectors, hidden 100, on the generated NLI corpus",
                            _deferred("worker.zoo.esim", "train_esim", "esim-300")),
+    "gpt2-rt": ZooTrainer("gpt2-rt", "GPT-2 causal LM (4 layers, 128-d, byte-level BPE 4k), Rotten Tomatoes sentences",
+                          _deferred("worker.zoo.causal_lms", "train_causal_lm", "gpt2-rt")),
+    "llama-rt": ZooTrainer("llama-rt", "Llama causal LM (4 layers, 128-d, RoPE/RMSNorm/SwiGLU), Rotten Tomatoes + "
+                           "repeated random sequences (copying)", _deferred("worker.zoo.causal_lms", "train_causal_lm",
+                                                                           "llama-rt")),
     "lstm-lm-rt": ZooTrainer("lstm-lm-rt", "word-level LSTM language model with attention over the history, Rotten "
                              "Tomatoes sentences", _deferred("worker.zoo.lstm_lm", "train_lstm_lm")),
 }

@@ -11,7 +11,10 @@ from worker.render.page.palette import Scale, fmt
 from worker.report import spearman
 
 ArtifactUrl = Callable[[str], str]
-MATRIX_CELLS = 96 * 96  # larger matrices are left to the PNG figures: SVG of every cell would outweigh the page
+# Matrices are SVG cells (about 110 bytes each, with the hover title): larger ones are left to the PNG figures, and
+# a transformer's layers are drawn while they fit one budget, so the page stays light.
+MATRIX_CELLS = 64 * 64
+ATTENTION_CELLS = 2 * 64 * 64
 
 
 def shaded(texts: Sequence[str], values: Sequence[float | None], special: Sequence[bool] = ()) -> dict[str, Any]:
@@ -169,8 +172,9 @@ def attention_view(part: dict[str, Any], result: dict[str, Any]) -> dict[str, An
     if view == "transformer" and part.get("head_average"):
         tokens = result.get("tokens") or []
         names = part.get("layers") or [str(i + 1) for i in range(len(part["head_average"]))]
-        layers = [{"layer": n, "matrix": matrix(m, tokens, tokens)} for n, m in zip(names, part["head_average"],
-                                                                                   strict=False)]
+        fit = ATTENTION_CELLS // max(len(tokens) ** 2, 1)  # how many layers the budget draws
+        layers = [{"layer": n, "matrix": matrix(m, tokens, tokens) if i < fit else None}
+                  for i, (n, m) in enumerate(zip(names, part["head_average"], strict=False))]
         return {"kind": "transformer", "layers": layers, "heads": part.get("heads")}
     if view == "esim":
         p, h = labels(part, "premise"), labels(part, "hypothesis")

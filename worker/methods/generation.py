@@ -1,0 +1,261 @@
+"""Explaining a generative language model step by step (docs/api.md, generative models).
+
+A job on a model that offers ``generation`` (:class:`worker.models.causal_lm.CausalLMAdapter`) gives a prompt of P
+tokens and either generates S tokens (greedy unless ``generate.do_sample``) or takes a given ``continuation`` of S
+tokens (forced decoding). Step s (0 ≤ s < S) explains the token y_s at position P+s from every earlier token; its
+score is S_s = f(logits at position P+s−1)[y_s], f the request's ``score`` (logit, probability or log-probability),
+minus f(…)[b_s] when a ``contrast`` token b_s is given (why y_s rather than b_s; Yin & Neubig 2022).
+
+Every step at once: causal masking makes all S steps' logits one forward pass over the P+S tokens, and a step's
+score depends only on the tokens before it, so each row of a pass is cut to the tokens its step reads. The gradient
+methods run one backward pass per batch of (step, path point) rows — each row's gradient is its own step's — with at
+most ``internal_batch_size`` rows per pass (memory bounded for long prompts).
+
+Methods (the token-scoring definitions of their classifier versions, per step):
+- ``gradient``: mean |∂S_s/∂x_t| (or its L2 norm) over the K embedding dimensions;
+- ``grad_x_input``: Σ_k x_tk ∂S_s/∂x_tk;
+- ``integrated_gradients``: Σ_k (x − x')_tk ∫ ∂S_s/∂x_tk along x' + α(x − x') (``baseline`` ``zero`` or
+  ``mask``: every non-special token replaced by the model's unk/pad token), the same quadrature as the classifier
+  method; ``delta`` per step is its completeness gap.
+
+Scores are S×T matrices (``null`` at positions ≥ P+s, which step s cannot read) with ``word_scores`` per word and
+``faithfulness`` per step (:mod:`worker.methods.faithfulness` on the prefix of that step, on the probability of y_s).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from worker.methods.base import word_scores
+from worker.methods.faithfulness import faithfulness
+from worker.methods.gradient import aggregate
+from worker.methods.integrated_gradients import quadrature
+from worker.methods.perturb import baseline_embedding
+from worker.models.base import Adapter, Encoding
+
+Progress = Callable[[float], None]
+DEFAULT_NEW_TOKENS = 16
+GRADIENT_ROWS = 32  # steps per pass of gradient and grad_x_input
+IG_STEPS = 32  # integrated gradients' points when `steps` is not given (no adaptive rule per step here)
+
+
+@dataclass
+class Steps:
+    """The sequence to explain and what each step scores."""
+
+    encoding: Encoding  # prompt + generated (or given) tokens, one item of P+S tokens
+    prompt_length: int  # P
+    targets: torch.Tensor  # S long: y_s, the token at position P+s
+    contrast: torch.Tensor | None  # S long: b_s, or None
+    score: str = "logit"
+
+    @property
+    def count(self) -> int:
+        return int(self.targets.shape[0])
+
+    def of(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """S_s of each row (R) from its logits (R×T'×V), row r scoring step rows[r]."""
+        at = logits[torch.arange(len(rows), device=logits.device), self.prompt_length - 1 + rows]  # R×V
+        values = transform(at, self.score)
+        out = values.gather(-1, self.targets[rows].view(-1, 1).to(values.device)).squeeze(-1)
+        if self.contrast is not None:
+            out = out - values.gather(-1, self.contrast[rows].view(-1, 1).to(values.device)).squeeze(-1)
+        return out
+
+    def reads(self, s: int) -> int:
+        """How many tokens step s reads (P+s): its logits are at position P+s−1."""
+        return self.prompt_length + s
+
+
+def transform(logits: torch.Tensor, score: str) -> torch.Tensor:
+    if score == "probability":
+        return logits.softmax(-1)
+    if score == "log_probability":
+        return logits.log_softmax(-1)
+    return logits
+
+
+def step_gradients(adapter: Adapter, steps: Steps, points: torch.Tensor, weights: torch.Tensor,
+                   rows_per_pass: int = 16, progress: Progress = lambda fraction: None) -> torch.Tensor:
+    """Σ_m weights[m] · ∂S_s/∂x at points[m], for every step s: S×T×K.
+
+    points: M×T×K inputs (the embeddings; or IG's path points). The S·M (step, point) rows run in passes of at most
+    `rows_per_pass`, ordered by step so that each pass is cut to the tokens its last step reads (the others are
+    exact zeros by causality)."""
+    S, (M, T, K) = steps.count, points.shape
+    total = torch.zeros((S, T, K), dtype=points.dtype, device=points.device)
+    pairs = [(s, m) for s in range(S) for m in range(M)]
+    passes = math.ceil(len(pairs) / rows_per_pass)
+    for n in range(passes):
+        chunk = pairs[n * rows_per_pass:(n + 1) * rows_per_pass]
+        s_idx = torch.tensor([s for s, _ in chunk], device=points.device)
+        m_idx = torch.tensor([m for _, m in chunk], device=points.device)
+        width = steps.reads(int(s_idx.max()))
+        x = points[m_idx, :width].detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = adapter.sequence_logits(x)  # type: ignore[attr-defined]
+            (grad,) = torch.autograd.grad(steps.of(logits, s_idx).sum(), x)
+        total[:, :width].index_add_(0, s_idx, weights[m_idx].view(-1, 1, 1).to(grad.dtype) * grad)
+        progress((n + 1) / passes)
+    return total
+
+
+def integrated_step_gradients(adapter: Adapter, steps: Steps, x: torch.Tensor, baseline: torch.Tensor,
+                              params: Mapping[str, Any], progress: Progress) -> torch.Tensor:
+    """S×T×K integrated gradients of every step: (x − x') ⊙ the quadrature of ∂S_s/∂x along the path."""
+    alphas, weights = quadrature(int(params["steps"] or IG_STEPS), params["method"])
+    alphas, weights = alphas.to(x.dtype).to(x.device), weights.to(x.dtype).to(x.device)
+    diff = x - baseline  # 1×T×K
+    points = baseline + alphas.view(-1, 1, 1) * diff  # M×T×K
+    return diff * step_gradients(adapter, steps, points, weights, int(params["internal_batch_size"]), progress)
+
+
+def masked_by_step(values: torch.Tensor, steps: Steps) -> list[list[float | None]]:
+    """S×T scores as JSON rows: ``null`` where step s cannot read (positions ≥ P+s)."""
+    rows = values.detach().double().cpu().tolist()
+    return [[v if t < steps.reads(s) else None for t, v in enumerate(row)] for s, row in enumerate(rows)]
+
+
+# ---------------------------------------------------------------------------------------------------- methods
+@dataclass
+class StepResult:
+    scores: torch.Tensor  # S×T (values at unread positions are ignored)
+    tensors: dict[str, torch.Tensor]
+    extra: dict[str, Any]
+    title: str
+
+
+def run_gradient(adapter: Adapter, steps: Steps, params: Mapping[str, Any], progress: Progress) -> StepResult:
+    x = adapter.embed(steps.encoding).detach()
+    grad = step_gradients(adapter, steps, x, torch.ones(1, dtype=x.dtype), GRADIENT_ROWS, progress)
+    return StepResult(aggregate(grad, params["aggregate"]), {"gradient": grad}, {"aggregate": params["aggregate"]},
+                      "gradient saliency |∂S/∂x|")
+
+
+def run_grad_x_input(adapter: Adapter, steps: Steps, params: Mapping[str, Any], progress: Progress) -> StepResult:
+    x = adapter.embed(steps.encoding).detach()
+    attribution = x * step_gradients(adapter, steps, x, torch.ones(1, dtype=x.dtype), GRADIENT_ROWS, progress)
+    return StepResult(attribution.sum(-1), {"attribution": attribution}, {}, "gradient × input")
+
+
+def run_integrated_gradients(adapter: Adapter, steps: Steps, params: Mapping[str, Any],
+                             progress: Progress) -> StepResult:
+    x = adapter.embed(steps.encoding).detach()
+    baseline = baseline_embedding(adapter, steps.encoding, params["baseline"]).detach()
+    attribution = integrated_step_gradients(adapter, steps, x, baseline, params, progress)
+    with torch.no_grad():  # the completeness gap of each step
+        ends = adapter.sequence_logits(torch.cat([x, baseline]))  # type: ignore[attr-defined]
+        every = torch.arange(steps.count, device=x.device)
+        gap = steps.of(ends[:1].expand(steps.count, -1, -1), every) - steps.of(ends[1:].expand(steps.count, -1, -1),
+                                                                                every)
+    delta = [float(attribution[s, :steps.reads(s)].sum() - gap[s]) for s in range(steps.count)]
+    count = params["steps"] or IG_STEPS  # steps not given: the fixed default (no adaptive rule here)
+    return StepResult(attribution.sum(-1), {"attribution": attribution},
+                      {"baseline": params["baseline"], "steps": count, "method": params["method"],
+                       "delta": delta}, f"integrated gradients ({count} steps, {params['baseline']} baseline)")
+
+
+RUNS: dict[str, Callable[[Adapter, Steps, Mapping[str, Any], Progress], StepResult]] = {
+    "gradient": run_gradient,
+    "grad_x_input": run_grad_x_input,
+    "integrated_gradients": run_integrated_gradients,
+}
+
+
+# ---------------------------------------------------------------------------------------------------- the job
+def sequence_of(adapter: Any, inputs: Mapping[str, str], generate: Mapping[str, Any] | None,
+                seed: int) -> tuple[Encoding, int, list[int]]:
+    """(prompt + continuation encoding, P, the S continuation ids): the given continuation, or the generated one."""
+    prompt = adapter.encode(dict(inputs)).to(adapter.device)
+    ids = prompt.input_ids[0].tolist()
+    if inputs.get("continuation") is not None:
+        new = adapter.continuation_ids(inputs["continuation"])
+    else:
+        options = dict(generate or {})
+        new = adapter.generate(ids, int(options.get("max_new_tokens", DEFAULT_NEW_TOKENS)),
+                               bool(options.get("do_sample", False)), seed)
+    return adapter.extend(prompt, new), len(ids), new
+
+
+def contrast_ids(adapter: Any, contrast: str | list[str] | None, count: int) -> list[int] | None:
+    """b_s per step: one token for every step, or one per step (validation has checked they are known)."""
+    if contrast is None:
+        return None
+    given = [contrast] * count if isinstance(contrast, str) else list(contrast)
+    return [int(adapter.token_id(token)) for token in given]
+
+
+def explain_generation(adapter: Any, request: Any, progress: Progress = lambda fraction: None,
+                       figures: bool = True) -> Any:
+    """A validated job request on a generative model -> an Explanation (result ``kind: "generation"``)."""
+    from worker.methods import Explanation, provenance
+
+    encoding, P, new = sequence_of(adapter, request.inputs, request.generate, request.seed)
+    if not new:
+        from worker.models.base import InputError
+
+        raise InputError("nothing to explain: the model generated no token (the prompt fills its context)")
+    device = adapter.device
+    contrast = contrast_ids(adapter, request.contrast, len(new))
+    steps = Steps(encoding, P, torch.tensor(new, device=device),
+                  None if contrast is None else torch.tensor(contrast, device=device), request.score)
+    with torch.no_grad():
+        logits = adapter.sequence_logits(adapter.embed(encoding))[0, P - 1:-1]  # S×V
+    probabilities = logits.softmax(-1).gather(-1, steps.targets.view(-1, 1)).squeeze(-1).tolist()
+    result = {
+        "schema_version": 1, "kind": "generation", "tokens": encoding.tokens[0], "special": encoding.special[0],
+        "words": encoding.words[0], "word_strings": encoding.word_strings(0), "prompt_length": P,
+        "generation": {"tokens": adapter.token_strings(new), "token_ids": new, "probabilities": probabilities},
+        "prediction": None, "target": None, "score": request.score, "methods": {},
+        "provenance": provenance(adapter, request.seed),
+    }
+    if contrast is not None:
+        result["contrast"] = {"tokens": adapter.token_strings(contrast), "token_ids": contrast}
+    explanation = Explanation(result)
+    params = request.plain_params()
+    for n, name in enumerate(request.methods):
+
+        def step(fraction: float, n: int = n) -> None:
+            progress((n + min(max(fraction, 0.0), 1.0)) / len(request.methods))
+
+        torch.manual_seed(request.seed)
+        out = RUNS[name](adapter, steps, params[name], step)
+        explanation.result["methods"][name] = method_document(adapter, steps, out, params[name], request.seed)
+        explanation.tensors[name] = {k: v.detach().cpu().contiguous() for k, v in
+                                     {"scores": out.scores, **out.tensors}.items()}
+        if figures:
+            from worker.render.generation import step_map_png
+
+            explanation.figures[f"{name}.png"] = step_map_png(explanation.result, name, out.title)
+    if figures:
+        from worker.render.generation import probability_curve_png
+
+        explanation.figures["generation-probabilities.png"] = probability_curve_png(explanation.result)
+    return explanation
+
+
+def method_document(adapter: Adapter, steps: Steps, out: StepResult, params: dict[str, Any],
+                    seed: int) -> dict[str, Any]:
+    """One method's part of the result: S×T scores, S×W word scores, per-step faithfulness, params."""
+    scores = masked_by_step(out.scores, steps)
+    words = steps.encoding.words[0]
+    per_word = [[None if group[0] >= steps.reads(s) else value for group, value in
+                 zip(words, word_scores([v or 0.0 for v in row], words), strict=True)] for s, row in enumerate(scores)]
+    faith = []
+    for s, row in enumerate(scores):
+        n = steps.reads(s)
+        faith.append(faithfulness(adapter, _prefix(steps.encoding, n), [v or 0.0 for v in row[:n]],
+                                  steps.targets[s:s + 1], seed))
+    return {"scores": scores, "word_scores": per_word, "faithfulness": faith, **out.extra, "params": params}
+
+
+def _prefix(encoding: Encoding, n: int) -> Encoding:
+    """The first n tokens of a one-item encoding."""
+    return Encoding(input_ids=encoding.input_ids[:, :n], attention_mask=encoding.attention_mask[:, :n],
+                    tokens=[encoding.tokens[0][:n]], special=[encoding.special[0][:n]],
+                    words=[[g for g in encoding.words[0] if g[0] < n]], offsets=[encoding.offsets[0][:n]],
+                    segments=[encoding.segments[0][:n]], inputs=encoding.inputs)

@@ -1,0 +1,243 @@
+"""The Hugging Face causal language model adapter: any local ``AutoModelForCausalLM`` folder the pinned transformers
+supports natively (GPT-2, Llama, Qwen2/3, Mistral, Gemma, …); safetensors only, local files only, no remote code.
+
+Input: ``{"prompt": text}``, optionally ``"continuation"`` (docs/api.md, generative models). The prompt's tokens are
+exactly ``AutoTokenizer.from_pretrained(dir)(prompt)`` (the tokenizer's own special tokens, BOS included when it
+adds one); a continuation is tokenised on its own, without special tokens (so give its leading space).
+
+Layers (docs/api.md, layer names): ``embeddings`` (the word embeddings fed as ``inputs_embeds``: B×T×K),
+``layer.1`` … ``layer.L`` (``hidden_states[k]``: the output of decoder block k; for the last one, HF's final norm is
+applied, as ``hidden_states`` reports it), ``output`` (B×T×V next-token logits at every position). Attention
+``attention.1`` … ``attention.L`` (B×heads×T×T after softmax, causal). ``Trace.logits`` = B×V, the logits after
+each item's last real token (what the next token is drawn from).
+
+Weights load lazily (eager attention, so that the attention maps are the ones the model computes).
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from worker.capabilities import Capability
+from worker.models.base import Adapter, Encoding, InputError, Trace
+from worker.models.bundle import BundleSpec
+from worker.models.hf import LOAD_KWARGS
+
+CAUSAL_ARCHITECTURES = ("ForCausalLM", "LMHeadModel")
+
+
+def is_causal_lm(config: dict[str, Any]) -> bool:
+    """Whether a plain Hugging Face config.json declares a causal language model."""
+    return any(str(a).endswith(CAUSAL_ARCHITECTURES) for a in config.get("architectures") or [])
+
+
+class CausalLMAdapter(Adapter):
+    """A Hugging Face causal LM from a local directory (module docstring)."""
+
+    offers = frozenset({Capability.GENERATION, Capability.SELF_ATTENTION, Capability.EMBEDDING_TABLE,
+                        Capability.SEQUENCE_OUTPUT})
+
+    def __init__(self, spec: BundleSpec, revision: str):
+        from transformers import AutoConfig, AutoTokenizer
+
+        self.spec, self.name, self.revision = spec, spec.name, revision
+        self.device = torch.device("cpu")
+        self._lock = threading.RLock()
+        self._model: nn.Module | None = None
+        self.labels = None
+        try:
+            self.config = AutoConfig.from_pretrained(str(spec.path), **LOAD_KWARGS)
+            self.tokenizer = AutoTokenizer.from_pretrained(str(spec.path), **LOAD_KWARGS)
+        except (OSError, ValueError, KeyError) as err:
+            raise InputError(f"cannot read the model's config or tokenizer: {err}") from None
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise InputError("the model needs a fast tokenizer (tokenizer.json): word grouping and offsets use it")
+        self.num_layers = int(getattr(self.config, "num_hidden_layers", 0) or 0)
+        if self.num_layers <= 0:
+            raise InputError("the model's config has no num_hidden_layers")
+        context = int(getattr(self.config, "max_position_embeddings", 0) or 0)
+        self.max_tokens = context if 0 < context < 1_000_000 else 2048  # prompt + generated tokens
+        self.layer_names = ["embeddings", *(f"layer.{k}" for k in range(1, self.num_layers + 1)), "output"]
+        self.attention_names = [f"attention.{k}" for k in range(1, self.num_layers + 1)]
+        self.gate_names = []
+        tok = self.tokenizer
+        # a removed token becomes <unk>, else <pad>, else EOS (occlusion, LIME, the "pad" IG baseline)
+        self.mask_token_id = next((i for i in (tok.unk_token_id, tok.pad_token_id, tok.eos_token_id)
+                                   if i is not None), None)
+        self.vocab = tok.convert_ids_to_tokens(list(range(len(tok))))
+
+    # ---------------------------------------------------------------- weights
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def model(self) -> nn.Module:
+        with self._lock:
+            if self._model is None:
+                from transformers import AutoModelForCausalLM
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.disable_progress_bar()
+                model = AutoModelForCausalLM.from_pretrained(str(self.spec.path), use_safetensors=True,
+                                                             attn_implementation="eager", **LOAD_KWARGS)
+                model.eval().requires_grad_(False)
+                self._model = model.to(self.device)
+            return self._model
+
+    @property
+    def has_head(self) -> bool:
+        """A next-token head over the vocabulary: what faithfulness and the target scores read (``labels`` stays
+        None: the vocabulary is not listed as classes)."""
+        return True
+
+    def head_labels(self) -> list[str]:
+        return self.vocab
+
+    def to(self, device: torch.device | str) -> CausalLMAdapter:
+        self.device = torch.device(device)
+        if self._model is not None:
+            self._model.to(self.device)
+        return self
+
+    # ---------------------------------------------------------------- tokens
+    def encode(self, inputs: dict[str, str] | Iterable[dict[str, str]]) -> Encoding:
+        """The prompt(s), tokenised as ``tokenizer(prompt)`` does (its special tokens included)."""
+        items = [inputs] if isinstance(inputs, dict) else list(inputs)
+        prompts = []
+        for item in items:
+            prompt = item.get("prompt") if isinstance(item, dict) else None
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise InputError(f"{self.name} is a generative language model: give a non-empty 'prompt'")
+            prompts.append(prompt)
+        rows = [self._row(prompt) for prompt in prompts]
+        return self._encoding(rows, [dict(item) for item in items])
+
+    def _row(self, prompt: str) -> dict[str, Any]:
+        enc = self.tokenizer(prompt, return_offsets_mapping=True, return_special_tokens_mask=True)
+        ids = list(enc["input_ids"])
+        if not ids or all(enc["special_tokens_mask"]):
+            raise InputError("the prompt has no tokens once tokenised")
+        return {"ids": ids, "special": [bool(s) for s in enc["special_tokens_mask"]],
+                "offsets": [tuple(o) for o in enc["offset_mapping"]], "word_ids": enc.word_ids()}
+
+    def token_strings(self, ids: list[int]) -> list[str]:
+        """Each token as text (byte-level pieces decoded: ``Ġfilm`` → `` film``)."""
+        return [self.tokenizer.convert_tokens_to_string([t]) for t in self.tokenizer.convert_ids_to_tokens(ids)]
+
+    def _encoding(self, rows: list[dict[str, Any]], inputs: list[dict[str, str]]) -> Encoding:
+        width = max(len(r["ids"]) for r in rows)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):  # padded on the right: positions stay 0…n-1 for every item
+            ids[i, : len(r["ids"])] = torch.tensor(r["ids"])
+            mask[i, : len(r["ids"])] = 1
+        return Encoding(input_ids=ids, attention_mask=mask, tokens=[self.token_strings(r["ids"]) for r in rows],
+                        special=[r["special"] for r in rows], words=[group_words(r["word_ids"]) for r in rows],
+                        offsets=[r["offsets"] for r in rows], segments=[[0] * len(r["ids"]) for r in rows],
+                        inputs=[{"text": item.get("prompt", ""), **item} for item in inputs])
+
+    def continuation_ids(self, text: str) -> list[int]:
+        """A given continuation's tokens: ``tokenizer(text, add_special_tokens=False)``."""
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def token_id(self, token: str) -> int | None:
+        """The id of a contrast target: a vocabulary token (``Ġgood``) or a text that is exactly one token
+        (`` good``); None when it is neither."""
+        vocab = self.tokenizer.get_vocab()
+        if token in vocab:
+            return int(vocab[token])
+        ids = self.continuation_ids(token)
+        return ids[0] if len(ids) == 1 else None
+
+    def extend(self, encoding: Encoding, ids: list[int]) -> Encoding:
+        """Item 0 of `encoding` with the token ids appended (generated or given: no span in the prompt)."""
+        one = encoding.item(0)
+        if not ids:
+            return one
+        n = len(one.tokens[0])
+        new = torch.tensor([ids], dtype=torch.long, device=one.input_ids.device)
+        specials = set(self.tokenizer.all_special_ids)
+        return Encoding(input_ids=torch.cat([one.input_ids, new], 1),
+                        attention_mask=torch.ones((1, n + len(ids)), dtype=torch.long, device=new.device),
+                        tokens=[one.tokens[0] + self.token_strings(ids)],
+                        special=[one.special[0] + [i in specials for i in ids]],
+                        words=[one.words[0] + [[n + k] for k in range(len(ids))]],
+                        offsets=[one.offsets[0] + [(0, 0)] * len(ids)], segments=[[0] * (n + len(ids))],
+                        inputs=one.inputs)
+
+    # ---------------------------------------------------------------- runs
+    def embed(self, encoding: Encoding) -> torch.Tensor:
+        return self.model.get_input_embeddings()(encoding.input_ids.to(self.device))
+
+    def embedding_std(self) -> float | None:
+        return float(self.model.get_input_embeddings().weight.std())
+
+    def layer_mask(self, name: str, encoding: Encoding) -> torch.Tensor | None:
+        """B×T bool: every layer has one row per token (padding on the right is False)."""
+        return encoding.attention_mask.to(self.device).bool()
+
+    def forward(self, x: torch.Tensor, encoding: Encoding, capture: Iterable[str] = (),
+                upto: str | None = None) -> Trace:
+        """x: B×T×K. One pass of the whole model (a decoder's layers are cheap next to the bookkeeping of
+        stopping early); ``layers``/``attention`` as captured."""
+        capture = set(capture)
+        mask = encoding.attention_mask.to(x.device)
+        hidden = any(n.startswith("layer.") for n in capture)
+        out = self.model(inputs_embeds=x, attention_mask=mask, output_hidden_states=hidden,
+                         output_attentions=any(n.startswith("attention.") for n in capture), use_cache=False)
+        last = (mask.sum(1) - 1).clamp(min=0)
+        trace = Trace(logits=out.logits[torch.arange(x.shape[0], device=x.device), last])
+        if "embeddings" in capture:
+            trace.layers["embeddings"] = x
+        for k in range(1, self.num_layers + 1):
+            if f"layer.{k}" in capture:
+                trace.layers[f"layer.{k}"] = out.hidden_states[k]
+            if f"attention.{k}" in capture:
+                trace.attention[f"attention.{k}"] = out.attentions[k - 1]
+        if "output" in capture:
+            trace.layers["output"] = out.logits
+        return trace
+
+    def sequence_logits(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """B×T×V logits at every position from embeddings x (no cache: every step at once)."""
+        return self.model(inputs_embeds=x, attention_mask=attention_mask, use_cache=False).logits
+
+    def generate(self, ids: list[int], max_new_tokens: int, do_sample: bool = False, seed: int = 0) -> list[int]:
+        """Up to `max_new_tokens` ids after the prompt ids: greedy (default) or sampled with `seed`; stops after
+        EOS (included) and at the model's context."""
+        room = min(max_new_tokens, self.max_tokens - len(ids))
+        if room <= 0:
+            return []
+        prompt = torch.tensor([ids], device=self.device)
+        with torch.no_grad():
+            torch.manual_seed(seed)
+            out = self.model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=room,
+                                      min_new_tokens=1, do_sample=do_sample, num_beams=1,
+                                      pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+                                      **({} if do_sample else {"temperature": None, "top_p": None, "top_k": None}))
+        return [int(i) for i in out[0, len(ids):]]
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info["generative"] = {"context": self.max_tokens, "vocab_size": len(self.vocab),
+                              "bos_token": self.tokenizer.bos_token, "eos_token": self.tokenizer.eos_token}
+        return info
+
+
+def group_words(word_ids: list[int | None]) -> list[list[int]]:
+    """Token indices per word: consecutive tokens of one pre-tokenizer word together; each special alone."""
+    groups: list[list[int]] = []
+    previous: int | None = None
+    for t, w in enumerate(word_ids):
+        if w is not None and w == previous and groups:
+            groups[-1].append(t)
+        else:
+            groups.append([t])
+        previous = w
+    return groups
