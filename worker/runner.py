@@ -220,7 +220,7 @@ def _result_page(request: dict[str, Any], outcome: dict[str, Any], files: Files)
 
     listed = [{"name": name, "content_type": kind, "bytes": len(data)} for name, (data, kind) in files.items()]
     listed.append({"name": "result.html", "content_type": "text/html", "bytes": None})
-    document = {**outcome, "status": "succeeded", "model": outcome["result"].get("model"),
+    document = {**outcome, "status": "succeeded", "model": outcome["result"].get("model") or {"name": request["model"]},
                 "request": request, "artifacts": sorted(listed, key=lambda a: a["name"])}
     return result_html(document).encode()
 
