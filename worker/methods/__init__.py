@@ -105,7 +105,8 @@ def explain_request(adapter: Adapter, request: ExplainRequest, limits: Limits = 
     if Capability.GENERATION in adapter.capabilities:  # step by step (worker/methods/generation.py)
         from worker.methods.generation import explain_generation
 
-        return explain_generation(adapter, validate(adapter, request, limits), progress, figures)
+        checked = validate(adapter, request, limits)
+        return Explanation(*explain_generation(adapter, checked, provenance(adapter, checked.seed), progress, figures))
     return _run(adapter, validate(adapter, request, limits), [request.inputs], progress, figures)[0]
 
 

@@ -189,11 +189,13 @@ def contrast_ids(adapter: Any, contrast: str | list[str] | None, count: int) -> 
     return [int(adapter.token_id(token)) for token in given]
 
 
-def explain_generation(adapter: Any, request: Any, progress: Progress = lambda fraction: None,
-                       figures: bool = True) -> Any:
-    """A validated job request on a generative model -> an Explanation (result ``kind: "generation"``)."""
-    from worker.methods import Explanation, provenance
+Tensors = dict[str, dict[str, torch.Tensor]]
 
+
+def explain_generation(adapter: Any, request: Any, provenance: dict[str, Any], progress: Progress = lambda f: None,
+                       figures: bool = True) -> tuple[dict[str, Any], Tensors, dict[str, bytes]]:
+    """A validated job request on a generative model -> (the result document, ``kind: "generation"``; tensors per
+    method; figures by artifact name)."""
     encoding, P, new = sequence_of(adapter, request.inputs, request.generate, request.seed)
     if not new:
         from worker.models.base import InputError
@@ -211,11 +213,12 @@ def explain_generation(adapter: Any, request: Any, progress: Progress = lambda f
         "words": encoding.words[0], "word_strings": encoding.word_strings(0), "prompt_length": P,
         "generation": {"tokens": adapter.token_strings(new), "token_ids": new, "probabilities": probabilities},
         "prediction": None, "target": None, "score": request.score, "methods": {},
-        "provenance": provenance(adapter, request.seed),
+        "provenance": provenance,
     }
     if contrast is not None:
         result["contrast"] = {"tokens": adapter.token_strings(contrast), "token_ids": contrast}
-    explanation = Explanation(result)
+    tensors: Tensors = {}
+    pngs: dict[str, bytes] = {}
     params = request.plain_params()
     for n, name in enumerate(request.methods):
 
@@ -224,18 +227,17 @@ def explain_generation(adapter: Any, request: Any, progress: Progress = lambda f
 
         torch.manual_seed(request.seed)
         out = RUNS[name](adapter, steps, params[name], step)
-        explanation.result["methods"][name] = method_document(adapter, steps, out, params[name], request.seed)
-        explanation.tensors[name] = {k: v.detach().cpu().contiguous() for k, v in
-                                     {"scores": out.scores, **out.tensors}.items()}
+        result["methods"][name] = method_document(adapter, steps, out, params[name], request.seed)
+        tensors[name] = {k: v.detach().cpu().contiguous() for k, v in {"scores": out.scores, **out.tensors}.items()}
         if figures:
             from worker.render.generation import step_map_png
 
-            explanation.figures[f"{name}.png"] = step_map_png(explanation.result, name, out.title)
+            pngs[f"{name}.png"] = step_map_png(result, name, out.title)
     if figures:
         from worker.render.generation import probability_curve_png
 
-        explanation.figures["generation-probabilities.png"] = probability_curve_png(explanation.result)
-    return explanation
+        pngs["generation-probabilities.png"] = probability_curve_png(result)
+    return result, tensors, pngs
 
 
 def method_document(adapter: Adapter, steps: Steps, out: StepResult, params: dict[str, Any],

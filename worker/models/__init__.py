@@ -19,9 +19,8 @@ from typing import Any, cast
 import torch
 
 from worker.models.base import Adapter, Encoding, InputError, Trace
-from worker.models.bundle import ADAPTERS, BundleSpec, bundle_revision, validate_bundle
+from worker.models.bundle import ADAPTERS, BundleSpec, bundle_revision, is_causal_lm, validate_bundle
 from worker.models.cache import ModelCache
-from worker.models.causal_lm import is_causal_lm
 
 __all__ = [
     "Adapter", "Encoding", "InputError", "Trace", "BundleSpec", "ZOO_DIR", "adapter_class", "bundle_dir", "bundle_revision",

@@ -105,6 +105,12 @@ class BundleSpec:
         return None
 
 
+def is_causal_lm(config: dict[str, Any]) -> bool:
+    """Whether a plain Hugging Face config.json declares a causal language model (read by the ``causal_lm``
+    adapter, worker.models.causal_lm)."""
+    return any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in config.get("architectures") or [])
+
+
 def _is_hf_classifier(config: dict[str, Any]) -> bool:
     return any(str(a).endswith("ForSequenceClassification") for a in config.get("architectures") or [])
 

@@ -27,13 +27,6 @@ from worker.models.base import Adapter, Encoding, InputError, Trace
 from worker.models.bundle import BundleSpec
 from worker.models.hf import LOAD_KWARGS
 
-CAUSAL_ARCHITECTURES = ("ForCausalLM", "LMHeadModel")
-
-
-def is_causal_lm(config: dict[str, Any]) -> bool:
-    """Whether a plain Hugging Face config.json declares a causal language model."""
-    return any(str(a).endswith(CAUSAL_ARCHITECTURES) for a in config.get("architectures") or [])
-
 
 class CausalLMAdapter(Adapter):
     """A Hugging Face causal LM from a local directory (module docstring)."""
