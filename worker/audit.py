@@ -163,7 +163,7 @@ def _audit(audit: Audit | None, job: Job) -> Audit:
 def run_finalize(rt: Runtime, job: Job, worker: str, progress: Progress) -> tuple[dict[str, Any], Files]:
     """Account for every item, aggregate them all once, write the report artifacts, close the audit."""
     from worker.render.audit import charts
-    from worker.report import aggregate, items_csv, report_html
+    from worker.report import aggregate, items_csv
 
     audit_id = _audit_id(job)
     with rt.db.session() as s:
@@ -182,12 +182,29 @@ def run_finalize(rt: Runtime, job: Job, worker: str, progress: Progress) -> tupl
     files: Files = {name: (png, "image/png") for name, png in pictures.items()}
     files["summary.json"] = (json.dumps(summary, indent=1).encode(), "application/json")
     files["items.csv"] = (items_csv(items, audit.request), "text/csv")
-    files["report.html"] = (report_html(audit_id, audit.request, tally, aggregates, pictures, items), "text/html")
+    files.update(report_files(audit_id, audit.request, tally, aggregates, items, files))
     progress(0.8)
     artifacts = store_files(rt.store, files, audit_id=audit_id)
     if lifecycle.finish(rt.db, audit_id, job.id, worker, aggregates, artifacts) is None:
         log.warning("audit %s: not closed by this finaliser (cancelled meanwhile, or its lease lost)", audit_id)
     return {"counts": tally}, {}
+
+
+def report_files(audit_id: str, request: dict[str, Any], tally: dict[str, int], aggregates: dict[str, Any],
+                 items: list[dict[str, Any]], files: Files) -> Files:
+    """`attributions.jsonl` (every item's token and word scores per method) and `report.html`, the self-contained
+    audit page whose drill-down shows the same per-item scores (docs/viewer.md)."""
+    from worker.render.page import report_html
+    from worker.render.page.audit import attribution_line
+
+    lines = [attribution_line(item) for item in items]
+    jsonl = "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines).encode()
+    names = sorted([*files, "attributions.jsonl", "report.html"])
+    document = {"id": audit_id, "status": JobStatus.SUCCEEDED if tally["done"] else JobStatus.FAILED,
+                "models": request["models"], "methods": request["methods"], "counts": tally, "request": request,
+                "aggregates": aggregates, "artifacts": [{"name": n} for n in names]}
+    return {"attributions.jsonl": (jsonl, "application/jsonl"),
+            "report.html": (report_html(document, lines).encode(), "text/html")}
 
 
 AUDIT_WORK = {"audit_batch": run_batch, "audit_finalize": run_finalize}

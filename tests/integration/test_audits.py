@@ -91,7 +91,11 @@ def test_audit_end_to_end_in_process(api, runtime):
     rows = list(csv.DictReader(io.StringIO(csv_bytes.decode())))
     assert len(rows) == 5 and rows[2]["input"].startswith("'=HYPERLINK")
     page = api.get(f"/v1/audits/{audit_id}/artifacts/report.html").data.decode()
-    assert "<script" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page  # our own scripts only:
+    assert page.count("<script") == 2 and '<script type="application/json" class="lantern-data">' in page
+    lines = [json.loads(line) for line in api.get(f"/v1/audits/{audit_id}/artifacts/attributions.jsonl").data.splitlines()]
+    assert [line["methods"]["gradient"]["word_scores"] for line in lines] == \
+        [r["methods"]["gradient"]["word_scores"] for r in results]
     summary = json.loads(api.get(f"/v1/audits/{audit_id}/artifacts/summary.json").data)
     assert summary["aggregates"] == doc["aggregates"]
 
