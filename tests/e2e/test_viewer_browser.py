@@ -271,3 +271,24 @@ def test_sigma_and_esim_views(stack, driver):
         screenshot(driver, shot)
     gates = driver.find_elements(By.CSS_SELECTOR, "section.other.gating .gate")
     assert len(gates) == len(doc["result"]["methods"]["gating"]["gates"]), len(gates)
+
+
+def test_the_jobs_list_updates_without_a_reload(stack, driver):
+    By = _by()
+    sign_in(driver, stack, stack.key)
+    job_id = stack.api().post(f"{stack.url}/v1/jobs", json={"model": "minilm-rt", "methods": ["gradient"],
+                                                           "inputs": {"text": "Watch me finish."}},
+                              timeout=30).json()["id"]
+    driver.get(f"{stack.url}/ui/jobs")
+    row = f"#jobs tr[data-id='{job_id}'] .status"
+    assert driver.find_element(By.CSS_SELECTOR, row).text in ("queued", "running")
+    driver.execute_script("window.__same_page = true")  # gone if the page were loaded again
+
+    def status() -> str | None:
+        return driver.execute_script("const e = document.querySelector(arguments[0]); return e && e.textContent",
+                                     row)
+
+    wait_for(lambda: status() == "succeeded", 300, "the row to show the finished job", every=0.5)
+    assert driver.execute_script("return window.__same_page") is True
+    _clean(driver)
+    screenshot(driver, "jobs-list")
