@@ -5,6 +5,7 @@ from typing import Any
 
 from worker.render.page import views
 from worker.render.page.palette import fmt
+from worker.report import word_shares
 
 SHOWN_ITEMS = 500  # items with a drill-down on the page; every item is in attributions.jsonl and items.csv
 TOP_WORDS = 15
@@ -63,11 +64,8 @@ def _item(line: dict[str, Any], first: str | None) -> dict[str, Any]:
     result = {"tokens": line.get("tokens") or [], "special": line.get("special") or [], "words": line.get("words"),
               "word_strings": words, "methods": methods}
     top = ""
-    if first and first in methods:
-        scores = methods[first]["word_scores"]
-        special = views.word_special(result)
-        order = sorted((i for i in range(len(scores)) if not special[i]), key=lambda i: -abs(scores[i]))[:5]
-        top = " ".join(words[i] for i in order)
+    if first and first in methods:  # as in items.csv: the real words with the largest shares
+        top = " ".join(w for w, _ in sorted(word_shares(result, first), key=lambda ws: -ws[1])[:5])
     prediction = line.get("prediction") or {}
     return {"model": line.get("model"), "position": line.get("position"), "status": line.get("status"),
             "label": line.get("label"), "prediction": prediction.get("label"), "text": text, "top": top,

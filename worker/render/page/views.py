@@ -119,7 +119,7 @@ def line_chart(points: list[tuple[str, float | None]], title: str) -> dict[str, 
              "value": fmt(y)} for i, x, y in known]
     return {"dots": dots, "path": " ".join(f"{d['x']},{d['y']}" for d in dots), "title": title,
             "low": fmt(low), "high": fmt(high), "left": left, "top": top, "bottom": top + height,
-            "width": left + width + 40, "height": top + height + 40}
+            "width": left + width + 40, "height": top + height + 64}
 
 
 def matrix(values: list[list[float | None]], rows: Sequence[str], cols: Sequence[str],
