@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import csv
 import heapq
-import html
 import io
 import itertools
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Sequence
 from typing import Any
 
 STOP_WORDS = frozenset("""a about above after again against all am an and any are as at be because been before being
@@ -406,50 +404,3 @@ def items_csv(items: list[dict[str, Any]], request: dict[str, Any]) -> bytes:
                (item.get("error") or {}).get("detail")] + tops + lifts
         writer.writerow([csv_cell(v) for v in row])
     return buffer.getvalue().encode()
-
-
-def report_html(audit_id: str, request: dict[str, Any], counts: dict[str, int], aggregates: dict[str, Any],
-                charts: dict[str, bytes], items: Sequence[dict[str, Any]] = (), max_rows: int = 200) -> bytes:
-    """One self-contained page: charts inline as data URIs; every user-supplied string escaped."""
-    import base64
-    import json
-
-    e = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Lantern audit {e(audit_id)}</title>",
-             "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}"
-             "img{max-width:100%;margin:1em 0}code{background:#f4f4f4}</style></head><body>",
-             f"<h1>Lantern audit <code>{e(audit_id)}</code></h1>",
-             f"<p>Models: {e(', '.join(request['models']))} · methods: {e(', '.join(request['methods']))} · "
-             f"items: {counts['total']} ({counts['done']} done, {counts['failed']} failed)</p>"]
-    for model, agg in aggregates["models"].items():
-        parts.append(f"<h2>{e(model)}</h2>")
-        if "accuracy" in agg:
-            parts.append(f"<p>Accuracy against the corpus labels: {agg['accuracy']:.3f}</p>")
-        for method, part in agg["methods"].items():
-            share = part.get("stop_word_share_top_k")
-            parts.append(f"<h3>{e(method)}</h3><p>Stop-word share of the top words: "
-                         f"{'-' if share is None else f'{share:.2f}'}</p><table><tr><th>word</th>"
-                         "<th>total share</th><th>mean share</th><th>count</th></tr>")
-            parts += [f"<tr><td>{e(w['word'])}</td><td>{w['total_share']:.3f}</td><td>{w['mean_share']:.3f}</td>"
-                      f"<td>{w['count']}</td></tr>" for w in part["top_words"][:10]]
-            parts.append("</table>")
-    for name, png in charts.items():
-        parts.append(f"<figure><img alt='{e(name)}' src='data:image/png;base64,"
-                     f"{base64.b64encode(png).decode()}'><figcaption>{e(name)}</figcaption></figure>")
-    parts.append(f"<h2>Items (first {min(max_rows, len(items))} of {len(items)}; all in items.csv)</h2>"
-                 "<table><tr><th>model</th><th>#</th><th>input</th><th>label</th><th>prediction</th>"
-                 "<th>top words</th></tr>")
-    first: str = next(iter(request["methods"]), "")
-    for item in list(items)[:max_rows]:
-        result = item.get("result") or {}
-        text = " ||| ".join(item["input"].get(k, "") for k in ("text", "premise", "hypothesis") if k in item["input"])
-        ranked = sorted(word_shares(result, first), key=lambda ws: -ws[1])[:5] if result and "word_scores" in (
-            result.get("methods", {}).get(first, {})) else []
-        pred = (result.get("prediction") or {}).get("label") or item["status"]
-        parts.append(f"<tr><td>{e(item['model'])}</td><td>{item['position']}</td><td>{e(text[:300])}</td>"
-                     f"<td>{e(str(item.get('label') or ''))}</td><td>{e(str(pred))}</td>"
-                     f"<td>{e(' '.join(w for w, _ in ranked))}</td></tr>")
-    parts.append("</table>")
-    parts.append(f"<h2>Summary (JSON)</h2><pre>{e(json.dumps(aggregates, indent=1)[:20000])}</pre></body></html>")
-    return "".join(parts).encode()
