@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.render.page import views
+import worker.render.page.views as views
 from worker.render.page.palette import fmt
 from worker.report import word_shares
 
