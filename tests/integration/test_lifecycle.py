@@ -122,8 +122,10 @@ def test_runner_runs_a_real_job_and_stores_artifacts(runtime):
     assert len(result["methods"]["gradient"]["scores"]) == len(result["tokens"])
     with runtime.db.session() as s:
         names = {a.name: a for a in jobs.artifacts_of(s, job_id)}
-    assert {"gradient.png", "gradient.safetensors", "result.json"} <= set(names)
+    assert {"gradient.png", "gradient.safetensors", "result.json", "result.html"} <= set(names)
     assert runtime.store.get(names["gradient.png"].storage_key)[:8] == b"\x89PNG\r\n\x1a\n"
+    page = runtime.store.get(names["result.html"].storage_key).decode()  # the job view, every artifact linked
+    assert names["result.html"].content_type == "text/html" and all(f'href="./{n}"' in page for n in names)
     tensors = load(runtime.store.get(names["gradient.safetensors"].storage_key))
     assert tensors["scores"].shape[0] == len(result["tokens"])
     assert run_job(runtime, job_id, "w2") == "skipped"  # a duplicate delivery does nothing
