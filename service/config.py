@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -22,6 +23,13 @@ _warned: set[str] = set()  # unknown variables already warned about in this proc
 class SettingsError(ValueError):
     """A setting that cannot be used; the message names the variable, its value and what is expected. The CLI
     prints it as one line and exits 2."""
+
+
+def _finite(value: str) -> float:
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(value)
+    return number
 
 
 def _bool(value: str) -> bool:
@@ -119,6 +127,10 @@ class Settings:
         return {f"LANTERN_{f.name.upper()}" for f in fields(cls) if f.name != "extra"}
 
     def check(self) -> None:
+        for f in fields(self):  # every number is a size, a count, a duration or a port: none is negative
+            value = getattr(self, f.name)
+            if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+                raise SettingsError(f"LANTERN_{f.name.upper()}={value}: expected 0 or more")
         if self.visibility_timeout <= self.hard_time_limit:
             raise SettingsError(f"LANTERN_VISIBILITY_TIMEOUT={self.visibility_timeout} must exceed "
                                 f"LANTERN_HARD_TIME_LIMIT={self.hard_time_limit}")
@@ -150,12 +162,12 @@ class Settings:
         return self.db_url.startswith("sqlite")
 
 
-EXPECTED = {"int": "a whole number", "float": "a number", "bool": "true or false (also 1/0, yes/no, on/off)"}
+EXPECTED = {"int": "a whole number", "float": "a finite number", "bool": "true or false (also 1/0, yes/no, on/off)"}
 
 
 def _convert(name: str, kind: Any, raw: str) -> Any:
     kind = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
-    converters: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "bool": _bool}
+    converters: dict[str, Callable[[str], Any]] = {"int": int, "float": _finite, "bool": _bool}
     convert = converters.get(kind)
     if convert is None:
         return raw

@@ -52,6 +52,10 @@ def test_a_bad_setting_names_the_variable_the_value_and_what_is_expected(tmp_pat
     assert "LANTERN_MAX_TOKENS='abc'" in err and "whole number" in err
     err = one_line_error(lantern("migrate", "--data-dir", str(tmp_path), env={"LANTERN_LOG_JSON": "maybe"}), USAGE)
     assert "LANTERN_LOG_JSON='maybe'" in err and "true or false" in err
+    for variable, value, expected in (("LANTERN_MAX_TOKENS", "-5", "LANTERN_MAX_TOKENS=-5: expected 0 or more"),
+                                      ("LANTERN_RETAIN_JOBS_DAYS", "nan", "'nan': expected a finite number")):
+        run = lantern("migrate", "--data-dir", str(tmp_path), env={variable: value})
+        assert expected in one_line_error(run, USAGE)
     crossed = lantern("migrate", "--data-dir", str(tmp_path), env={"LANTERN_HARD_TIME_LIMIT": "4000"})
     assert "LANTERN_VISIBILITY_TIMEOUT=3600 must exceed LANTERN_HARD_TIME_LIMIT=4000" in one_line_error(crossed, USAGE)
 
