@@ -278,7 +278,7 @@ def test_audit_view_and_attributions_lines():
            "counts": {"total": 3, "done": 2, "failed": 1}, "aggregates": aggregates,
            "artifacts": [{"name": "attributions.jsonl"}]}
     page = Page(audit_view(doc, lines))
-    assert not any(t == "img" or any(k.startswith("on") for k in a) for t, a in page.elements)
+    assert not any(t == "img" or any(k.startswith("on") or k == "style" for k in a) for t, a in page.elements)
     assert all(p in "".join(page.text) for p in PAYLOADS[:3])
     assert sum(1 for t, _ in page.elements if t == "details") == 2  # a drill-down per explained item
     top = aggregates["models"]["minilm-rt"]["methods"]["gradient"]["top_words"][0]

@@ -161,6 +161,7 @@
   }
 
   function init(root) {
+    if (root.getAttribute("data-ready") === "true") return;  // once per view
     values(root);
     root.querySelectorAll("[data-tabs]").forEach(tabs);
     root.querySelectorAll("[data-units]").forEach(units);
