@@ -331,3 +331,20 @@ def test_the_audit_finaliser_writes_attributions_and_the_report_page():
     links = [a["href"] for t, a in Page(page.decode()).elements if t == "a"]
     assert links == ["./attributions.jsonl", "./items.csv", "./report.html"]
     assert PAYLOADS[0] not in page.decode() and html.escape(PAYLOADS[0]) in page.decode()
+
+
+def test_sigma_concepts_are_shaded_per_layer_on_one_scale():
+    result = copy.deepcopy(load("minilm-rt"))
+    layers = result["methods"]["sigma"]["layers"]
+    special = [all(result["special"][t] for t in g) for g in result["words"]]
+    for n, layer in enumerate(layers.values()):
+        layer["r"] = {PAYLOADS[0]: [None if s else (i - 4) * (n + 1) / 10 for i, s in enumerate(special)]}
+    page = Page(job_view({"result": result}))
+    assert f"concept: {PAYLOADS[0]}" in "".join(page.text)
+    every = [v for layer in layers.values() for v in layer["r"][PAYLOADS[0]] if v is not None]
+    top = max(abs(v) for v in every)
+    last = list(layers.values())[-1]["r"][PAYLOADS[0]]
+    shown = [a["data-v"] for t, a in page.elements if t == "span" and "data-v" in a][-len(last):]
+    assert shown == [fmt(v) for v in last]
+    classes = [a["class"].split()[0] for t, a in page.elements if t == "span" and "data-v" in a][-len(last):]
+    assert classes == ["d0" if v is None else f"d{round(5 * v / top)}" for v in last]

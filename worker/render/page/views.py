@@ -153,18 +153,25 @@ def sigma_view(part: dict[str, Any], result: dict[str, Any]) -> dict[str, Any] |
     layers = part.get("layers")
     if not isinstance(layers, dict) or not layers:
         return None
-    words, special = result.get("word_strings") or [], word_special(result)
-    every = [v for layer in layers.values() for v, s in zip(layer.get("word_scores") or [], special, strict=False)
-             if not s]
-    scale = Scale(every)
-    multiples = [{"layer": name, "cells": [{"text": w, "value": fmt(v), "cls": scale.level(v),
-                                            "special": special[i] if i < len(special) else False}
-                                           for i, (w, v) in enumerate(zip(words, layer.get("word_scores") or [],
-                                                                          strict=False))]}
-                 for name, layer in layers.items()]
+    information = _multiples(result, {name: layer.get("word_scores") or [] for name, layer in layers.items()})
     entropy = line_chart([(name, layer.get("sentence_entropy")) for name, layer in layers.items()],
                          "sentence entropy per layer")
-    return {"multiples": multiples, "legend": scale.legend(), "signed": scale.signed, "entropy": entropy}
+    concepts = list(next(iter(layers.values())).get("r") or {})
+    return {**information, "entropy": entropy,
+            "concepts": [{"concept": c, **_multiples(result, {name: (layer.get("r") or {}).get(c) or []
+                                                             for name, layer in layers.items()})}
+                         for c in concepts]}
+
+
+def _multiples(result: dict[str, Any], per_layer: dict[str, list[float | None]]) -> dict[str, Any]:
+    """One shaded sentence per layer, every layer on one scale (so that the layers compare)."""
+    words, special = result.get("word_strings") or [], word_special(result)
+    scale = Scale([v for values in per_layer.values() for v, s in zip(values, special, strict=False) if not s])
+    multiples = [{"layer": name, "cells": [{"text": w, "value": fmt(v), "cls": scale.level(v),
+                                            "special": special[i] if i < len(special) else False}
+                                           for i, (w, v) in enumerate(zip(words, values, strict=False))]}
+                 for name, values in per_layer.items()]
+    return {"multiples": multiples, "legend": scale.legend(), "signed": scale.signed}
 
 
 def attention_view(part: dict[str, Any], result: dict[str, Any]) -> dict[str, Any] | None:
