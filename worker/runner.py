@@ -218,7 +218,8 @@ def _result_page(request: dict[str, Any], outcome: dict[str, Any], files: Files)
     """The job's self-contained result.html (docs/viewer.md): the job view of what the job document will hold."""
     from worker.render.page import result_html
 
-    listed = [{"name": name, "content_type": kind, "bytes": len(data)} for name, (data, kind) in files.items()]
+    listed: list[dict[str, Any]] = [{"name": name, "content_type": kind, "bytes": len(data)}
+                                    for name, (data, kind) in files.items()]
     listed.append({"name": "result.html", "content_type": "text/html", "bytes": None})
     document = {**outcome, "status": "succeeded", "model": outcome["result"].get("model") or {"name": request["model"]},
                 "request": request, "artifacts": sorted(listed, key=lambda a: a["name"])}
