@@ -348,3 +348,14 @@ def test_sigma_concepts_are_shaded_per_layer_on_one_scale():
     assert shown == [fmt(v) for v in last]
     classes = [a["class"].split()[0] for t, a in page.elements if t == "span" and "data-v" in a][-len(last):]
     assert classes == ["d0" if v is None else f"d{round(5 * v / top)}" for v in last]
+
+
+def test_esim_alignment_both_directions_have_premise_rows():
+    # attention's esim view: both matrices n×m, premise words as rows (worker/methods/attention.py)
+    part = {"view": "esim", "shape": [3, 2], "premise": ["a", "man", "sleeps"], "hypothesis": ["he", "rests"],
+            "premise_to_hypothesis": [[0.5, 0.5], [0.9, 0.1], [0.2, 0.8]],
+            "hypothesis_to_premise": [[0.1, 0.2], [0.6, 0.3], [0.3, 0.5]]}
+    result = {**load("esim-50"), "methods": {"attention": part}}
+    tips = [t for t in Page(job_view({"result": result})).text if "→" in t and ":" in t]
+    assert tips[:2] == ["a → he: 0.5", "a → rests: 0.5"] and tips[6:8] == ["a → he: 0.1", "a → rests: 0.2"]
+    assert tips[-1] == "sleeps → rests: 0.5" and len(tips) == 12

@@ -186,8 +186,12 @@ def attention_view(part: dict[str, Any], result: dict[str, Any]) -> dict[str, An
     if view == "esim":
         p, h = labels(part, "premise"), labels(part, "hypothesis")
         return {"kind": "esim", "maps": [
-            {"title": "premise → hypothesis", "matrix": matrix(part.get("premise_to_hypothesis") or [], p, h)},
-            {"title": "hypothesis → premise", "matrix": matrix(part.get("hypothesis_to_premise") or [], h, p)}]}
+            # both n×m, premise words as rows: each premise word's weights over the hypothesis (rows sum to 1),
+            # and each hypothesis word's over the premise (columns sum to 1)
+            {"title": "premise → hypothesis (rows sum to 1)",
+             "matrix": matrix(part.get("premise_to_hypothesis") or [], p, h)},
+            {"title": "hypothesis → premise (columns sum to 1)",
+             "matrix": matrix(part.get("hypothesis_to_premise") or [], p, h)}]}
     if view == "lm" and part.get("history"):
         tokens = part.get("tokens") or []
         return {"kind": "lm", "maps": [{"title": "attention over the history", "matrix":
