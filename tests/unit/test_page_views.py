@@ -175,8 +175,11 @@ def test_sigma_attention_and_esim_views_are_drawn():
 
 def test_compare_and_batch_results():
     minilm, cnn = load("minilm-rt"), load("cnn-rt")
-    compared = Page(job_view({"result": minilm, "compare": {"cnn-rt": cnn}}))
+    compared = Page(job_view({"result": minilm, "compare": {"cnn-rt": cnn},
+                              "model_agreement": {"minilm-rt~cnn-rt:gradient": 0.4567, "minilm-rt~cnn-rt:lime": None}}))
     assert "cnn-rt" in compared.text and "minilm-rt" in compared.text
+    assert "minilm-rt~cnn-rt:gradient" in compared.text and "minilm-rt~cnn-rt:lime" in compared.text
+    assert [a["data-rho"] for t, a in compared.elements if "data-rho" in a][-2:] == ["0.457", "–"]
     batch = Page(job_view({"result": {"kind": "batch", "items": [minilm, cnn]}}))
     assert sum(1 for t, _ in batch.elements if t == "details") == 2
 

@@ -322,7 +322,8 @@ def job(document: dict[str, Any], artifact_url: ArtifactUrl | None) -> dict[str,
             "model": model.get("name") if isinstance(model, dict) else model,
             "batch": result.get("kind") == "batch",
             "inputs": (document.get("request") or {}).get("inputs") or {}, "error": document.get("error"),
-            "results": views[:len(own)], "compare": views[len(own):], "artifacts": artifacts(document, artifact_url)}
+            "results": views[:len(own)], "compare": views[len(own):], "artifacts": artifacts(document, artifact_url),
+            "model_agreement": [{"pair": k, "rho": fmt(v)} for k, v in (document.get("model_agreement") or {}).items()]}
 
 
 def script_data(document: dict[str, Any]) -> dict[str, Any]:
