@@ -7,6 +7,8 @@ stalling its first submits 2-4 s while it imports a tokenizer library, hashes a 
 driver and the broker's transport (the "2 s stall" of an open-loop run on a fresh API). Each worker then drops the
 database connections the master may have opened while loading: a pool must not cross a fork.
 """
+import logging
+
 preload_app = True
 
 
@@ -15,7 +17,10 @@ def on_starting(server) -> None:  # gunicorn calls it after the preload, before 
 
     runtime = app.extensions["lantern"]
     warm_adapters(runtime)
-    warm_clients(runtime)
+    try:
+        warm_clients(runtime)
+    except Exception as e:  # best effort: a client that cannot load here gets its error (or 503) at first use
+        logging.getLogger("lantern.api").warning("could not warm the database/broker clients: %s", type(e).__name__)
 
 
 def warm_adapters(runtime) -> None:
@@ -23,8 +28,6 @@ def warm_adapters(runtime) -> None:
     lazy), so the first submits do not pay for it. The model cache keeps the last few; the imports and revision
     hashes that cost the most stay for all. Best effort, and without the database: a model that cannot load here
     gets its error at submit, as before, and a database that is down gets its 503s."""
-    import logging
-
     from service.models import ModelRef
     from worker.models import bundle_dir, bundle_revision, zoo_names
 
