@@ -1,6 +1,7 @@
 """`lrp` (ε-rule) on the Kim CNN: an explicit-loop hand computation, Captum's ``LRP`` on an equivalent module chain
 (1e-5 relative), conservation on a bias-free CNN, the score conventions, padding, the shipped cnn-rt bundle through
-``explain``, and the refusal of the other adapters."""
+``explain``, and which adapters have rules (the LSTM and Transformer rules: test_lrp_lstm.py, test_lrp_attention.py,
+test_lrp_esim.py)."""
 from __future__ import annotations
 
 import copy
@@ -212,11 +213,15 @@ def test_batch_equals_alone(cnn):
         close(ex.tensors["lrp"]["relevance"], alone.tensors["lrp"]["relevance"])
 
 
-def test_applies_to_the_cnn_only(cnn, minilm_rt):
+def test_applies_where_rules_exist(cnn, minilm_rt):
+    """The CNN, BiLSTM and Transformers have rules (tests/unit/test_lrp_lstm.py, test_lrp_attention.py); a model
+    without a head or without rules is refused."""
     table = registry()
     assert applies(cnn) and "lrp" in table
     assert check_methods(cnn, table, ["lrp"], "logit", {"lrp": {"epsilon": 0.01}})["lrp"]["epsilon"] == 0.01
-    for other in (minilm_rt, load_model("bilstm-rt", device="cpu"), load_model("transformer-rt", device="cpu")):
+    assert all(applies(m) for m in (minilm_rt, load_model("bilstm-rt", device="cpu"),
+                                    load_model("transformer-rt", device="cpu")))
+    for other in (load_model("all-minilm-l6-v2", device="cpu"), load_model("lstm-lm-rt", device="cpu")):
         assert not applies(other)
         with pytest.raises(InputError, match="does not apply"):
             check_methods(other, table, ["lrp"], "logit", {})

@@ -193,3 +193,44 @@ def test_zoo_transformers_through_explain(name):
     assert lrp["output"] == pytest.approx(result["methods"]["gradient"].get("score", lrp["output"]), rel=1e-5)
     assert lrp["absorbed"] == pytest.approx(lrp["output"] - sum(lrp["scores"]), abs=1e-4)
     assert all(math.isfinite(v) for v in lrp["scores"])
+
+
+def rule_logits(adapter, encoding, ops):
+    from worker.models import bert_rules
+
+    x, mask = adapter.embed(encoding), encoding.attention_mask.bool()
+    states = bert_rules.encoder_states(adapter.encoder, x, mask, encoding.token_type_ids, ops)
+    if adapter.head_kind == "lantern":
+        return bert_rules.mean_pool_logits(adapter.head, states, mask, ops)
+    return bert_rules.classifier_logits(adapter.model, states, ops)
+
+
+@pytest.mark.parametrize("which", ["minilm-rt", "tiny-classifier"])
+def test_the_bert_rule_forward_gives_the_model_logits(which, tiny_classifier_dir):
+    """The BERT forward written with the rule operations is the Hugging Face model's own forward: Lantern's
+    mean-pool head (minilm-rt) and BertForSequenceClassification's pooler on a premise/hypothesis pair (token
+    types), padded batch included."""
+    from worker.models.relevance import PLAIN, Rules
+
+    adapter = load_model(which if which == "minilm-rt" else tiny_classifier_dir, device="cpu").load()
+    if which == "minilm-rt":
+        items = [{"text": SENTENCE}, {"text": "bad ."}]
+    else:
+        items = [{"premise": "a man plays a guitar .", "hypothesis": "someone makes music ."},
+                 {"premise": "a dog .", "hypothesis": "a cat sleeps on the warm mat ."}]
+    encoding = adapter.encode(items)
+    with torch.no_grad():
+        expected = adapter.forward(adapter.embed(encoding), encoding).logits
+        for ops in (PLAIN, Rules(1e-9)):
+            torch.testing.assert_close(rule_logits(adapter, encoding, ops), expected, rtol=1e-4, atol=2e-5)
+    assert "lrp" in adapter.describe()["methods"]
+    lrp = explain(adapter, items[0], ["lrp"]).result["methods"]["lrp"]
+    assert lrp["absorbed"] == pytest.approx(lrp["output"] - sum(lrp["scores"]), abs=1e-4)
+
+
+def test_lrp_is_offered_only_where_rules_exist():
+    """A headless encoder has no S(y) to explain; the LSTM LM and the seq2seq have no rules here."""
+    for name in ("all-minilm-l6-v2", "lstm-lm-rt", "reverse-seq2seq"):
+        assert "lrp" not in load_model(name, device="cpu").describe()["methods"], name
+    for name in ("cnn-rt", "bilstm-rt", "transformer-rt", "minilm-rt"):
+        assert "lrp" in load_model(name, device="cpu").describe()["methods"], name

@@ -1,28 +1,34 @@
-"""`lrp`: layer-wise relevance propagation, epsilon rule (Bach et al. 2015; Montavon et al. 2019, "Layer-wise
-relevance propagation: an overview", §10.2.1 LRP-ε).
+"""`lrp`: layer-wise relevance propagation from S(y) down to the input embeddings, summed per token (signed).
 
-**Adapters.** Those that declare ``lrp_rules`` (and a head): each of their layers has a well-defined LRP rule, and
-the adapter propagates the relevance itself (``adapter.lrp_relevance``). Today that is the Kim CNN (``cnn`` bundles,
-e.g. ``cnn-rt``: embeddings → Conv1d of widths 1/3/5/7 → ReLU → max-pool over the real tokens → Linear; its rules are
-in :mod:`worker.models.cnn`). The other adapters are refused at submit time: LSTMs need rules for the
-multiplicative gates (Arras et al. 2017 — "LRP for LSTMs"), and Transformers/attention need rules for the softmax
-and the layer norms (Chefer et al. 2021); neither is provided here.
+**Adapters.** Those that declare ``lrp_rules`` (and a head) propagate relevance themselves
+(``adapter.lrp_relevance``), each with the rules of its architecture:
+
+- the Kim CNN (``cnn-rt``): ε-rule on the convolutions and the output, winner-takes-all through the max-pool
+  (:mod:`worker.models.cnn`);
+- the BiLSTM (``bilstm-rt``) and ESIM (``esim-50``, ``esim-300``): the LSTM rules of Arras et al. 2017
+  (signal-takes-all at the gates, ε on the linear maps and the cell sum, identity through tanh);
+- Transformers (``transformer-rt``, the BERT family: ``minilm-rt`` and ``*ForSequenceClassification`` BERT
+  directories): AttnLRP (Achtibat et al. 2024): ε on linear layers, identity through the activations and the
+  LayerNorms' divisor, the uniform rule on QKᵀ and A·V, the softmax rule.
+
+The LSTM/Transformer rules run as one modified backward pass (:mod:`worker.models.relevance`), the cost of about one
+forward and one backward pass. A model without rules (a headless encoder, the LSTM language model, the seq2seq) is
+refused at submit time.
 
 **Rules.** Relevance starts on the target logit with the value S(y) (the logit by default; for ``score: probability |
 log_probability`` the target logit's unit is given S(y) and the same rules redistribute it) and is propagated down
-to the input embeddings x (T×K) with the ε-rule for Linear and Conv1d layers (stab(z) = z + ε·sign(z), sign(0) = +1,
-Captum's ``EpsilonRule``), relevance passed unchanged through ReLU, and winner-takes-all through max-pooling.
+to the input embeddings x (T×K), with the ε-rule (stab(z) = z + ε·sign(z), sign(0) = +1, Captum's
+``EpsilonRule``) on linear layers.
 
 Token score = the sum of R over the K embedding dimensions (signed: positive = evidence for y). Higher = more
 important; raw values kept.
 
-**Conservation.** Every layer passes on Σ R_in = Σ_k R_k · (z_k − b_k) / stab(z_k): with zero biases and ε → 0
-the input relevance sums to S(y). With biases, the share of each unit's relevance that its bias contributed to z_k
-(b_k / z_k of it) stays with the bias and is not passed down, and ε absorbs a further ε/|z_k| share; ``absorbed``
-in the JSON part is S(y) − Σ scores (what the biases and ε took).
+**Conservation.** With zero biases and ε → 0 the CNN's and the LSTMs' input relevance sums to S(y). Biases,
+positional and token-type embeddings, ε and AttnLRP's softmax rule each keep a share; ``absorbed`` = S(y) − Σ scores
+reports what they took.
 
-JSON: ``{"scores": [T floats], "rule", "epsilon", "start": S(y), "total": Σ scores, "absorbed": start − total}``.
-Tensors: ``relevance`` (T×K), ``scores`` (T).
+JSON: ``{"scores": [T floats], "rule", "epsilon", "output": S(y), "start": S(y) (the older name), "total": Σ scores,
+"absorbed": output − total}``. Tensors: ``relevance`` (T×K), ``scores`` (T).
 """
 from __future__ import annotations
 
@@ -62,12 +68,12 @@ def run_batch(
     progress: Callable[[float], None] = lambda fraction: None,
     seed: int = 0,
 ) -> list[MethodResult]:
-    """One forward and one backward pass for the padded batch; padding gets no relevance and does not change the
-    real tokens' relevance (the adapter's padding invariance)."""
+    """One (rule-modified) forward and one backward pass for the padded batch; padding gets no relevance and does not
+    change the real tokens' relevance (the adapter's padding invariance)."""
     rules = offering(adapter, Capability.LRP_RULES, LRPRules, "lrp")
     progress(0.0)
     mask = encoding.attention_mask.to(adapter.device).bool()
-    rel, start, _ = rules.lrp_relevance(adapter.embed(encoding), mask, target, float(params["epsilon"]))
+    rel, start, _ = rules.lrp_relevance(adapter.embed(encoding), mask, target, float(params["epsilon"]), encoding)
     out = []
     for i in range(len(encoding)):
         one, r = encoding.item(i), rel[i, : len(encoding.tokens[i])]
@@ -86,9 +92,9 @@ run = first_item(run_batch)
 
 METHOD = Method(
     name="lrp",
-    summary="Layer-wise relevance propagation (ε-rule) from S(y) to the input embeddings, summed per token (signed). "
-            "Adapters with LRP rules for their layers (the Kim CNN): LSTMs and Transformers need rules (Arras et al., "
-            "Chefer et al.) not provided.",
+    summary="Layer-wise relevance propagation from S(y) to the input embeddings, summed per token (signed): ε-rule "
+            "for the CNN, the LSTM rules of Arras et al. 2017 (BiLSTM, ESIM), AttnLRP for Transformers (Achtibat "
+            "et al. 2024). One modified backward pass; `absorbed` reports what biases, ε and softmax rules kept.",
     params=LRPParams,
     run=run,
     run_batch=run_batch,

@@ -22,6 +22,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from worker.capabilities import Capability
 from worker.models import relevance
+from worker.models.base import Encoding
 from worker.models.native import NativeAdapter, masked_max, sequence_lengths
 from worker.models.protocols import ScoreTarget
 
@@ -80,8 +81,8 @@ class BiLSTMAdapter(NativeAdapter):
     def step_names(self) -> list[str]:
         return ["embeddings", *(f"lstm.{k}" for k in range(1, int(self.hyper["layers"]) + 1)), "pool", "output"]
 
-    def lrp_relevance(self, x: torch.Tensor, mask: torch.Tensor, target: ScoreTarget, epsilon: float
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def lrp_relevance(self, x: torch.Tensor, mask: torch.Tensor, target: ScoreTarget, epsilon: float,
+                      encoding: Encoding | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The ``lrp_rules`` capability (module docstring)."""
         module = self.module
         return relevance.input_relevance(x, lambda e: module.lrp_logits(e, mask, epsilon), target, epsilon)

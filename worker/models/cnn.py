@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from worker.capabilities import Capability
+from worker.models.base import Encoding
 from worker.models.native import NativeAdapter, masked_max
 from worker.models.protocols import ScoreTarget
 
@@ -119,7 +120,7 @@ class CNNAdapter(NativeAdapter):
     def step_names(self) -> list[str]:
         return ["embeddings", *(f"conv.k{int(w)}" for w in self.hyper.get("widths", WIDTHS)), "pool", "output"]
 
-    def lrp_relevance(self, x: torch.Tensor, mask: torch.Tensor, target: ScoreTarget, epsilon: float
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def lrp_relevance(self, x: torch.Tensor, mask: torch.Tensor, target: ScoreTarget, epsilon: float,
+                      encoding: Encoding | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The ``lrp_rules`` capability: :func:`relevance` through this model's layers."""
         return relevance(cast(KimCNN, self.module), x, mask, target, epsilon)

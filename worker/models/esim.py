@@ -22,7 +22,12 @@ tokens; the alignment maps are premise × hypothesis over each sentence's own to
 Gates: the LSTMs run as ``nn.LSTM`` (packed) when no gate is asked for (and, on a GPU, no gradient: cuDNN's LSTM
 has no backward in eval mode); otherwise the same weights drive a hand-written cell (:func:`lstm_scan`) that yields,
 per direction, the input, forget and output gates and the memory cell c_t (``input_lstm.fwd.input`` …
-``inference_lstm.bwd.cell``, B×T×d). It reproduces ``nn.LSTM`` to float rounding (tests). ``forward(..., gate_offsets={name: B×T×d})`` adds the given tensors to those gates inside the recurrence:
+``inference_lstm.bwd.cell``, B×T×d). It reproduces ``nn.LSTM`` to float rounding (tests).
+
+LRP (the ``lrp_rules`` capability; :mod:`worker.models.relevance`): the LSTM rules of Arras et al. 2017 in both
+BiLSTMs; the alignment as in AttnLRP (the uniform rule on e = û·v̂ and on the attention-weighted sums, the softmax
+rule on the alignment softmaxes), the uniform rule on û ⊙ ũ, ε on the linear layers, identity through ReLU and tanh,
+winner-takes-all through the max-pool (the average pool is linear). ``forward(..., gate_offsets={name: B×T×d})`` adds the given tensors to those gates inside the recurrence:
 with zero offsets the output is unchanged and ∂S/∂offset = ∂S/∂gate (the gates' saliency, Ghaeini §3.2).
 """
 from __future__ import annotations
@@ -34,8 +39,10 @@ import torch
 from torch import nn
 
 from worker.capabilities import Capability
+from worker.models import relevance
 from worker.models.base import Encoding, InputError, Trace
 from worker.models.native import NativeAdapter, masked_max
+from worker.models.protocols import ScoreTarget
 from worker.models.words import tokenize
 
 LABELS = ("entailment", "neutral", "contradiction")
@@ -149,8 +156,11 @@ class ESIM(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def _lstm(self, name: str, x: torch.Tensor, lengths: torch.Tensor, gates: bool,
-              offsets: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+              offsets: dict[str, torch.Tensor], ops: relevance.Ops) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         lstm = getattr(self, name)
+        if isinstance(ops, relevance.Rules):  # LRP: the LSTM rules, no gates asked for
+            real = torch.arange(x.shape[1], device=x.device).unsqueeze(0) < lengths.to(x.device).unsqueeze(1)
+            return relevance.lstm(lstm, x, real, ops.eps), {}
         # cuDNN's LSTM has no backward in eval mode: on a GPU, gradients go through the hand-written cell
         if not gates and not offsets and not (x.is_cuda and torch.is_grad_enabled()):
             return run_lstm(lstm, x, lengths), {}
@@ -165,10 +175,12 @@ class ESIM(nn.Module):
         hypothesis: torch.Tensor,
         gates: bool = False,
         offsets: dict[str, torch.Tensor] | None = None,
+        ops: relevance.Ops = relevance.PLAIN,
     ) -> Iterator[tuple[str, torch.Tensor]]:
         """x: B×T×K joint embeddings; premise B×n and hypothesis B×m: the joint positions of each sentence's tokens
         (-1 = padding). Yields (name, tensor) for STEPS, and each LSTM's gates right after it when `gates`.
-        Per-token tensors are B×T×… on the joint positions; offsets are given the same way."""
+        Per-token tensors are B×T×… on the joint positions; offsets are given the same way. ``ops``: the plain
+        operations, or LRP's rules (:meth:`lrp_logits`)."""
         offsets = offsets or {}
         batch, width = x.shape[:2]
         n, m = premise.shape[1], hypothesis.shape[1]
@@ -191,26 +203,26 @@ class ESIM(nn.Module):
 
         yield "embeddings", x
         encoded, found = self._lstm("input_lstm", self.dropout(split(x)), lengths, gates,
-                                    split_offsets("input_lstm"))
+                                    split_offsets("input_lstm"), ops)
         yield "input_lstm", join(encoded)
         for name, value in found.items():
             yield name, join(value)
         u, v = encoded[:batch, :n], encoded[batch:, :m]
         pm, hm = premise >= 0, hypothesis >= 0
-        energy = u @ v.transpose(1, 2)  # B×n×m
+        energy = ops.matmul(u, v.transpose(1, 2))  # B×n×m
         yield "align.energy", energy
         lowest = torch.finfo(energy.dtype).min
         to_hypothesis = energy.masked_fill(~hm.unsqueeze(1), lowest).softmax(2) * pm.unsqueeze(2)
         to_premise = energy.masked_fill(~pm.unsqueeze(2), lowest).softmax(1) * hm.unsqueeze(1)
         yield "align", torch.stack([to_hypothesis, to_premise], 1)
-        u_tilde = to_hypothesis @ v  # B×n×2d
-        v_tilde = to_premise.transpose(1, 2) @ u  # B×m×2d
-        enhanced = torch.cat([fill_rows(torch.cat([a, b, a - b, a * b], -1), size)
+        u_tilde = ops.matmul(to_hypothesis, v)  # B×n×2d
+        v_tilde = ops.matmul(to_premise.transpose(1, 2), u)  # B×m×2d
+        enhanced = torch.cat([fill_rows(torch.cat([a, b, a - b, ops.mul(a, b)], -1), size)
                               for a, b in ((u, u_tilde), (v, v_tilde))])  # 2B×S×8d
-        projected = torch.relu(self.projection(enhanced)) * real.unsqueeze(-1)
+        projected = ops.act(torch.relu, ops.linear(self.projection(enhanced))) * real.unsqueeze(-1)
         yield "projection", join(projected)
         inferred, found = self._lstm("inference_lstm", self.dropout(projected), lengths, gates,
-                                     split_offsets("inference_lstm"))
+                                     split_offsets("inference_lstm"), ops)
         yield "inference_lstm", join(inferred)
         for name, value in found.items():
             yield name, join(value)
@@ -218,7 +230,12 @@ class ESIM(nn.Module):
         top = masked_max(inferred, real)
         pool = torch.cat([avg[:batch], top[:batch], avg[batch:], top[batch:]], -1)
         yield "pool", pool
-        yield "output", self.output(self.dropout(torch.tanh(self.hidden(self.dropout(pool)))))
+        yield "output", self.output(self.dropout(ops.act(torch.tanh, ops.linear(self.hidden(self.dropout(pool))))))
+
+    def lrp_logits(self, x: torch.Tensor, premise: torch.Tensor, hypothesis: torch.Tensor, eps: float
+                   ) -> torch.Tensor:
+        """The logits under the LRP rules: the values of ``steps``, LRP's backward (module docstring)."""
+        return dict(self.steps(x, premise, hypothesis, ops=relevance.Rules(eps)))["output"]
 
 
 # ------------------------------------------------------------------------------------------------ the adapter
@@ -233,7 +250,7 @@ class ESIMAdapter(NativeAdapter):
     """
 
     kind = "esim"
-    offers = NativeAdapter.offers | {Capability.PAIR_ALIGNMENT, Capability.LSTM_GATES}
+    offers = NativeAdapter.offers | {Capability.PAIR_ALIGNMENT, Capability.LSTM_GATES, Capability.LRP_RULES}
 
     def __init__(self, spec, revision: str):
         super().__init__(spec, revision)
@@ -286,6 +303,16 @@ class ESIMAdapter(NativeAdapter):
         return ([t for t, s in enumerate(segments) if s == 0], [t for t, s in enumerate(segments) if s == 1])
 
     # ---------------------------------------------------------------- run
+    def lrp_relevance(self, x: torch.Tensor, mask: torch.Tensor, target: ScoreTarget, epsilon: float,
+                      encoding: Encoding | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The ``lrp_rules`` capability (module docstring, LRP)."""
+        if encoding is None:
+            raise InputError("ESIM's relevance needs the encoding (which tokens are the premise's)")
+        places = self.inputs(encoding)
+        module = self.module
+        return relevance.input_relevance(
+            x, lambda e: module.lrp_logits(e, places["premise"], places["hypothesis"], epsilon), target, epsilon)
+
     def forward(
         self,
         x: torch.Tensor,

@@ -28,7 +28,7 @@ from torch import nn
 from worker.capabilities import Capability
 from worker.models.base import Adapter, Encoding, InputError, Trace
 from worker.models.bundle import BundleSpec
-from worker.models.protocols import without_padding
+from worker.models.protocols import ScoreTarget, without_padding
 
 # Every from_pretrained call: local files only, safetensors only, never code from the directory.
 LOAD_KWARGS: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
@@ -123,6 +123,33 @@ class HFAdapter(Adapter):
         # a removed token becomes [MASK] (else [UNK], else padding): masking at the id level
         self.mask_token_id = next((i for i in (self.tokenizer.mask_token_id, self.tokenizer.unk_token_id,
                                                self.tokenizer.pad_token_id) if i is not None), None)
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        """The class's, plus ``lrp_rules`` for a BERT-family classifier (AttnLRP: :mod:`worker.models.bert_rules`)."""
+        from worker.models import bert_rules
+
+        offered = super().capabilities
+        return offered | {Capability.LRP_RULES} if self.has_head and bert_rules.supports(self.config) else offered
+
+    def lrp_relevance(self, x: torch.Tensor, mask: torch.Tensor, target: ScoreTarget, epsilon: float,
+                      encoding: Encoding | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The ``lrp_rules`` capability: AttnLRP through the BERT layers and the head, in one backward pass."""
+        from worker.models import bert_rules
+        from worker.models.relevance import Rules, input_relevance
+
+        rules = Rules(epsilon)
+        types = None if encoding is None or encoding.token_type_ids is None else encoding.token_type_ids
+        with self._lock:
+            model, head = self.model, self.head
+
+            def logits(e: torch.Tensor) -> torch.Tensor:
+                states = bert_rules.encoder_states(self.encoder, e, mask, types, rules)
+                if self.head_kind == "lantern" and head is not None:
+                    return bert_rules.mean_pool_logits(head, states, mask, rules)
+                return bert_rules.classifier_logits(model, states, rules)
+
+            return input_relevance(x, logits, target, epsilon)
 
     # ---------------------------------------------------------------- weights
     @property

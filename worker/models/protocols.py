@@ -72,9 +72,10 @@ class NextWord(Protocol):
 
 
 class LRPRules(Protocol):
-    def lrp_relevance(self, x: torch.Tensor, mask: torch.Tensor, target: ScoreTarget, epsilon: float
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """ε-LRP from the target's score S(y) down to the input embeddings x (B×T×K; mask B×T bool, real tokens):
+    def lrp_relevance(self, x: torch.Tensor, mask: torch.Tensor, target: ScoreTarget, epsilon: float,
+                      encoding: Encoding | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """LRP (the adapter's rules, ε for linear layers) from the target's score S(y) down to the input embeddings x
+        (B×T×K; mask B×T bool, real tokens; `encoding` for what else the model reads, e.g. token types):
         (relevance B×T×K, zero at padding; S(y) B; the logits B×C of the same pass)."""
         ...
 

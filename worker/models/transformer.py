@@ -29,6 +29,7 @@ from torch import nn
 
 from worker.capabilities import Capability
 from worker.models import relevance
+from worker.models.base import Encoding
 from worker.models.native import NativeAdapter
 from worker.models.protocols import ScoreTarget
 
@@ -123,8 +124,8 @@ class TransformerAdapter(NativeAdapter):
     def layout(self, text: str) -> list[tuple[str, bool, tuple[int, int], int]]:
         return [(CLS, True, (0, 0), 0), *super().layout(text)]
 
-    def lrp_relevance(self, x: torch.Tensor, mask: torch.Tensor, target: ScoreTarget, epsilon: float
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def lrp_relevance(self, x: torch.Tensor, mask: torch.Tensor, target: ScoreTarget, epsilon: float,
+                      encoding: Encoding | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The ``lrp_rules`` capability: AttnLRP (module docstring)."""
         module = self.module
         return relevance.input_relevance(x, lambda e: module.lrp_logits(e, mask, epsilon), target, epsilon)
