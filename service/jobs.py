@@ -154,6 +154,7 @@ def document(job: Job, artifacts: list[Artifact], with_result: bool = True) -> d
         doc["result"] = result.get("result")
         if "compare" in result:
             doc["compare"] = result["compare"]
+            doc["model_agreement"] = result.get("model_agreement")  # word-score agreement between the models
     return doc
 
 

@@ -225,10 +225,58 @@ def model_agreement(per_model: dict[str, list[dict[str, Any]]], request: dict[st
 
 
 def pair_rho(a: dict[str, Any], b: dict[str, Any] | None, method: str) -> float | None:
-    """Spearman of one item's word scores under two models, when both read the item as the same words."""
-    if not b or a.get("word_strings") != b.get("word_strings"):
+    """Spearman of one item's word scores under two models: over their words when both read the item as the same
+    words, else over the spans of text on which their words agree (`aligned_word_scores`: models with different
+    tokenisers); None when their words do not spell the same text."""
+    if not b:
         return None
-    return spearman(a["methods"][method]["word_scores"], b["methods"][method]["word_scores"])
+    if a.get("word_strings") == b.get("word_strings"):
+        return spearman(a["methods"][method]["word_scores"], b["methods"][method]["word_scores"])
+    aligned = aligned_word_scores(a, b, method)
+    return None if aligned is None else spearman(*aligned)
+
+
+def _text_words(result: dict[str, Any], method: str) -> list[tuple[str, float]]:
+    """The non-special words of a result document (whitespace removed, case folded) with their scores."""
+    special, words = result.get("special"), result.get("words")
+    pairs = []
+    for w, (text, score) in enumerate(zip(result["word_strings"], result["methods"][method]["word_scores"],
+                                          strict=True)):
+        if special is not None and words is not None and all(special[t] for t in words[w]):
+            continue
+        pairs.append(("".join(text.split()).casefold(), float(score)))
+    return pairs
+
+
+def aligned_word_scores(a: dict[str, Any], b: dict[str, Any], method: str) -> tuple[list[float], list[float]] | None:
+    """The word scores of two models' results for the same text, summed over the smallest spans on which both
+    models' word boundaries agree ("isn't" = one model's "isn" "'" "t" = the other's "is" "n't"), specials left out;
+    None when the words of the two do not spell the same text."""
+    sides = [_text_words(r, method) for r in (a, b)]
+    if "".join(w for w, _ in sides[0]) != "".join(w for w, _ in sides[1]):
+        return None
+    cuts = [set(itertools.accumulate(len(w) for w, _ in side)) for side in sides]
+    common = cuts[0] & cuts[1]
+    out: tuple[list[float], list[float]] = ([], [])
+    for side, spans in zip(sides, out, strict=True):
+        position, total = 0, 0.0
+        for word, score in side:
+            position, total = position + len(word), total + score
+            if position in common:
+                spans.append(total)
+                total = 0.0
+    return out
+
+
+def job_model_agreement(results: dict[str, dict[str, Any]], methods: list[str]) -> dict[str, float | None]:
+    """A compare_with job's agreement between models: {"<a>~<b>:<method>": Spearman of the word scores} for each
+    pair of models (in the job's order) and each method both scored words with."""
+    out = {}
+    for (a, ra), (b, rb) in itertools.combinations(results.items(), 2):
+        for m in methods:
+            if "word_scores" in ra["methods"].get(m, {}) and "word_scores" in rb["methods"].get(m, {}):
+                out[f"{a}~{b}:{m}"] = pair_rho(ra, rb, m)
+    return out
 
 
 # --- aggregates so far: running sums, folded per finished batch ------------------------------------------

@@ -205,10 +205,12 @@ def explain_job(rt: Runtime, request: dict[str, Any], revision: str, progress,
             outcome.setdefault("compare", {})[name] = ex.result
     if "compare" in outcome:
         from worker.methods import compare_figures
+        from worker.report import job_model_agreement
 
         results = {request["model"]: outcome["result"], **outcome["compare"]}
         for fig, png in compare_figures(list(asked.methods), results).items():
             files[fig] = (png, "image/png")
+        outcome["model_agreement"] = job_model_agreement(results, list(asked.methods))
     files["result.json"] = (json.dumps(outcome, indent=1).encode(), "application/json")
     files["result.html"] = (_result_page(request, outcome, files), "text/html")
     return outcome, files

@@ -31,7 +31,7 @@ import torch
 from worker.methods.perturb import candidates, masked_probabilities
 from worker.models.base import Adapter, Encoding
 
-BUDGET = 1024  # masked rows for the four searches of one input (greedy up to n = 26 tokens)
+BUDGET = 256  # masked rows for the four searches of one input (greedy up to n = 13 tokens)
 BATCH = 256  # rows per forward pass
 
 
