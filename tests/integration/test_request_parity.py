@@ -25,7 +25,7 @@ def job(**over):
 
 BAD = [
     ("unknown method", {"methods": ["astrology"]}),
-    ("method that does not apply (lrp: CNN only)", {"methods": ["lrp"]}),
+    ("method that does not apply (gating: ESIM only)", {"methods": ["gating"]}),
     ("unknown target", {"target": "sarcastic"}),
     ("unknown layer", {"layers": ["layer.99"]}),
     ("params of a method not asked", {"params": {"smoothgrad": {"samples": 3}}}),

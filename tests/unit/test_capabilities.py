@@ -5,34 +5,40 @@ from __future__ import annotations
 
 import pytest
 
-from worker.capabilities import METHODS, Capability, applicable
+from worker.capabilities import GENERATION_METHODS, METHODS, Capability, applicable
 
 EVERY_METHOD = list(METHODS)
-# the methods that did NOT apply to each zoo model under the class checks (computed from the code before capabilities)
+# the methods that did NOT apply to each zoo model under the class checks (computed from the code before
+# capabilities), less lrp where the LSTM and Transformer rules came later
 NOT_APPLICABLE = {
     "all-minilm-l6-v2": ["gradient", "smoothgrad", "grad_x_input", "integrated_gradients", "occlusion",
                          "perturbation", "lime", "shap", "lrp", "attention_saliency", "gating"],
-    "bilstm-rt": ["lrp", "attention", "attention_saliency", "gating", "attention_rollout"],
+    "bilstm-rt": ["attention", "attention_saliency", "gating", "attention_rollout"],
     "cnn-rt": ["attention", "attention_saliency", "gating", "attention_rollout"],
-    "esim-300": ["lrp", "attention_rollout"],
-    "esim-50": ["lrp", "attention_rollout"],
+    "esim-300": ["attention_rollout"],
+    "esim-50": ["attention_rollout"],
     "lstm-lm-rt": ["lrp", "attention_saliency", "gating", "attention_rollout"],
-    "minilm-rt": ["lrp", "attention_saliency", "gating"],
+    "minilm-rt": ["attention_saliency", "gating"],
     "reverse-seq2seq": ["gradient", "smoothgrad", "grad_x_input", "integrated_gradients", "occlusion",
                         "perturbation", "lime", "shap", "lrp", "attention", "attention_saliency", "gating",
                         "attention_rollout"],
-    "transformer-rt": ["lrp", "attention_saliency", "gating"],
+    "transformer-rt": ["attention_saliency", "gating"],
+    # generative models: only the step-by-step methods (worker.capabilities.GENERATION_METHODS)
+    "gpt2-rt": [m for m in EVERY_METHOD if m not in GENERATION_METHODS],
+    "llama-rt": [m for m in EVERY_METHOD if m not in GENERATION_METHODS],
 }
 CAPABILITIES = {
     "all-minilm-l6-v2": {"self_attention", "embedding_table"},
-    "bilstm-rt": {"head", "embedding_table"},
+    "bilstm-rt": {"head", "embedding_table", "lrp_rules"},
     "cnn-rt": {"head", "embedding_table", "lrp_rules"},
-    "esim-300": {"head", "embedding_table", "pair_alignment", "lstm_gates"},
-    "esim-50": {"head", "embedding_table", "pair_alignment", "lstm_gates"},
+    "esim-300": {"head", "embedding_table", "pair_alignment", "lstm_gates", "lrp_rules"},
+    "esim-50": {"head", "embedding_table", "pair_alignment", "lstm_gates", "lrp_rules"},
     "lstm-lm-rt": {"head", "embedding_table", "next_word", "sequence_output"},
-    "minilm-rt": {"head", "embedding_table", "self_attention"},
+    "minilm-rt": {"head", "embedding_table", "self_attention", "lrp_rules"},
     "reverse-seq2seq": {"embedding_table", "sequence_output"},
-    "transformer-rt": {"head", "embedding_table", "self_attention"},
+    "transformer-rt": {"head", "embedding_table", "self_attention", "lrp_rules"},
+    "gpt2-rt": {"head", "embedding_table", "self_attention", "sequence_output", "generation"},
+    "llama-rt": {"head", "embedding_table", "self_attention", "sequence_output", "generation"},
 }
 
 
@@ -86,8 +92,8 @@ def test_a_method_refuses_an_adapter_without_its_capability(zoo):
     from worker.methods import explain
     from worker.models import InputError
 
-    with pytest.raises(InputError, match="does not apply to bilstm-rt: it needs lrp_rules"):
-        explain(zoo["bilstm-rt"], {"text": "a fine film"}, ["lrp"])
+    with pytest.raises(InputError, match="does not apply to lstm-lm-rt: it needs lrp_rules"):
+        explain(zoo["lstm-lm-rt"], {"text": "a fine film"}, ["lrp"])
     with pytest.raises(InputError, match="needs head"):
         explain(zoo["all-minilm-l6-v2"], {"text": "a fine film"}, ["gradient"])
 
