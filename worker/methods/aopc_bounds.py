@@ -49,7 +49,9 @@ def _greedy(adapter: Adapter, one: Encoding, index: torch.Tensor, cand: torch.Te
             keep: bool, lowest: bool) -> tuple[list[float], int]:
     """p(y) after each k of `ks` in a greedy order: at each step the candidate whose masking (keep=False) or keeping
     (keep=True) gives the lowest (lowest=True) or highest p(y), given the earlier choices."""
-    T, chosen, left, after, rows = len(one.tokens[0]), [], cand.tolist(), {}, 0
+    T, left, rows = len(one.tokens[0]), cand.tolist(), 0
+    chosen: list[int] = []
+    after: dict[int, float] = {}
     for step in range(max(ks)):
         drop = torch.zeros(len(left), T, dtype=torch.bool)
         for r, t in enumerate(left):

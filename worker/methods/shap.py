@@ -106,7 +106,7 @@ def feature_groups(encoding: Encoding, unit: str, specials: bool) -> list[list[i
     special = encoding.special[0]
     if unit == "token":
         return [[t] for t, s in enumerate(special) if specials or not s]
-    groups = []
+    groups: list[list[int]] = []
     for word in encoding.words[0]:
         if all(special[t] for t in word):
             groups.extend([t] for t in word if specials)
@@ -241,7 +241,8 @@ def owen_values(game: Callable[[np.ndarray], np.ndarray], linkage: np.ndarray, m
             for _, _, _, (_, low, high, node, weight) in queue:
                 credit[node] += (high - low) * weight
             break
-        work, masks = [], []
+        work: list[tuple] = []
+        masks: list[np.ndarray] = []
         while queue and len(masks) < batch_size and evals + len(masks) < budget:
             off, low, high, node, weight = heapq.heappop(queue)[3]
             if node < m:  # a leaf: its value in this context
