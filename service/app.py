@@ -73,7 +73,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     from service.api import audits, catalog, docs, health, jobs
     from service.api.schemas import document
 
-    for blp in (jobs.blp, audits.blp, catalog.blp):
+    for blp in (jobs.blp, jobs.explain_blp, audits.blp, catalog.blp):
         api.register_blueprint(blp)
     app.register_blueprint(health.blp)
     app.register_blueprint(docs.blp)

@@ -11,6 +11,7 @@ from typing import Any
 from service.config import Settings
 from service.errors import Problem, invalid
 from worker.methods.request import (
+    BatchRequest,
     ExplainRequest,
     Limits,
     Options,
@@ -18,6 +19,7 @@ from worker.methods.request import (
     UnknownMethods,
     check_input,
     validate,
+    validate_batch,
     validate_options,
 )
 
@@ -32,6 +34,16 @@ def validated(adapter: Any, request: ExplainRequest, settings: Settings) -> Expl
     """The request with each method's params filled in, or a 4xx Problem for anything the worker would refuse."""
     with _as_problem():
         return validate(adapter, request, limits_of(settings))
+
+
+def validated_batch(adapter: Any, request: BatchRequest, settings: Settings) -> BatchRequest:
+    """`validated` for a batch job: over LANTERN_MAX_BATCH_INPUTS inputs, or one the worker would refuse (named
+    by its position), is a 422."""
+    if len(request.inputs) > settings.max_batch_inputs:
+        raise invalid(f"{len(request.inputs)} inputs; a batch job takes at most {settings.max_batch_inputs} "
+                      "(LANTERN_MAX_BATCH_INPUTS)", "inputs")
+    with _as_problem():
+        return validate_batch(adapter, request, limits_of(settings))
 
 
 def validated_options(adapter: Any, options: Options, settings: Settings) -> Options:

@@ -181,6 +181,8 @@ def explain_job(rt: Runtime, request: dict[str, Any], revision: str, progress,
     from service.validation import limits_of
     from worker.methods import ExplainRequest, explain_request
 
+    if isinstance(request["inputs"], list):  # a batch job (docs/api.md, Batch jobs)
+        return explain_batch_job(rt, request, revision, progress, tenant_id)
     asked, limits = ExplainRequest.from_document(request), limits_of(rt.settings)
     models = [(request["model"], revision)] + list(request.get("compare_revisions", {}).items())
     outcome: dict[str, Any] = {}
@@ -226,6 +228,36 @@ def _result_page(request: dict[str, Any], outcome: dict[str, Any], files: Files)
     document = {**outcome, "status": "succeeded", "model": outcome["result"].get("model") or {"name": request["model"]},
                 "request": request, "artifacts": sorted(listed, key=lambda a: a["name"])}
     return result_html(document).encode()
+
+
+def explain_batch_job(rt: Runtime, request: dict[str, Any], revision: str, progress,
+                      tenant_id: str) -> tuple[dict, dict]:
+    """A batch job: its inputs through the engine together (one padded forward pass, and one pass per method
+    that batches), validated as at submit. Each input's result is a single job's result, its files are named
+    item-<i>-<name>, and batch.safetensors holds every input's tensors (keys item-<i>.<method>.<tensor>)."""
+    from service.validation import limits_of
+    from worker.methods import explain_many
+    from worker.methods.request import BatchRequest, validate_batch
+
+    limits, name = limits_of(rt.settings), request["model"]
+    adapter = rt.adapters.get(model_ref(rt, tenant_id, name, revision))
+    checked = validate_batch(adapter, BatchRequest.from_document(request), limits)
+    explanations = explain_many(adapter, checked, checked.inputs, limits, progress)
+    files: dict[str, tuple[bytes, str]] = {}
+    combined = {}
+    for i, ex in enumerate(explanations):
+        ex.result["model"] = {"name": name, "revision": adapter.revision}
+        for method, tensors in ex.tensors.items():
+            if tensors:
+                files[f"item-{i}-{method}.safetensors"] = (_safetensors(tensors), "application/octet-stream")
+                combined.update({f"item-{i}.{method}.{key}": t.detach().clone() for key, t in tensors.items()})
+        for fig, png in ex.figures.items():
+            files[f"item-{i}-{fig}"] = (png, "image/png")
+    if combined:
+        files["batch.safetensors"] = (_safetensors(combined), "application/octet-stream")
+    outcome = {"result": {"schema_version": 1, "kind": "batch", "items": [ex.result for ex in explanations]}}
+    files["result.json"] = (json.dumps(outcome, indent=1).encode(), "application/json")
+    return outcome, files
 
 
 def store_artifacts(rt: Runtime, job_id: str, files: Files) -> list[Artifact]:

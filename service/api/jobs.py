@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 from flask import Response, g, redirect, request, stream_with_context
 from flask.views import MethodView
@@ -10,17 +11,27 @@ from sqlalchemy import select
 
 from service import jobs, models
 from service.api.base import Blueprint, runtime
-from service.api.schemas import IdempotencyHeaders, JobListQuery, JobListSchema, JobRequestSchema, JobSchema
-from service.db import Artifact, utcnow
-from service.domain import IN_FLIGHT
-from service.errors import Problem, invalid, not_found
+from service.api.schemas import (
+    ExplainInstancesSchema,
+    ExplanationsSchema,
+    IdempotencyHeaders,
+    JobListQuery,
+    JobListSchema,
+    JobRequestSchema,
+    JobSchema,
+)
+from service.db import Artifact, Job, utcnow
+from service.domain import IN_FLIGHT, JobStatus
+from service.errors import Problem, conflict, invalid, not_found
 from service.queue import send_job
 from service.storage import ObjectNotFound
-from service.validation import validated
-from worker.methods.request import ExplainRequest
+from service.validation import validated, validated_batch
+from worker.methods.request import BatchRequest, ExplainRequest, request_of
 
 log = logging.getLogger("lantern.api")
 blp = Blueprint("jobs", __name__, url_prefix="/v1/jobs", description="Explanation jobs: submit, poll, cancel")
+explain_blp = Blueprint("explain", __name__, url_prefix="/v1/models",
+                        description="Synchronous explanations in KServe V1's shape: a job, waited on")
 
 
 @blp.route("")
@@ -31,7 +42,8 @@ class Jobs(MethodView):
     @blp.response(202, JobSchema)
     @blp.problems(400, 409, 413, 429)  # 409: Idempotency-Key reused with another body; 429: over a tenant limit
     def post(self, body: dict, headers: dict):
-        """Submit one explanation job. Answers 202 at once; poll the Location."""
+        """Submit one explanation job (one input, or a list of them: a batch job). Answers 202 at once; poll the
+        Location."""
         return _accepted(submit(body, headers.get("key")))
 
     @blp.arguments(JobListQuery, location="query")
@@ -56,12 +68,17 @@ def submit(body: dict, key: str | None) -> dict:
         if replay is not None:
             return jobs.document(replay, jobs.artifacts_of(s, replay.id))
         ref = model_field(s, caller.tenant_id, body["model"], "model")
-        asked = ExplainRequest.from_document(body)
-        checked = validated(rt.adapters.get(ref), asked, rt.settings)
+        asked = request_of(body)
+        checked: ExplainRequest | BatchRequest
+        if isinstance(asked, ExplainRequest):
+            checked = validated(rt.adapters.get(ref), asked, rt.settings)
+        else:
+            refuse_single_fields(asked.inputs, body)
+            checked = validated_batch(rt.adapters.get(ref), asked, rt.settings)
         compare = {}
         for other in body["compare_with"]:
             other_ref = model_field(s, caller.tenant_id, other, "compare_with")
-            validated(rt.adapters.get(other_ref), asked, rt.settings)
+            validated(rt.adapters.get(other_ref), ExplainRequest.from_document(body), rt.settings)
             compare[other] = other_ref.revision
         jobs.check_limits(s, caller.tenant_id, rt.settings)
         row = {**body, **checked.document(), "compare_revisions": compare}  # the body's keys, params filled
@@ -76,6 +93,18 @@ def submit(body: dict, key: str | None) -> dict:
     return doc
 
 
+def refuse_single_fields(inputs, body: dict) -> None:
+    """A batch explains texts or premise + hypothesis pairs, each on its own model: the fields that go with one
+    input (compare_with, and a generative model's) are refused by name."""
+    for field in ("compare_with", "generate", "contrast"):
+        if body.get(field):
+            raise invalid(f"{field} takes a single input, not a list of inputs", field)
+    for position, one in enumerate(inputs):
+        if "prompt" in one:
+            raise invalid(f"input {position}: a batch takes texts or premise + hypothesis pairs, not prompts",
+                          "inputs")
+
+
 def model_field(session, tenant_id: str, name: str, field: str) -> models.ModelRef:
     """In a request body an unknown (or another tenant's) model is a field error, not a missing resource."""
     try:
@@ -87,6 +116,52 @@ def model_field(session, tenant_id: str, name: str, field: str) -> models.ModelR
 def _accepted(doc: dict):
     rt = runtime()
     return doc, 202, {"Location": f"/v1/jobs/{doc['id']}", "Retry-After": str(rt.settings.retry_after)}
+
+
+@explain_blp.route("/<name>:explain", methods=["POST"])
+@explain_blp.arguments(ExplainInstancesSchema, example={"instances": [{"text": "A gripping, moving film."}],
+                                                        "methods": ["gradient"], "timeout": 10})
+@explain_blp.arguments(IdempotencyHeaders, location="headers")
+@explain_blp.response(200, ExplanationsSchema)
+@explain_blp.alt_response(202, schema=JobSchema, description="not done within the timeout: the job, as POST "
+                                                             "/v1/jobs answers it (poll the Location)")
+@explain_blp.problems(400, 404, 409, 413, 429, 500, 504, 507)  # 409: cancelled; 5xx: the job's own error
+def explain(body: dict, headers: dict, name: str):
+    """Explain instances now: one job (a batch for several instances), waited on up to `timeout` seconds."""
+    rt = runtime()
+    with rt.db.session() as s:
+        models.resolve(s, g.caller.tenant_id, name)  # in the path, an unknown model is a 404
+    instances, asked = body.pop("instances"), body.pop("timeout")
+    job = {**body, "model": name, "inputs": instances[0] if len(instances) == 1 else instances, "compare_with": []}
+    doc = wait_for_job(submit(job, headers.get("key")), min(asked, rt.settings.sync_timeout_cap))
+    if doc["status"] in IN_FLIGHT:  # as POST /v1/jobs answers (a Response: the 200 schema is not this one)
+        body, status, headers = _accepted(doc)
+        return Response(json.dumps(JobSchema().dump(body)), status, headers, mimetype="application/json")
+    if doc["status"] == JobStatus.CANCELLED:
+        raise conflict(f"job {doc['id']} was cancelled")
+    if doc["status"] == JobStatus.FAILED:
+        error = doc["error"] or {}
+        raise Problem(error.get("status", 500), error.get("title", "Job failed"), error.get("detail", ""),
+                      headers={"Location": f"/v1/jobs/{doc['id']}"})
+    result = doc.pop("result")
+    return {"explanations": result["items"] if result.get("kind") == "batch" else [result], "job": doc}
+
+
+def wait_for_job(doc: dict, timeout: float) -> dict:
+    """The job's document once it has ended, or as it is after `timeout` seconds. Its status is read with backoff
+    (50 ms, growing by half up to 1 s): a short job is seen soon after it ends, a long one costs few queries."""
+    rt, job_id, delay = runtime(), doc["id"], 0.05
+    deadline = time.monotonic() + timeout
+    status = doc["status"]
+    while status in IN_FLIGHT and time.monotonic() < deadline:
+        time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
+        delay = min(delay * 1.5, 1.0)
+        with rt.db.session() as s:
+            status = s.scalar(select(Job.status).where(Job.id == job_id))
+    if status == doc["status"] and status in IN_FLIGHT:
+        return doc
+    with rt.db.session() as s:
+        return jobs.document(jobs.get(s, g.caller.tenant_id, job_id), jobs.artifacts_of(s, job_id))
 
 
 @blp.route("/<id:job_id>")

@@ -64,6 +64,26 @@ class GenerateSchema(Strict):
     do_sample = ma.fields.Boolean(load_default=False)
 
 
+class InputsField(ma.fields.Nested):
+    """A job's `inputs`: one input, or a list of them (a batch job), each loaded by the nested schema; a list's
+    errors are keyed by position, as marshmallow's List keys them."""
+
+    def _deserialize(self, value, attr, data, partial=None, **kwargs):
+        if not isinstance(value, list):
+            return super()._deserialize(value, attr, data, partial, **kwargs)
+        if not value:
+            raise ma.ValidationError("give at least one input")
+        items, errors = [], {}
+        for position, one in enumerate(value):
+            try:
+                items.append(super()._deserialize(one, attr, data, partial, **kwargs))
+            except ma.ValidationError as e:
+                errors[position] = e.messages
+        if errors:
+            raise ma.ValidationError(errors)
+        return items
+
+
 class ExplanationFields(Strict):
     """What a job and an audit ask of the engine: methods, layers, target, score, params, seed."""
 
@@ -86,7 +106,7 @@ class JobRequestSchema(ExplanationFields):
     model = ma.fields.String(required=True, validate=validate.Length(1, 100), metadata=ZOO_EXAMPLE)
     compare_with = ma.fields.List(ma.fields.String(validate=validate.Length(1, 100), metadata=ZOO_EXAMPLE),
                                   validate=validate.Length(max=3), load_default=list)
-    inputs = ma.fields.Nested(InputsSchema, required=True,
+    inputs = InputsField(InputsSchema, required=True,
                               metadata=exactly_one_of(("text",), ("premise", "hypothesis"), ("prompt",)))
     generate = ma.fields.Nested(GenerateSchema)
     contrast = ma.fields.Raw(metadata={
@@ -102,6 +122,17 @@ class JobRequestSchema(ExplanationFields):
                                         and all(isinstance(v, str) for v in value))
         if not ok or (isinstance(value, str) and not value) or any(not v for v in value or []):
             raise ma.ValidationError("a non-empty token string, or a list of them")
+
+
+class ExplainInstancesSchema(ExplanationFields):
+    """POST /v1/models/{name}:explain, KServe V1's shape: instances in, explanations out."""
+
+    instances = ma.fields.List(ma.fields.Nested(InputsSchema), required=True, validate=validate.Length(min=1),
+                               metadata={"description": "the inputs: one makes a single job, several a batch job "
+                                                        "(at most LANTERN_MAX_BATCH_INPUTS)"})
+    timeout = ma.fields.Float(load_default=10.0, validate=validate.Range(0, 3600), metadata={
+        "description": "seconds to wait for the result (at most LANTERN_SYNC_TIMEOUT_CAP); not done by then: 202 "
+                       "with the job's Location, as POST /v1/jobs answers"})
 
 
 class IdempotencyHeaders(ma.Schema):
@@ -141,6 +172,12 @@ class JobSchema(ma.Schema):
     result = ma.fields.Raw(allow_none=True, metadata={"description": "docs/api.md result document"})
     compare = ma.fields.Raw()
     artifacts = ma.fields.List(ma.fields.Nested(ArtifactSchema))
+
+
+class ExplanationsSchema(ma.Schema):
+    explanations = ma.fields.List(ma.fields.Raw(), metadata={
+        "description": "one result document per instance, in order (docs/api.md)"})
+    job = ma.fields.Nested(JobSchema, metadata={"description": "the job that computed them"})
 
 
 class JobListQuery(Strict):
@@ -308,3 +345,7 @@ def document(spec) -> None:
     for name in ("JobRequest", "AuditRequest"):
         schemas[name]["properties"]["methods"]["items"]["enum"] = sorted(registry())
     schemas["Corpus"]["properties"]["name"]["enum"] = sorted(CORPORA)
+    single = schemas["JobRequest"]["properties"]["inputs"]
+    schemas["JobRequest"]["properties"]["inputs"] = {"oneOf": [single, {
+        "type": "array", "items": single, "minItems": 1,
+        "description": "a batch job: each input explained on its own (at most LANTERN_MAX_BATCH_INPUTS)"}]}

@@ -125,6 +125,29 @@ def _option_fields(doc: Mapping[str, Any]) -> dict[str, Any]:
             "seed": doc.get("seed", defaults.seed)}
 
 
+@dataclass(frozen=True, kw_only=True)
+class BatchRequest(ExplainOptions):
+    """What to run on several inputs, each explained on its own (a batch job's request: `inputs` is a list)."""
+
+    inputs: Sequence[Mapping[str, str]]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "inputs", tuple(MappingProxyType(dict(one)) for one in self.inputs))
+
+    @classmethod
+    def from_document(cls, doc: Mapping[str, Any]) -> Self:
+        return cls(inputs=doc["inputs"], **_option_fields(doc))
+
+    def document(self) -> dict[str, Any]:
+        return {"inputs": [dict(one) for one in self.inputs], **super().document()}
+
+
+def request_of(doc: Mapping[str, Any]) -> ExplainRequest | BatchRequest:
+    """A job's request from its JSON: a list of inputs is a batch, one input a single request."""
+    return (BatchRequest if isinstance(doc["inputs"], list) else ExplainRequest).from_document(doc)
+
+
 Options = TypeVar("Options", bound=ExplainOptions)
 
 
@@ -177,6 +200,19 @@ def _check_contrast(adapter: Any, contrast: str | Sequence[str] | None, steps: i
     if unknown:
         raise RequestError(f"unknown contrast token(s) {unknown[:5]}: each must be one token of the vocabulary",
                            "contrast")
+
+
+def validate_batch(adapter: Adapter, request: BatchRequest, limits: Limits = NO_LIMITS) -> BatchRequest:
+    """`validate` for a batch: the options once, then each input, a refusal naming its position (`inputs.<i>`)."""
+    checked = validate_options(adapter, request, limits)
+    for position, one in enumerate(request.inputs):
+        try:
+            check_input(adapter, one, limits)
+        except RequestError as e:
+            bad = RequestError(f"input {position}: {e.detail}", "inputs")
+            bad.errors = {"inputs": {str(position): [e.detail]}}  # as the schema's errors name a list's item
+            raise bad from None
+    return checked
 
 
 def validate_options(adapter: Adapter, options: Options, limits: Limits = NO_LIMITS) -> Options:
