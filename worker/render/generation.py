@@ -41,7 +41,7 @@ def step_map_png(result: dict[str, Any], method: str, title: str) -> bytes:
         ax.axvline(P - 0.5, color="0.3", linewidth=0.8)
         ax.set_xlabel("tokens (prompt | generated)")
         ax.set_ylabel("step: token explained")
-        ax.set_title(f"{method}: {title} (each row scaled to its max |score|)", fontsize=9)
+        ax.set_title(f"{title}: rows scaled to their max |score|", fontsize=9)
         fig.colorbar(image, ax=ax, fraction=0.03, pad=0.01)
         return figure_png(fig)
 

@@ -171,6 +171,8 @@ def train_causal_lm(name: str, out_dir: Path, seed: int, log: Log) -> dict[str, 
         probe = copy_blocks(64, torch.Generator().manual_seed(seed + 1), bos=1)
         metrics["copy_block_perplexity"] = round(perplexity(loaded, probe), 2)
     config = loaded.config.to_dict()
+    config.pop("_name_or_path", None)  # where it was loaded from this time
+    config["metrics"] = metrics
     config["lantern_training"] = {
         "trainer": f"lantern zoo train {name} (worker.zoo.causal_lms)", "seed": seed, "steps": STEPS,
         "batch": BATCH, "block": BLOCK, "lr": LR, "copy_share": copy_share, "vocab": VOCAB, "license": LICENSE,

@@ -1,0 +1,179 @@
+"""The causal LM adapter and the per-step attributions on the shipped gpt2-rt / llama-rt folders, against independent
+computations written here with plain transformers + torch.autograd (no Lantern code): one step at a time, on the
+prefix that step reads."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from worker.models import bundle_dir, load_model
+
+PROMPT = "the film is a charming and"
+MODELS = ("gpt2-rt", "llama-rt")
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def lm(request):
+    return request.param, load_model(request.param, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def plain():
+    """{name: (model, tokenizer)} loaded by plain transformers from the zoo folders."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = {}
+    for name in MODELS:
+        model = AutoModelForCausalLM.from_pretrained(bundle_dir(name), local_files_only=True, use_safetensors=True,
+                                                     attn_implementation="eager")
+        out[name] = (model.eval().requires_grad_(False), AutoTokenizer.from_pretrained(bundle_dir(name),
+                                                                                         local_files_only=True))
+    return out
+
+
+def explain(adapter, methods, **kw):
+    from worker.methods import ExplainRequest, explain_request
+
+    inputs = {"prompt": kw.pop("prompt", PROMPT)}
+    if "continuation" in kw:
+        inputs["continuation"] = kw.pop("continuation")
+    request = ExplainRequest(inputs=inputs, methods=methods, **kw)
+    return explain_request(adapter, request, figures=False)
+
+
+def reference_gradient(model, ids: list[int], P: int, s: int, target: int, point=None, contrast=None):
+    """∂ logit_target(position P+s−1) / ∂ embeddings of the P+s tokens step s reads (or at `point`)."""
+    x = model.get_input_embeddings()(torch.tensor([ids[:P + s]])) if point is None else point[:, :P + s]
+    x = x.detach().requires_grad_(True)
+    logits = model(inputs_embeds=x).logits[0, -1]
+    score = logits[target] - (logits[contrast] if contrast is not None else 0.0)
+    (grad,) = torch.autograd.grad(score, x)
+    return grad[0]
+
+
+def close(a, b, rtol=1e-5):
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) <= rtol
+
+
+def test_plain_folders_load_and_tokens_match(lm, plain):
+    name, adapter = lm
+    model, tok = plain[name]
+    enc = adapter.encode({"prompt": PROMPT})
+    assert enc.input_ids[0].tolist() == tok(PROMPT)["input_ids"]
+    assert enc.input_ids[0, 0] == tok.bos_token_id and enc.special[0][0]
+    assert "".join(enc.tokens[0][1:]) == PROMPT
+    assert adapter.layer_names == ["embeddings", *(f"layer.{k}" for k in range(1, model.config.num_hidden_layers + 1)),
+                                   "output"]
+    assert adapter.attention_names[0] == "attention.1"
+
+
+def test_greedy_generation_equals_an_argmax_loop(lm, plain):
+    name, adapter = lm
+    model, tok = plain[name]
+    ids = tok(PROMPT)["input_ids"]
+    expected = []
+    with torch.no_grad():
+        for _ in range(8):
+            nxt = int(model(input_ids=torch.tensor([ids + expected])).logits[0, -1].argmax())
+            expected.append(nxt)
+            if nxt == tok.eos_token_id:
+                break
+    assert adapter.generate(ids, 8) == expected
+
+
+def test_gradients_equal_per_step_autograd(lm, plain):
+    name, adapter = lm
+    model, _ = plain[name]
+    ex = explain(adapter, ["gradient", "grad_x_input"], generate={"max_new_tokens": 6})
+    result, P = ex.result, ex.result["prompt_length"]
+    ids = adapter.encode({"prompt": PROMPT}).input_ids[0].tolist() + result["generation"]["token_ids"]
+    grads = ex.tensors["gradient"]["gradient"]
+    x = model.get_input_embeddings()(torch.tensor([ids]))[0]
+    for s, y in enumerate(result["generation"]["token_ids"]):
+        ref = reference_gradient(model, ids, P, s, y)
+        assert close(grads[s, :P + s], ref)
+        assert int(torch.count_nonzero(grads[s, P + s:])) == 0  # unread positions: exact zeros
+        assert close(result["methods"]["gradient"]["scores"][s][:P + s], ref.abs().mean(-1))
+        assert result["methods"]["gradient"]["scores"][s][P + s:] == [None] * (len(ids) - P - s)
+        assert close(result["methods"]["grad_x_input"]["scores"][s][:P + s], (ref * x[:P + s]).sum(-1))
+
+
+def test_integrated_gradients_equal_an_independent_quadrature(lm, plain):
+    name, adapter = lm
+    model, _ = plain[name]
+    steps = 16
+    ex = explain(adapter, ["integrated_gradients"], continuation=" good film",
+                 params={"integrated_gradients": {"steps": steps, "internal_batch_size": 7}})
+    result, P = ex.result, ex.result["prompt_length"]
+    ids = adapter.encode({"prompt": PROMPT}).input_ids[0].tolist() + result["generation"]["token_ids"]
+    x = model.get_input_embeddings()(torch.tensor([ids]))
+    nodes, weights = np.polynomial.legendre.leggauss(steps)
+    alphas, weights = (nodes + 1) / 2, weights / 2
+    for s, y in enumerate(result["generation"]["token_ids"]):
+        total = sum(w * reference_gradient(model, ids, P, s, y, point=a * x) for a, w in zip(alphas, weights,
+                                                                                          strict=True))
+        ref = (x[0, :P + s] * total).sum(-1)
+        assert close(result["methods"]["integrated_gradients"]["scores"][s][:P + s], ref)
+    assert max(abs(d) for d in result["methods"]["integrated_gradients"]["delta"]) < 0.05
+
+
+def test_contrast_is_the_difference_of_the_two_scores(plain):
+    adapter = load_model("gpt2-rt", device="cpu")
+    model, tok = plain["gpt2-rt"]
+    ex = explain(adapter, ["gradient"], continuation=" film", contrast=" movie")
+    P = ex.result["prompt_length"]
+    ids = tok(PROMPT)["input_ids"] + tok(" film", add_special_tokens=False)["input_ids"]
+    (b,) = tok(" movie", add_special_tokens=False)["input_ids"]
+    ref = reference_gradient(model, ids, P, 0, ids[P], contrast=b)
+    assert close(ex.tensors["gradient"]["gradient"][0, :P], ref)
+    assert ex.result["contrast"]["token_ids"] == [b]
+
+
+def test_result_document_shape(lm):
+    _, adapter = lm
+    ex = explain(adapter, ["gradient"], generate={"max_new_tokens": 4}, score="probability")
+    r = ex.result
+    S, P = len(r["generation"]["token_ids"]), r["prompt_length"]
+    assert r["kind"] == "generation" and len(r["tokens"]) == P + S and 1 <= S <= 4
+    part = r["methods"]["gradient"]
+    assert len(part["scores"]) == S and all(len(row) == P + S for row in part["scores"])
+    assert len(part["word_scores"]) == S and all(len(row) == len(r["words"]) for row in part["word_scores"])
+    assert len(part["faithfulness"]) == S
+    for s, faith in enumerate(part["faithfulness"]):
+        assert faith["probability"] == pytest.approx(r["generation"]["probabilities"][s], rel=1e-4)
+        assert {"comprehensiveness", "sufficiency", "random", "lift"} <= set(faith)
+    assert all(0.0 < p <= 1.0 for p in r["generation"]["probabilities"])
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"prompt": "word " * 40}, "inputs"),
+    ({"generate": {"max_new_tokens": 9}}, "generate"),
+    ({"methods": ["smoothgrad"]}, "methods"),
+    ({"contrast": "certainly-not-one-token-xyz"}, "contrast"),
+    ({"contrast": ["a", "b"]}, "contrast"),  # a contrast per step needs a continuation
+    ({"continuation": " good", "generate": {"max_new_tokens": 2}}, "generate"),
+])
+def test_bad_generation_requests_are_refused(change, field):
+    from worker.methods import Limits, RequestError, validate
+    from worker.methods.request import ExplainRequest
+
+    adapter = load_model("gpt2-rt")
+    doc = {"inputs": {"prompt": PROMPT}, "methods": ["gradient"], "generate": {"max_new_tokens": 4}}
+    if "prompt" in change or "continuation" in change:
+        doc["inputs"] = {"prompt": change.get("prompt", PROMPT),
+                         **({"continuation": change["continuation"]} if "continuation" in change else {})}
+    doc.update({k: v for k, v in change.items() if k not in ("prompt", "continuation")})
+    with pytest.raises(RequestError) as e:
+        validate(adapter, ExplainRequest.from_document(doc), Limits(max_prompt_tokens=32, max_new_tokens=8))
+    assert e.value.field == field
+
+
+def test_a_classifier_refuses_generation_fields():
+    from worker.methods import RequestError, validate
+    from worker.methods.request import ExplainRequest
+
+    with pytest.raises(RequestError):
+        validate(load_model("cnn-rt"), ExplainRequest(inputs={"text": "a fine film"}, methods=["gradient"],
+                                                      generate={"max_new_tokens": 3}))
