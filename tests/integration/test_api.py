@@ -160,7 +160,7 @@ def test_methods_and_models(api):
     assert card["layers"][0] == "embeddings" and card["layers"][-2:] == ["pool", "output"]
     assert "layer.6" in card["layers"] and card["labels"] == ["negative", "positive"]
     assert "lrp" in methods and "lrp" in card["methods"]  # lrp: models with rules (AttnLRP here)
-    assert "lrp" not in api.get("/v1/models/lstm-lm-rt").get_json()["methods"]
+    assert "lrp" not in api.get("/v1/models/all-minilm-l6-v2").get_json()["methods"]  # no head: no S(y)
     plain = api.get("/v1/models/all-minilm-l6-v2").get_json()
     assert plain["labels"] is None and "gradient" not in plain["methods"]
     is_problem(api.get("/v1/models/nope"), 404)
@@ -184,8 +184,7 @@ BAD = [
     ("unknown target", job_request(target="sarcastic"), 422, "target"),
     ("head method on a headless model", job_request(model="all-minilm-l6-v2"), 422, "methods"),
     ("duplicate methods", job_request(methods=["gradient", "gradient"]), 422, "methods"),
-    ("method that does not apply (lrp: no rules for the LSTM LM)", job_request(model="lstm-lm-rt", methods=["lrp"]),
-     422, "methods"),
+    ("method that does not apply (gating: ESIM only)", job_request(methods=["gating"]), 422, "methods"),
 ]
 
 

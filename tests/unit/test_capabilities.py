@@ -17,7 +17,7 @@ NOT_APPLICABLE = {
     "cnn-rt": ["attention", "attention_saliency", "gating", "attention_rollout"],
     "esim-300": ["attention_rollout"],
     "esim-50": ["attention_rollout"],
-    "lstm-lm-rt": ["lrp", "attention_saliency", "gating", "attention_rollout"],
+    "lstm-lm-rt": ["attention_saliency", "gating", "attention_rollout"],
     "minilm-rt": ["attention_saliency", "gating"],
     "reverse-seq2seq": ["gradient", "smoothgrad", "grad_x_input", "integrated_gradients", "occlusion",
                         "perturbation", "lime", "shap", "lrp", "attention", "attention_saliency", "gating",
@@ -33,7 +33,7 @@ CAPABILITIES = {
     "cnn-rt": {"head", "embedding_table", "lrp_rules"},
     "esim-300": {"head", "embedding_table", "pair_alignment", "lstm_gates", "lrp_rules"},
     "esim-50": {"head", "embedding_table", "pair_alignment", "lstm_gates", "lrp_rules"},
-    "lstm-lm-rt": {"head", "embedding_table", "next_word", "sequence_output"},
+    "lstm-lm-rt": {"head", "embedding_table", "next_word", "sequence_output", "lrp_rules"},
     "minilm-rt": {"head", "embedding_table", "self_attention", "lrp_rules"},
     "reverse-seq2seq": {"embedding_table", "sequence_output"},
     "transformer-rt": {"head", "embedding_table", "self_attention", "lrp_rules"},
@@ -92,15 +92,15 @@ def test_a_method_refuses_an_adapter_without_its_capability(zoo):
     from worker.methods import explain
     from worker.models import InputError
 
-    with pytest.raises(InputError, match="does not apply to lstm-lm-rt: it needs lrp_rules"):
-        explain(zoo["lstm-lm-rt"], {"text": "a fine film"}, ["lrp"])
+    with pytest.raises(InputError, match="does not apply to minilm-rt: it needs lstm_gates, pair_alignment"):
+        explain(zoo["minilm-rt"], {"text": "a fine film"}, ["gating"])
     with pytest.raises(InputError, match="needs head"):
         explain(zoo["all-minilm-l6-v2"], {"text": "a fine film"}, ["gradient"])
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
 @pytest.mark.parametrize("model,method,missing", [
-    ("minilm-rt", "lrp", "lrp_rules"),
+    ("reverse-seq2seq", "lrp", "head (a model with an output head), lrp_rules"),
     ("cnn-rt", "gating", "lstm_gates"),
     ("bilstm-rt", "attention", "one of pair_alignment, next_word, self_attention"),
     ("all-minilm-l6-v2", "gradient", "head"),

@@ -221,7 +221,7 @@ def test_applies_where_rules_exist(cnn, minilm_rt):
     assert check_methods(cnn, table, ["lrp"], "logit", {"lrp": {"epsilon": 0.01}})["lrp"]["epsilon"] == 0.01
     assert all(applies(m) for m in (minilm_rt, load_model("bilstm-rt", device="cpu"),
                                     load_model("transformer-rt", device="cpu")))
-    for other in (load_model("all-minilm-l6-v2", device="cpu"), load_model("lstm-lm-rt", device="cpu")):
+    for other in (load_model("all-minilm-l6-v2", device="cpu"), load_model("reverse-seq2seq", device="cpu")):
         assert not applies(other)
         with pytest.raises(InputError, match="does not apply"):
             check_methods(other, table, ["lrp"], "logit", {})

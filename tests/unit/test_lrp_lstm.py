@@ -11,7 +11,7 @@ from worker.methods import explain
 from worker.methods.base import Target
 from worker.models import load_model
 from worker.models.bilstm import BiLSTMClassifier
-from worker.models.relevance import input_relevance
+from worker.models.relevance import Rules, input_relevance
 
 
 def tiny_bilstm(seed: int = 0, bias: bool = True, layers: int = 1) -> BiLSTMClassifier:
@@ -149,3 +149,19 @@ def test_bilstm_rt_through_explain():
     assert lrp["absorbed"] == pytest.approx(lrp["output"] - sum(lrp["scores"]), abs=1e-5)
     # biases take a share, but most of S(y) reaches the words
     assert abs(lrp["absorbed"]) < 0.5 * abs(lrp["output"])
+
+
+def test_lstm_lm_rule_forward_and_explain():
+    """lstm-lm-rt: the rule forward gives the model's own next-word logits (padded batch), and lrp explains the
+    predicted next word with its relevance accounted for (``absorbed``)."""
+    adapter = load_model("lstm-lm-rt", device="cpu").load()
+    encoding = adapter.encode([{"text": "the film is a"}, {"text": "one of the best films of the year and a"}])
+    x, mask = adapter.embed(encoding), encoding.attention_mask.bool()
+    with torch.no_grad():
+        expected = dict(adapter.module.steps(x, mask))["output"]
+        rules = dict(adapter.module.steps(x, mask, Rules(1e-9)))
+    torch.testing.assert_close(rules["output"], expected, rtol=1e-5, atol=1e-5)
+    result = explain(adapter, {"text": "one of the best films of the year and a"}, ["lrp"]).result
+    lrp = result["methods"]["lrp"]
+    assert len(lrp["scores"]) == len(result["tokens"])
+    assert lrp["absorbed"] == pytest.approx(lrp["output"] - sum(lrp["scores"]), abs=1e-4)

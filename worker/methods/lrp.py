@@ -5,15 +5,16 @@
 
 - the Kim CNN (``cnn-rt``): ε-rule on the convolutions and the output, winner-takes-all through the max-pool
   (:mod:`worker.models.cnn`);
-- the BiLSTM (``bilstm-rt``) and ESIM (``esim-50``, ``esim-300``): the LSTM rules of Arras et al. 2017
-  (signal-takes-all at the gates, ε on the linear maps and the cell sum, identity through tanh);
+- the BiLSTM (``bilstm-rt``), ESIM (``esim-50``, ``esim-300``) and the LSTM language model (``lstm-lm-rt``): the
+  LSTM rules of Arras et al. 2017 (signal-takes-all at the gates, ε on the linear maps and the cell sum, identity
+  through tanh), with AttnLRP's rules on ESIM's alignment and the LM's attention over its history;
 - Transformers (``transformer-rt``, the BERT family: ``minilm-rt`` and ``*ForSequenceClassification`` BERT
   directories): AttnLRP (Achtibat et al. 2024): ε on linear layers, identity through the activations and the
   LayerNorms' divisor, the uniform rule on QKᵀ and A·V, the softmax rule.
 
 The LSTM/Transformer rules run as one modified backward pass (:mod:`worker.models.relevance`), the cost of about one
-forward and one backward pass. A model without rules (a headless encoder, the LSTM language model, the seq2seq) is
-refused at submit time.
+forward and one backward pass. A model without a head (no S(y)) or without rules (the reverse seq2seq) is refused at
+submit time.
 
 **Rules.** Relevance starts on the target logit with the value S(y) (the logit by default; for ``score: probability |
 log_probability`` the target logit's unit is given S(y) and the same rules redistribute it) and is propagated down

@@ -31,7 +31,11 @@ integrated gradients, …) explains "which history words drive the predicted nex
 
 ``config.json`` says ``"labels": "vocab"`` (the labels are vocab.txt, which must hold ``<pad> <unk> <s> </s>``);
 ``describe()`` lists them all (a few thousand words), the job result's ``prediction.probabilities`` only the most
-probable (:data:`worker.methods.PREDICTION_TOP`). ``config["model"]``: ``embedding_size``, ``hidden_size``,
+probable (:data:`worker.methods.PREDICTION_TOP`).
+
+LRP (the ``lrp_rules`` capability; :mod:`worker.models.relevance`): the LSTM rules of Arras et al. 2017 in every
+layer, the ε-rule on the attention score w · f_s and the output layer, AttnLRP's uniform rule on α · f (the weights
+and the features each get half) and its softmax rule on α. ``config["model"]``: ``embedding_size``, ``hidden_size``,
 ``layers``, ``dropout`` (training only).
 """
 from __future__ import annotations
@@ -44,10 +48,12 @@ import torch
 from torch import nn
 
 from worker.capabilities import Capability
+from worker.models import relevance
 from worker.models.base import Encoding, InputError, Trace
 from worker.models.bilstm import run_packed
 from worker.models.bundle import BundleSpec
 from worker.models.native import NativeAdapter
+from worker.models.protocols import ScoreTarget
 from worker.models.words import PAD, UNK, tokenize
 
 BOS, EOS = "<s>", "</s>"
@@ -65,18 +71,24 @@ class AttentionLM(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.output = nn.Linear(features, vocab_size)
 
-    def steps(self, x: torch.Tensor, mask: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+    def steps(self, x: torch.Tensor, mask: torch.Tensor, ops: relevance.Ops = relevance.PLAIN
+              ) -> Iterator[tuple[str, torch.Tensor]]:
+        """The layers in order; with ``ops`` = :class:`~worker.models.relevance.Rules`, LRP's rules (module
+        docstring) with the same values."""
         yield "embeddings", x
         real = mask.unsqueeze(-1).to(x.dtype)
         features, hidden = [x * real], x
         for k, lstm in enumerate(self.lstm, 1):
-            hidden, _ = run_packed(lstm, self.dropout(hidden), mask)
+            if isinstance(ops, relevance.Rules):
+                hidden = relevance.lstm(lstm, hidden, mask, ops.eps)
+            else:
+                hidden, _ = run_packed(lstm, self.dropout(hidden), mask)
             features.append(hidden)
             yield f"lstm.{k}", hidden
         f = self.dropout(torch.cat(features, -1))  # B×T×F
-        weights = causal_attention(self.attend(f).squeeze(-1), mask)  # B×T×T
+        weights = causal_attention(ops.linear(self.attend(f)).squeeze(-1), mask)  # B×T×T
         yield "history", weights.unsqueeze(1)
-        yield "output", self.output(weights @ f) * real
+        yield "output", self.output(ops.matmul(weights, f)) * real
 
     def run(self, x: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every layer of one full run (training, tests)."""
@@ -95,7 +107,7 @@ def causal_attention(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 class LSTMLanguageModelAdapter(NativeAdapter):
     kind = "lstm_lm"
-    offers = NativeAdapter.offers | {Capability.NEXT_WORD, Capability.SEQUENCE_OUTPUT}
+    offers = NativeAdapter.offers | {Capability.NEXT_WORD, Capability.SEQUENCE_OUTPUT, Capability.LRP_RULES}
     end_of_text = EOS
 
     def __init__(self, spec: BundleSpec, revision: str):
@@ -161,6 +173,17 @@ class LSTMLanguageModelAdapter(NativeAdapter):
             if name == stop:
                 break
         return trace
+
+    def lrp_relevance(self, x: torch.Tensor, mask: torch.Tensor, target: ScoreTarget, epsilon: float,
+                      encoding: Encoding | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The ``lrp_rules`` capability: relevance of the next-word logit after each item's last real token."""
+        module, last = self.module, (mask.sum(1) - 1).clamp(min=0)
+
+        def logits(e: torch.Tensor) -> torch.Tensor:
+            output = dict(module.steps(e, mask, relevance.Rules(epsilon)))["output"]
+            return output[torch.arange(output.shape[0], device=output.device), last]
+
+        return relevance.input_relevance(x, logits, target, epsilon)
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
