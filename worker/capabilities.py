@@ -76,7 +76,7 @@ METHODS: dict[str, Requires] = {
 
 
 # The methods that explain a generative model step by step (worker/methods/generation.py); no other applies to one.
-GENERATION_METHODS = ("gradient", "grad_x_input", "integrated_gradients")
+GENERATION_METHODS = ("gradient", "grad_x_input", "integrated_gradients", "occlusion")
 
 
 def applicable(offered: Iterable[Capability]) -> list[str]:

@@ -119,6 +119,23 @@ def test_integrated_gradients_equal_an_independent_quadrature(lm, plain):
     assert max(abs(d) for d in result["methods"]["integrated_gradients"]["delta"]) < 0.05
 
 
+def test_occlusion_equals_masking_each_token_in_turn(plain):
+    adapter = load_model("gpt2-rt", device="cpu")
+    model, tok = plain["gpt2-rt"]
+    ex = explain(adapter, ["occlusion"], continuation=" good film")
+    result, P = ex.result, ex.result["prompt_length"]
+    ids = tok(PROMPT)["input_ids"] + result["generation"]["token_ids"]
+    with torch.no_grad():
+        for s, y in enumerate(result["generation"]["token_ids"]):
+            full = model(input_ids=torch.tensor([ids[:P + s]])).logits[0, -1, y]
+            for t in range(1, P + s):  # <s> (special) is never occluded
+                masked = list(ids[:P + s])
+                masked[t] = tok.pad_token_id
+                drop = full - model(input_ids=torch.tensor([masked])).logits[0, -1, y]
+                assert result["methods"]["occlusion"]["scores"][s][t] == pytest.approx(float(drop), rel=1e-4,
+                                                                                        abs=1e-5)
+
+
 def test_contrast_is_the_difference_of_the_two_scores(plain):
     adapter = load_model("gpt2-rt", device="cpu")
     model, tok = plain["gpt2-rt"]
@@ -151,6 +168,7 @@ def test_result_document_shape(lm):
     ({"prompt": "word " * 40}, "inputs"),
     ({"generate": {"max_new_tokens": 9}}, "generate"),
     ({"methods": ["smoothgrad"]}, "methods"),
+    ({"methods": ["occlusion"], "params": {"occlusion": {"window": 2}}}, "params"),
     ({"contrast": "certainly-not-one-token-xyz"}, "contrast"),
     ({"contrast": ["a", "b"]}, "contrast"),  # a contrast per step needs a continuation
     ({"continuation": " good", "generate": {"max_new_tokens": 2}}, "generate"),

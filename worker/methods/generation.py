@@ -159,10 +159,38 @@ def run_integrated_gradients(adapter: Adapter, steps: Steps, params: Mapping[str
                        "delta": delta}, f"integrated gradients ({count} steps, {params['baseline']} baseline)")
 
 
+def run_occlusion(adapter: Adapter, steps: Steps, params: Mapping[str, Any], progress: Progress) -> StepResult:
+    """Leave-one-out per step: score[s, t] = S_s(x) − S_s(x with token t's embedding replaced by the baseline's),
+    t a non-special token the step reads. One occluded copy per token serves every step at once (causality); the
+    request's validation allows window 1 only."""
+    from worker.methods.perturb import candidates
+
+    x = adapter.embed(steps.encoding).detach()
+    baseline = baseline_embedding(adapter, steps.encoding, params["baseline"]).detach()
+    tokens = candidates(steps.encoding).tolist()
+    copies = x.repeat(len(tokens) + 1, 1, 1)  # row 0: x itself
+    for row, t in enumerate(tokens, 1):
+        copies[row, t] = baseline[0, t]
+    every = torch.arange(steps.count, device=x.device)
+    values = []
+    with torch.no_grad():
+        for n, chunk in enumerate(copies.split(int(params["batch_size"]))):
+            logits = adapter.sequence_logits(chunk)  # type: ignore[attr-defined]
+            values.append(torch.stack([steps.of(row.expand(steps.count, -1, -1), every) for row in logits]))
+            progress(min(1.0, (n + 1) * int(params["batch_size"]) / len(copies)))
+    scored = torch.cat(values)  # (1 + tokens) × S
+    scores = torch.zeros((steps.count, x.shape[1]), dtype=x.dtype, device=x.device)
+    for row, t in enumerate(tokens, 1):
+        scores[:, t] = scored[0] - scored[row]
+    return StepResult(scores, {"drops": scores.clone()}, {"window": 1, "baseline": params["baseline"],
+                                                          "windows": len(tokens)}, "occlusion (leave one out)")
+
+
 RUNS: dict[str, Callable[[Adapter, Steps, Mapping[str, Any], Progress], StepResult]] = {
     "gradient": run_gradient,
     "grad_x_input": run_grad_x_input,
     "integrated_gradients": run_integrated_gradients,
+    "occlusion": run_occlusion,
 }
 
 

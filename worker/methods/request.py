@@ -186,6 +186,8 @@ def check_generation(adapter: Any, request: ExplainRequest, limits: Limits = NO_
         raise RequestError(f"the prompt and continuation have {prompt + new} tokens; {adapter.name}'s context is "
                            f"{adapter.max_tokens}", "inputs")
     _check_contrast(adapter, request.contrast, new if given is not None else None)
+    if (request.params.get("occlusion") or {}).get("window", 1) != 1:
+        raise RequestError("occlusion on a generative model is leave-one-out: window 1", "params")
 
 
 def _check_contrast(adapter: Any, contrast: str | Sequence[str] | None, steps: int | None) -> None:
