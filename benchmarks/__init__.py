@@ -2,6 +2,7 @@
 a Row compares two things measured in the same run and prints their ratio."""
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,11 @@ def timed(fn: Callable[[], object], repeat: int = 3) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def device() -> str:
+    """Where the benches that take it run their models: ``python -m benchmarks --device cuda`` (default cpu)."""
+    return os.environ.get("LANTERN_BENCH_DEVICE", "cpu")
 
 
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

@@ -8,7 +8,8 @@ settings (``newton``: per-token fixed-point steps on log σ from the linear star
 convergence, final objective re-estimated with 64 draws); one fit per sentence over all 7 layers, or (20 sentences)
 sentences of similar token count packed into one fit. The "before" row is the engine's previous default (``adam``:
 Adam from the linear start, 256 evaluation draws) on the same sentence. Peak memory: ru_maxrss of this process (MiB).
-``--quick``: 2 sentences, one thread, 4 probe iterations. The objectives are checked against the original's by
+``--quick``: 2 sentences, one thread, 4 probe iterations. ``--device cuda``: Lantern on the GPU, the original (CPU
+code: it draws its noise on the CPU) on the CPU. The objectives are checked against the original's by
 ``python -m scripts.sigma_agreement`` (not here: that is accuracy, this is speed).
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import resource
 import time
 
-from benchmarks import Row
+from benchmarks import Row, device
 
 ITERATIONS = 5000  # the authors' default
 PACK = 4  # sentences per packed fit (similar token counts)
@@ -35,7 +36,8 @@ def run(quick: bool = False) -> list[Row]:
     from worker.models import load_model
     from worker.sigma import Settings, View, fit
 
-    adapter = load_model("all-minilm-l6-v2").load()
+    adapter = load_model("all-minilm-l6-v2", device=device()).load()
+    reference = adapter if device() == "cpu" else load_model("all-minilm-l6-v2").load()  # the original: CPU code
     layers = [n for n in adapter.layer_names if n not in ("pool", "output")]
     views = [View(name) for name in layers]
     texts = reference_sentences(2 if quick else 20)
@@ -53,8 +55,8 @@ def run(quick: bool = False) -> list[Row]:
 
     def original(sentences: list[str], iterations: int) -> float:
         """Extrapolated seconds of the authors' procedure on these sentences, all 7 layers."""
-        run_one(adapter, sentences[0], layers[-1], 0.1, bound, 2, seed=0)  # warm-up, not counted
-        return sum(run_one(adapter, text, name, 0.1, bound, iterations, seed=0)["seconds_per_iteration"]
+        run_one(reference, sentences[0], layers[-1], 0.1, bound, 2, seed=0)  # warm-up, not counted
+        return sum(run_one(reference, text, name, 0.1, bound, iterations, seed=0)["seconds_per_iteration"]
                    for text in sentences for name in layers) * ITERATIONS
 
     rows = []
