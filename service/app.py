@@ -60,13 +60,15 @@ class ProblemApi(Api):
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Flask:
     runtime = runtime or Runtime(settings or Settings.from_env())
     app = Flask("lantern")
-    from service.api.base import IdConverter
+    from service.api.base import IdConverter, ModelNameConverter
 
     app.url_map.converters["id"] = IdConverter
+    app.url_map.converters["model"] = ModelNameConverter
     app.config.update(_api_config(runtime.settings))
     app.extensions["lantern"] = runtime
     api = ProblemApi(app)
     api.register_converter(IdConverter, lambda _: {"type": "string", "minLength": 1})
+    api.register_converter(ModelNameConverter, lambda _: {"type": "string", "pattern": "^[^/:]+$"})
     app.extensions["lantern.api"] = api
     app.extensions["lantern.metrics"] = Metrics(runtime)
 

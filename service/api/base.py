@@ -50,6 +50,13 @@ class IdConverter(BaseConverter):
     regex = r"(?!uploads(?![^/]))[^/]+"
 
 
+class ModelNameConverter(BaseConverter):
+    """A model name in a path: one segment without ':' (no model name has one), so that
+    /v1/models/{name}:explain is that route's alone, its methods and OPTIONS/Allow included."""
+
+    regex = r"[^/:]+"
+
+
 def runtime() -> Runtime:
     """The Runtime of the app serving this request (create_app puts it in app.extensions)."""
     return current_app.extensions["lantern"]

@@ -89,7 +89,7 @@ def _register(rt, name: str, bundle):
         return registry.register(s, rt.store, g.caller.tenant_id, name, bundle)
 
 
-@blp.route("/models/<name>")
+@blp.route("/models/<model:name>")
 class ModelByName(MethodView):
     @blp.response(200, ModelSchema)
     @blp.problems(404)

@@ -118,7 +118,7 @@ def _accepted(doc: dict):
     return doc, 202, {"Location": f"/v1/jobs/{doc['id']}", "Retry-After": str(rt.settings.retry_after)}
 
 
-@explain_blp.route("/<name>:explain", methods=["POST"])
+@explain_blp.route("/<model:name>:explain", methods=["POST"])
 @explain_blp.arguments(ExplainInstancesSchema, example={"instances": [{"text": "A gripping, moving film."}],
                                                         "methods": ["gradient"], "timeout": 10})
 @explain_blp.arguments(IdempotencyHeaders, location="headers")

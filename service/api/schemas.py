@@ -342,10 +342,11 @@ def document(spec) -> None:
 
     schemas = spec.components.schemas
     schemas["AuditRequest"].update(AuditRequestSchema.OPENAPI)
-    for name in ("JobRequest", "AuditRequest"):
+    for name in ("JobRequest", "AuditRequest", "ExplainInstances"):
         schemas[name]["properties"]["methods"]["items"]["enum"] = sorted(registry())
     schemas["Corpus"]["properties"]["name"]["enum"] = sorted(CORPORA)
     single = schemas["JobRequest"]["properties"]["inputs"]
+    schemas["ExplainInstances"]["properties"]["instances"]["items"] = single  # one input's shapes, as a job's
     schemas["JobRequest"]["properties"]["inputs"] = {"oneOf": [single, {
         "type": "array", "items": single, "minItems": 1,
         "description": "a batch job: each input explained on its own (at most LANTERN_MAX_BATCH_INPUTS)"}]}

@@ -11,7 +11,7 @@ from typing import Any
 # that apply, layers, target labels, method params), the uploaded bundle or file, an upload id (422), or a list
 # cursor this API did not issue (400). A schema cannot say these; everything else it admits must be accepted.
 SEMANTIC = {"POST /v1/jobs": 422, "POST /v1/audits": 422, "POST /v1/models": 422, "POST /v1/audits/uploads": 422,
-            "GET /v1/jobs": 400, "GET /v1/audits": 400}
+            "POST /v1/models/{name}:explain": 422, "GET /v1/jobs": 400, "GET /v1/audits": 400}
 ZOO_MODELS = ("minilm-rt", "bilstm-rt", "cnn-rt")
 ACCEPTED = ["2xx", "3xx", "401", "403", "404", "409", "429"]  # schemathesis' default for positive data, less 5xx
 
