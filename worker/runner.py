@@ -257,6 +257,7 @@ def explain_batch_job(rt: Runtime, request: dict[str, Any], revision: str, progr
         files["batch.safetensors"] = (_safetensors(combined), "application/octet-stream")
     outcome = {"result": {"schema_version": 1, "kind": "batch", "items": [ex.result for ex in explanations]}}
     files["result.json"] = (json.dumps(outcome, indent=1).encode(), "application/json")
+    files["result.html"] = (_result_page(request, outcome, files), "text/html")
     return outcome, files
 
 
