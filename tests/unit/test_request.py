@@ -30,7 +30,7 @@ def request(**over) -> ExplainRequest:
 
 REFUSED = [
     ("unknown method", request(methods=["gradient", "astrology"]), "methods", "unknown method"),
-    ("method that does not apply (lrp: CNN only)", request(methods=["lrp"]), "methods", "does not apply"),
+    ("method that does not apply (gating: ESIM only)", request(methods=["gating"]), "methods", "does not apply"),
     ("unknown score", request(score="odds"), "score", "score must be one of"),
     ("unknown target", request(target="sarcastic"), "target", "unknown target"),
     ("unknown layer", request(layers=["layer.99"]), "layers", "unknown layer"),
