@@ -39,7 +39,7 @@ def test_result_document(minilm_rt):
         assert set(ex.tensors[name]) == {"gradient", "scores"}
         assert ex.tensors[name]["scores"].tolist() == pytest.approx(part["scores"])
     assert result["methods"]["smoothgrad"]["params"] == {"samples": 4, "noise": 0.1, "batch_size": 16,
-                                                         "aggregate": "mean_abs"}
+                                                         "aggregate": "mean_abs", "stability": False}
     assert result["provenance"]["seed"] == 3 and result["provenance"]["model_revision"] == minilm_rt.revision
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
 
