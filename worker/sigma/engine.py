@@ -288,7 +288,8 @@ def _newton(problem: _Problem, sigma: torch.Tensor, progress: Callable[[float], 
     k = problem.x.shape[-1]
     pull = (settings.lam / tokens.sum(-1))[None, None, :, None]  # λ/T per sentence
     top = math.log(settings.bound * (1 - 1e-3))
-    u = sigma.clamp_min(1e-30).log().clamp_max(top)
+    floor = math.log(settings.bound * 1e-6)  # below this a token is kept whole; keeps σ² away from 0 (a = g/σ²)
+    u = sigma.clamp_min(1e-30).log().clamp(floor, top)
     done = torch.zeros(r_count, nv, b, dtype=torch.bool, device=u.device)
     mean_a, weight = torch.zeros_like(u), 0.0
     history: list[float] = []
@@ -301,7 +302,7 @@ def _newton(problem: _Problem, sigma: torch.Tensor, progress: Callable[[float], 
         weight += step
         mean_a += (a - mean_a) * (step / weight)
         target = 0.5 * torch.log(pull / mean_a.clamp_min(1e-30))
-        new = (u + (target - u).clamp(-1.0, 1.0) * tokens).clamp_max(top)
+        new = (u + (target - u).clamp(-1.0, 1.0) * tokens).clamp(floor, top)
         moved = ((new - u).abs() * tokens).amax(-1)  # R×V×B
         u = torch.where(done[..., None], u, new)
         done |= (moved < settings.newton_tol) & (step >= settings.patience // 4)
