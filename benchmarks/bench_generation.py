@@ -80,7 +80,10 @@ def run(quick: bool = False) -> list[Row]:
     prompt = _prompt(adapter, PROMPT_TOKENS)
     prompt_enc = adapter.encode({"prompt": prompt})
     ids = prompt_enc.input_ids[0].tolist()
-    new = adapter.generate(ids, NEW_TOKENS)
+    with torch.no_grad():  # greedy, EOS held back until NEW_TOKENS (the model may end a sentence sooner)
+        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
+                             max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0)
+    new = out[0, len(ids):].tolist()
     enc = adapter.extend(prompt_enc, new)
     full, P = ids + new, len(ids)
     steps = Steps(enc, P, torch.tensor(new), None)
@@ -114,10 +117,12 @@ from worker.methods import ExplainRequest, explain_request
 from worker.models import load_model
 from benchmarks.bench_generation import _prompt
 a = load_model("gpt2-rt", device="cpu")
-prompt = _prompt(a, a.max_tokens - 8)
+text = _prompt(a, a.max_tokens + 1)  # the context, filled: 120 prompt tokens, 8 given
+ids = a.encode({{"prompt": text}}).input_ids[0, 1:].tolist()
+prompt, continuation = a.tokenizer.decode(ids[:119]), a.tokenizer.decode(ids[119:127])
 t = time.perf_counter()
-r = explain_request(a, ExplainRequest(inputs={{"prompt": prompt}}, methods=["integrated_gradients"],
-    generate={{"max_new_tokens": 8}}, params={{"integrated_gradients": {{"steps": 32, "internal_batch_size": {batch}}}}}),
+r = explain_request(a, ExplainRequest(inputs={{"prompt": prompt, "continuation": continuation}},
+    methods=["integrated_gradients"], params={{"integrated_gradients": {{"steps": 32, "internal_batch_size": {batch}}}}}),
     figures=False).result
 print(json.dumps({{"tokens": r["prompt_length"], "new": len(r["generation"]["token_ids"]),
     "seconds": time.perf_counter() - t, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
