@@ -118,9 +118,11 @@ class JobRequestSchema(ExplanationFields):
     def contrast_shape(self, value: object, **_: object) -> None:
         if value is None:
             return
-        ok = isinstance(value, str) or (isinstance(value, list) and 0 < len(value) <= 4096
-                                        and all(isinstance(v, str) for v in value))
-        if not ok or (isinstance(value, str) and not value) or any(not v for v in value or []):
+        if isinstance(value, str):
+            ok = bool(value)
+        else:
+            ok = isinstance(value, list) and 0 < len(value) <= 4096 and all(isinstance(v, str) and v for v in value)
+        if not ok:
             raise ma.ValidationError("a non-empty token string, or a list of them")
 
 
