@@ -77,7 +77,7 @@ def test_a_batch_item_is_the_single_input_job_s_result(api, runtime, model, inpu
                 assert combined[f"item-{i}.{method}.{key}"].equal(tensor)
     names = {a["name"] for a in batch["artifacts"]}
     assert not any("/" in n for n in names) and "result.json" in names
-    assert all(n in ("batch.safetensors", "result.json") or n.startswith("item-") for n in names), names
+    assert all(n in ("batch.safetensors", "result.json", "result.html") or n.startswith("item-") for n in names), names
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)

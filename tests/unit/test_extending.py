@@ -72,7 +72,7 @@ def test_toy_method_and_adapter_through_explain(toy):
     # the methods the document says apply to the toy, and only those
     assert set(applicable_methods(adapter)) == {
         "gradient", "smoothgrad", "grad_x_input", "integrated_gradients", "occlusion", "perturbation", "lime",
-        "sigma", "activations", "state_norm"}
+        "shap", "sigma", "activations", "state_norm"}
 
     text = {"text": "A good film."}
     ex = explain(adapter, text, ["state_norm", "grad_x_input", "occlusion", "sigma"],

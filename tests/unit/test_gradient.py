@@ -123,7 +123,7 @@ def test_smoothgrad_params_are_validated(params):
 
 def test_param_defaults():
     assert registry()["smoothgrad"].params().load({}) == {"samples": 25, "noise": 0.1, "batch_size": 16,
-                                                          "aggregate": "mean_abs"}
+                                                          "aggregate": "mean_abs", "stability": False}
     assert registry()["gradient"].params().load({}) == {"aggregate": "mean_abs"}
     with pytest.raises(ma.ValidationError):
         registry()["gradient"].params().load({"steps": 3})

@@ -362,3 +362,16 @@ def test_esim_alignment_both_directions_have_premise_rows():
     tips = [t for t in Page(job_view({"result": result})).text if "→" in t and ":" in t]
     assert tips[:2] == ["a → he: 0.5", "a → rests: 0.5"] and tips[6:8] == ["a → he: 0.1", "a → rests: 0.2"]
     assert tips[-1] == "sleeps → rests: 0.5" and len(tips) == 12
+
+
+def test_a_batch_job_shows_each_input_beside_its_item():
+    """A batch job's request holds a list of inputs: each item's summary shows its own (escaped), the header none."""
+    one = load("minilm-rt")
+    document = {"result": {"schema_version": 1, "kind": "batch", "items": [one, one]}, "status": "succeeded",
+                "model": {"name": "minilm-rt"}, "artifacts": [],
+                "request": {"model": "minilm-rt", "inputs": [{"text": "<b>first</b>"}, {"text": "second"}]}}
+    page = str(job_view(document))
+    assert page.count("<details class=\"item\"") == 2
+    assert "&lt;b&gt;first&lt;/b&gt;" in page and "<b>first" not in page and "second" in page
+    assert '<dl class="inputs">' not in page
+    assert "<b>first" not in result_html(document)

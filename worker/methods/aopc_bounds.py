@@ -8,7 +8,7 @@ whose masking lowers p(y) most given those already masked, and its lower bound b
 sufficiency keeps the top k, so its lower (best) bound greedily keeps the token that raises p(y) most given those kept,
 its upper bound the one that raises it least. Each greedy search costs Σ_{s<k_max} (n − s) masked rows (n = the
 input's non-special tokens), the four together about 1.5·n² for k_max = n/2 (n = 20: 620 rows, in passes of up to
-``BATCH`` rows). Above ``BUDGET`` rows the searches rank the tokens once instead, by each token's effect alone
+``BATCH`` rows, fewer for long inputs: ``TOKENS_PER_PASS``). Above ``BUDGET`` rows the searches rank the tokens once instead, by each token's effect alone
 (masked alone for comprehensiveness, kept alone for sufficiency: 2·n rows), and the greedy order is that ranking.
 A bound is the best value among the searched rankings, the random ranking and the method's own ranking, so a method
 that beats the search is the bound (normalised 1, never above). The bounds depend on the input and the target only:
@@ -32,7 +32,13 @@ from worker.methods.perturb import candidates, masked_probabilities
 from worker.models.base import Adapter, Encoding
 
 BUDGET = 256  # masked rows for the four searches of one input (greedy up to n = 13 tokens)
-BATCH = 256  # rows per forward pass
+BATCH = 256  # rows per forward pass, at most
+TOKENS_PER_PASS = 8192  # and at most this many tokens per pass: memory grows with rows × length² in attention
+
+
+def rows_per_pass(one: Encoding) -> int:
+    """Rows per forward pass for this input: BATCH, fewer for long inputs (512 tokens: 16 rows)."""
+    return max(1, min(BATCH, TOKENS_PER_PASS // max(1, len(one.tokens[0]))))
 
 
 @dataclass(frozen=True)
@@ -61,7 +67,7 @@ def _greedy(adapter: Adapter, one: Encoding, index: torch.Tensor, cand: torch.Te
                 drop[r, picked] = False
             else:
                 drop[r, picked] = True
-        p = masked_probabilities(adapter, one, drop, index, BATCH).double().cpu()
+        p = masked_probabilities(adapter, one, drop, index, rows_per_pass(one)).double().cpu()
         rows += len(left)
         best = int(p.argmin() if lowest else p.argmax())
         chosen.append(left.pop(best))
@@ -80,7 +86,7 @@ def _single(adapter: Adapter, one: Encoding, index: torch.Tensor, cand: torch.Te
             alone[r, t] = False
         else:
             alone[r, t] = True
-    effect = masked_probabilities(adapter, one, alone, index, BATCH).double().cpu()
+    effect = masked_probabilities(adapter, one, alone, index, rows_per_pass(one)).double().cpu()
     ends = []
     for order in (cand[effect.argsort()], cand[effect.argsort(descending=True)]):
         drop = torch.zeros(len(ks), T, dtype=torch.bool)
@@ -89,7 +95,7 @@ def _single(adapter: Adapter, one: Encoding, index: torch.Tensor, cand: torch.Te
                 drop[r, order[k:]] = True
             else:
                 drop[r, order[:k]] = True
-        ends.append(masked_probabilities(adapter, one, drop, index, BATCH).double().cpu().tolist())
+        ends.append(masked_probabilities(adapter, one, drop, index, rows_per_pass(one)).double().cpu().tolist())
     return ends[0], ends[1], n + 2 * len(ks)
 
 

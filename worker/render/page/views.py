@@ -316,12 +316,17 @@ def job(document: dict[str, Any], artifact_url: ArtifactUrl | None) -> dict[str,
     """The job document's view: its result (single, batch or generation), the compared models, its artifacts."""
     own, compare = results_of(document)
     views = [{**single(r), "index": n} for n, r in enumerate(own + compare)]
+    inputs = (document.get("request") or {}).get("inputs") or {}
+    if isinstance(inputs, list):  # a batch: each item's own input beside it, none in the header
+        for view, one in zip(views, inputs, strict=False):
+            view["input"] = " / ".join(str(v) for v in one.values()) if isinstance(one, dict) else str(one)
+        inputs = {}
     result = document.get("result") or {}
     model = document.get("model") or result.get("model") or {}
     return {"id": document.get("id"), "status": document.get("status") or ("succeeded" if own else None),
             "model": model.get("name") if isinstance(model, dict) else model,
             "batch": result.get("kind") == "batch",
-            "inputs": (document.get("request") or {}).get("inputs") or {}, "error": document.get("error"),
+            "inputs": inputs, "error": document.get("error"),
             "results": views[:len(own)], "compare": views[len(own):], "artifacts": artifacts(document, artifact_url),
             "model_agreement": [{"pair": k, "rho": fmt(v)} for k, v in (document.get("model_agreement") or {}).items()]}
 
