@@ -15,29 +15,15 @@ the context, with two ``internal_batch_size`` values (the rows per pass bound th
 from __future__ import annotations
 
 import json
-import statistics
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 
 import torch
 
 from benchmarks import Row
+from benchmarks.bench_gradients import _alternate
 
 PROMPT_TOKENS, NEW_TOKENS, IG_STEPS = 64, 32, 32
-
-
-def _alternate(ours: Callable[[], object], theirs: Callable[[], object], repeats: int) -> tuple[float, float]:
-    ours(), theirs()
-    a: list[float] = []
-    b: list[float] = []
-    for _ in range(repeats):
-        for fn, times in ((ours, a), (theirs, b)):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(a), statistics.median(b)
 
 
 def _prompt(adapter, tokens: int) -> str:

@@ -61,14 +61,6 @@ def gate_key(name: str) -> tuple[str, str]:
     return direction, gate
 
 
-def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """B×T×… -> each sequence's first lengths[b] steps reversed in place; padding stays where it is."""
-    steps = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
-    lengths = lengths.to(x.device).unsqueeze(1)
-    index = torch.where(steps < lengths, lengths - 1 - steps, steps)
-    return x.gather(1, index.view(*index.shape, *([1] * (x.dim() - 2))).expand_as(x))
-
-
 def lstm_scan(
     lstm: nn.LSTM,
     x: torch.Tensor,
@@ -88,7 +80,7 @@ def lstm_scan(
     for direction, suffix in zip(DIRECTIONS, ("", "_reverse"), strict=True):
         w_ih, w_hh = getattr(lstm, f"weight_ih_l0{suffix}"), getattr(lstm, f"weight_hh_l0{suffix}")
         bias = getattr(lstm, f"bias_ih_l0{suffix}") + getattr(lstm, f"bias_hh_l0{suffix}")
-        order = (lambda t: t) if direction == "fwd" else (lambda t: reverse_padded(t, lengths))
+        order = (lambda t: t) if direction == "fwd" else (lambda t: relevance.reverse_within(t, lengths))
         pre = order(x) @ w_ih.T + bias  # B×T×4H
         offset = {g: order(offsets[(direction, g)]) for g in GATES if (direction, g) in offsets}
         h = x.new_zeros(batch, lstm.hidden_size)
