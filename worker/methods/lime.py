@@ -71,6 +71,21 @@ def weighted_ridge(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, alpha: flo
     return b, float(ym - zm @ b)
 
 
+def local_model(design: torch.Tensor, targets: torch.Tensor, kernel_width: float, ridge: float
+                ) -> tuple[torch.Tensor, float, float, torch.Tensor]:
+    """LIME's local linear model of targets (N) on the design (N×d, 1 = kept): (coefficients, intercept, weighted
+    R², kernel weights), the weights sqrt(exp(−(100 × cosine distance to all-ones)² / width²))."""
+    d = design.shape[1]
+    targets = targets.double()
+    cosine = 1.0 - design.sum(1) / (design.norm(dim=1).clamp_min(1e-12) * d ** 0.5)
+    weights = torch.sqrt(torch.exp(-((100.0 * cosine) ** 2) / kernel_width ** 2)).double()
+    coefficients, intercept = weighted_ridge(design, targets, weights, ridge)
+    fitted = intercept + design.double() @ coefficients
+    mean = (weights @ targets) / weights.sum()
+    r2 = 1.0 - float(weights @ (targets - fitted) ** 2) / max(float(weights @ (targets - mean) ** 2), 1e-30)
+    return coefficients, intercept, r2, weights
+
+
 def run(
     adapter: Adapter,
     encoding: Encoding,
@@ -92,12 +107,7 @@ def run(
     drop = ((1.0 - design) @ member.float()) > 0  # samples × T
     targets = masked_probabilities(adapter, one, drop, target.index, params["batch_size"]).double().cpu()
     progress(0.9)
-    cosine = 1.0 - design.sum(1) / (design.norm(dim=1).clamp_min(1e-12) * d ** 0.5)
-    weights = torch.sqrt(torch.exp(-((100.0 * cosine) ** 2) / params["kernel_width"] ** 2)).double()
-    coefficients, intercept = weighted_ridge(design, targets, weights, params["ridge"])
-    fitted = intercept + design.double() @ coefficients
-    mean = (weights @ targets) / weights.sum()
-    r2 = 1.0 - float(weights @ (targets - fitted) ** 2) / max(float(weights @ (targets - mean) ** 2), 1e-30)
+    coefficients, intercept, r2, weights = local_model(design, targets, params["kernel_width"], params["ridge"])
     scores = torch.zeros(T, dtype=torch.float64)
     for f, group in enumerate(groups):
         scores[group] = coefficients[f] / len(group)
