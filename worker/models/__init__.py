@@ -19,7 +19,14 @@ from typing import Any, cast
 import torch
 
 from worker.models.base import Adapter, Encoding, InputError, Trace
-from worker.models.bundle import ADAPTERS, BundleSpec, bundle_revision, is_causal_lm, validate_bundle
+from worker.models.bundle import (
+    ADAPTERS,
+    BundleSpec,
+    bundle_revision,
+    is_causal_lm,
+    is_seq2seq_lm,
+    validate_bundle,
+)
 from worker.models.cache import ModelCache
 
 __all__ = [
@@ -90,6 +97,8 @@ def _build(spec: BundleSpec, revision: str) -> Adapter:
     kind = spec.config.get("adapter", "hf") if spec.kind == "lantern" else "hf"
     if spec.kind == "hf" and is_causal_lm(spec.config):
         kind = "causal_lm"  # a plain Hugging Face causal LM folder (worker.models.causal_lm)
+    if spec.kind == "hf" and is_seq2seq_lm(spec.config):
+        kind = "seq2seq_lm"  # a plain Hugging Face encoder–decoder LM folder (worker.models.seq2seq_lm)
     # the concrete adapter classes take (spec, revision); the abstract base declares no constructor
     factory = cast(Callable[[BundleSpec, str], Adapter], adapter_class(kind))
     return factory(spec, revision)

@@ -70,6 +70,8 @@ ADAPTERS = {
     "esim": "worker.models.esim:ESIMAdapter",
     "lstm_lm": "worker.models.lstm_lm:LSTMLanguageModelAdapter",
     "causal_lm": "worker.models.causal_lm:CausalLMAdapter",  # chosen for a plain HF folder of a causal LM
+    # chosen for a plain HF folder of an encoder–decoder LM (T5, BART, …)
+    "seq2seq_lm": "worker.models.seq2seq_lm:Seq2SeqLMAdapter",
 }
 # the model cache's marker that a bundle copied from object storage is complete (service.models.ModelAdapters)
 CACHE_MARKER = ".complete"
@@ -109,6 +111,14 @@ def is_causal_lm(config: dict[str, Any]) -> bool:
     """Whether a plain Hugging Face config.json declares a causal language model (read by the ``causal_lm``
     adapter, worker.models.causal_lm)."""
     return any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in config.get("architectures") or [])
+
+
+def is_seq2seq_lm(config: dict[str, Any]) -> bool:
+    """Whether a plain Hugging Face config.json declares an encoder–decoder language model (T5, BART, Marian, …: a
+    ``*ForConditionalGeneration`` / ``*MTModel`` with ``is_encoder_decoder``; read by the ``seq2seq_lm`` adapter,
+    worker.models.seq2seq_lm, which refuses the kinds AutoModelForSeq2SeqLM does not load)."""
+    return bool(config.get("is_encoder_decoder")) and any(
+        str(a).endswith(("ForConditionalGeneration", "MTModel")) for a in config.get("architectures") or [])
 
 
 def _is_hf_classifier(config: dict[str, Any]) -> bool:
