@@ -76,7 +76,8 @@ METHODS: dict[str, Requires] = {
 
 
 # The methods that explain a generative model step by step (worker/methods/generation.py); no other applies to one.
-GENERATION_METHODS = ("gradient", "grad_x_input", "integrated_gradients", "occlusion")
+GENERATION_METHODS = ("gradient", "grad_x_input", "integrated_gradients", "occlusion", "lime", "sigma", "attention",
+                      "attention_rollout", "activations")
 
 
 def applicable(offered: Iterable[Capability]) -> list[str]:

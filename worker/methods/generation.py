@@ -16,7 +16,10 @@ Methods (the token-scoring definitions of their classifier versions, per step):
 - ``grad_x_input``: Σ_k x_tk ∂S_s/∂x_tk;
 - ``integrated_gradients``: Σ_k (x − x')_tk ∫ ∂S_s/∂x_tk along x' + α(x − x') (``baseline`` ``zero`` or
   ``mask``: every non-special token replaced by the model's unk/pad token), the same quadrature as the classifier
-  method; ``delta`` per step is its completeness gap.
+  method; ``delta`` per step is its completeness gap;
+- ``occlusion``: leave-one-out per token, one occluded copy serving every step;
+- ``lime``, ``attention``, ``attention_rollout`` (per step) and ``sigma``, ``activations`` (per layer × token, no
+  ``scores``): :mod:`worker.methods.generation_methods`.
 
 Scores are S×T matrices (``null`` at positions ≥ P+s, which step s cannot read) with ``word_scores`` per word and
 ``faithfulness`` per step (:mod:`worker.methods.faithfulness` on the prefix of that step, on the probability of y_s).
@@ -25,58 +28,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from worker.methods.base import word_scores
 from worker.methods.faithfulness import faithfulness
+from worker.methods.generation_methods import RUNS as PER_LAYER_AND_PERTURBATION
+from worker.methods.generation_steps import Progress, StepResult, Steps, masked_by_step
 from worker.methods.gradient import aggregate
 from worker.methods.integrated_gradients import quadrature
 from worker.methods.perturb import baseline_embedding
 from worker.models.base import Adapter, Encoding
 
-Progress = Callable[[float], None]
 DEFAULT_NEW_TOKENS = 16
 GRADIENT_ROWS = 32  # steps per pass of gradient and grad_x_input
 IG_STEPS = 32  # integrated gradients' points when `steps` is not given (no adaptive rule per step here)
-
-
-@dataclass
-class Steps:
-    """The sequence to explain and what each step scores."""
-
-    encoding: Encoding  # prompt + generated (or given) tokens, one item of P+S tokens
-    prompt_length: int  # P
-    targets: torch.Tensor  # S long: y_s, the token at position P+s
-    contrast: torch.Tensor | None  # S long: b_s, or None
-    score: str = "logit"
-
-    @property
-    def count(self) -> int:
-        return int(self.targets.shape[0])
-
-    def of(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """S_s of each row (R) from its logits (R×T'×V), row r scoring step rows[r]."""
-        at = logits[torch.arange(len(rows), device=logits.device), self.prompt_length - 1 + rows]  # R×V
-        values = transform(at, self.score)
-        out = values.gather(-1, self.targets[rows].view(-1, 1).to(values.device)).squeeze(-1)
-        if self.contrast is not None:
-            out = out - values.gather(-1, self.contrast[rows].view(-1, 1).to(values.device)).squeeze(-1)
-        return out
-
-    def reads(self, s: int) -> int:
-        """How many tokens step s reads (P+s): its logits are at position P+s−1."""
-        return self.prompt_length + s
-
-
-def transform(logits: torch.Tensor, score: str) -> torch.Tensor:
-    if score == "probability":
-        return logits.softmax(-1)
-    if score == "log_probability":
-        return logits.log_softmax(-1)
-    return logits
 
 
 def step_gradients(adapter: Adapter, steps: Steps, points: torch.Tensor, weights: torch.Tensor,
@@ -114,21 +81,7 @@ def integrated_step_gradients(adapter: Adapter, steps: Steps, x: torch.Tensor, b
     return diff * step_gradients(adapter, steps, points, weights, int(params["internal_batch_size"]), progress)
 
 
-def masked_by_step(values: torch.Tensor, steps: Steps) -> list[list[float | None]]:
-    """S×T scores as JSON rows: ``null`` where step s cannot read (positions ≥ P+s)."""
-    rows = values.detach().double().cpu().tolist()
-    return [[v if t < steps.reads(s) else None for t, v in enumerate(row)] for s, row in enumerate(rows)]
-
-
 # ---------------------------------------------------------------------------------------------------- methods
-@dataclass
-class StepResult:
-    scores: torch.Tensor  # S×T (values at unread positions are ignored)
-    tensors: dict[str, torch.Tensor]
-    extra: dict[str, Any]
-    title: str
-
-
 def run_gradient(adapter: Adapter, steps: Steps, params: Mapping[str, Any], progress: Progress) -> StepResult:
     x = adapter.embed(steps.encoding).detach()
     grad = step_gradients(adapter, steps, x, torch.ones(1, dtype=x.dtype), GRADIENT_ROWS, progress)
@@ -171,12 +124,10 @@ def run_occlusion(adapter: Adapter, steps: Steps, params: Mapping[str, Any], pro
     copies = x.repeat(len(tokens) + 1, 1, 1)  # row 0: x itself
     for row, t in enumerate(tokens, 1):
         copies[row, t] = baseline[0, t]
-    every = torch.arange(steps.count, device=x.device)
     values = []
     with torch.no_grad():
         for n, chunk in enumerate(copies.split(int(params["batch_size"]))):
-            logits = adapter.sequence_logits(chunk)  # type: ignore[attr-defined]
-            values.append(torch.stack([steps.of(row.expand(steps.count, -1, -1), every) for row in logits]))
+            values.append(steps.each(adapter.sequence_logits(chunk)))  # type: ignore[attr-defined]
             progress(min(1.0, (n + 1) * int(params["batch_size"]) / len(copies)))
     scored = torch.cat(values)  # (1 + tokens) × S
     scores = torch.zeros((steps.count, x.shape[1]), dtype=x.dtype, device=x.device)
@@ -191,6 +142,7 @@ RUNS: dict[str, Callable[[Adapter, Steps, Mapping[str, Any], Progress], StepResu
     "grad_x_input": run_grad_x_input,
     "integrated_gradients": run_integrated_gradients,
     "occlusion": run_occlusion,
+    **PER_LAYER_AND_PERTURBATION,  # lime, attention, attention_rollout, sigma, activations
 }
 
 
@@ -232,7 +184,8 @@ def explain_generation(adapter: Any, request: Any, provenance: dict[str, Any], p
     device = adapter.device
     contrast = contrast_ids(adapter, request.contrast, len(new))
     steps = Steps(encoding, P, torch.tensor(new, device=device),
-                  None if contrast is None else torch.tensor(contrast, device=device), request.score)
+                  None if contrast is None else torch.tensor(contrast, device=device), request.score,
+                  seed=int(request.seed), layers=request.layers)
     with torch.no_grad():
         logits = adapter.sequence_logits(adapter.embed(encoding))[0, P - 1:-1]  # S×V
     probabilities = logits.softmax(-1).gather(-1, steps.targets.view(-1, 1)).squeeze(-1).tolist()
@@ -256,11 +209,10 @@ def explain_generation(adapter: Any, request: Any, provenance: dict[str, Any], p
         torch.manual_seed(request.seed)
         out = RUNS[name](adapter, steps, params[name], step)
         result["methods"][name] = method_document(adapter, steps, out, params[name], request.seed)
-        tensors[name] = {k: v.detach().cpu().contiguous() for k, v in {"scores": out.scores, **out.tensors}.items()}
+        scored = {} if out.scores is None else {"scores": out.scores}
+        tensors[name] = {k: v.detach().cpu().contiguous() for k, v in {**scored, **out.tensors}.items()}
         if figures:
-            from worker.render.generation import step_map_png
-
-            pngs[f"{name}.png"] = step_map_png(result, name, out.title)
+            pngs.update(method_figures(result, name, out))
     if figures:
         from worker.render.generation import probability_curve_png
 
@@ -268,9 +220,24 @@ def explain_generation(adapter: Any, request: Any, provenance: dict[str, Any], p
     return result, tensors, pngs
 
 
+def method_figures(result: dict[str, Any], name: str, out: StepResult) -> dict[str, bytes]:
+    """A method's PNGs by artifact name: the steps × tokens map of a token-scoring method, then its own figures."""
+    pngs = {}
+    if out.scores is not None:
+        from worker.render.generation import step_map_png
+
+        pngs[f"{name}.png"] = step_map_png(result, name, out.title)
+    for key, figure in out.figures.items():
+        pngs[f"{name}-{key}.png" if key else f"{name}.png"] = figure() if callable(figure) else figure
+    return pngs
+
+
 def method_document(adapter: Adapter, steps: Steps, out: StepResult, params: dict[str, Any],
                     seed: int) -> dict[str, Any]:
-    """One method's part of the result: S×T scores, S×W word scores, per-step faithfulness, params."""
+    """One method's part of the result: S×T scores, S×W word scores, per-step faithfulness, params (a per-layer
+    method: its own document and params)."""
+    if out.scores is None:
+        return {**out.extra, "params": params}
     scores = masked_by_step(out.scores, steps)
     words = steps.encoding.words[0]
     per_word = [[None if group[0] >= steps.reads(s) else value for group, value in

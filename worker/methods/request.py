@@ -188,6 +188,26 @@ def check_generation(adapter: Any, request: ExplainRequest, limits: Limits = NO_
     _check_contrast(adapter, request.contrast, new if given is not None else None)
     if (request.params.get("occlusion") or {}).get("window", 1) != 1:
         raise RequestError("occlusion on a generative model is leave-one-out: window 1", "params")
+    for method, meaningless in NOT_ON_LMS.items():  # refused rather than silently ignored
+        given = request.params.get(method) or {}
+        bad = [name for name, harmless in meaningless.items() if name in given and given[name] != harmless]
+        if bad:
+            why = f"{method} params {bad} do not apply to generative models: {NOT_ON_LMS_WHY[method]}"
+            raise RequestError(why, "params", {"params": {method: [why]}})
+
+
+# params of the classifier versions with no meaning step by step (docs/api.md, generative models): name -> the one
+# value accepted (the default; None: none is)
+NOT_ON_LMS: dict[str, dict[str, Any]] = {
+    "attention": {"generate": 0, "show_special": False},
+    "attention_rollout": {"query": None},
+    "lime": {"stability": False},
+}
+NOT_ON_LMS_WHY = {
+    "attention": "each step reads its own row of the attention maps (give 'generate' at the top level)",
+    "attention_rollout": "each step's query is the position that predicts its token",
+    "lime": "no seed-stability runs step by step",
+}
 
 
 def _check_contrast(adapter: Any, contrast: str | Sequence[str] | None, steps: int | None) -> None:
