@@ -45,3 +45,38 @@ def test_long_input_wraps():
                            [i / n for i in range(n)], subtitle="target: positive (logit)")
     width, height = size(png)
     assert png.startswith(PNG) and height > 1000 and width < 3000
+
+
+def test_tick_labels_write_every_tick_exactly():
+    from worker.render.raster import tick_labels, ticks
+
+    assert tick_labels([0.0, 0.25, 0.5, 0.75, 1.0]) == ["0.00", "0.25", "0.50", "0.75", "1.00"]
+    assert tick_labels([-1.0, -0.5, 0.0, 0.5]) == ["\u22121.0", "\u22120.5", "0.0", "0.5"]
+    assert tick_labels([-2e-5, -1e-5, 0.0]) == ["\u22122.00e\u221205", "\u22121.00e\u221205", "0"]
+    assert ticks(0.0, 1.0) == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])  # matplotlib's own positions
+
+
+@pytest.mark.parametrize("scores", [[0.0, 0.9, -0.4, 0.2, 0.5, 0.0], [0.0, 0.1, 0.7, 0.1, 0.3, 0.0]])
+def test_each_word_is_painted_in_its_colour(scores):
+    """The heat strip: every word's cell has the colour matplotlib's colour map gives its score (diverging, centred
+    on 0, for signed scores; the sequential map from 0.15 otherwise), computed here independently."""
+    import numpy as np
+    from matplotlib import colormaps
+    from matplotlib.colors import Normalize, TwoSlopeNorm
+    from PIL import Image
+
+    words = np.array([0.9, -0.4 + 0.2, 0.5]) if scores[2] < 0 else np.array([0.1, 0.8, 0.3])
+    if (words < 0).any():
+        rgba = colormaps["RdBu_r"](TwoSlopeNorm(0.0, -abs(words).max(), abs(words).max())(words))
+    else:
+        rgba = colormaps["YlOrRd"](0.15 + 0.85 * Normalize(0.0, words.max())(words))
+    image = np.asarray(Image.open(io.BytesIO(token_scores_png(TOKENS, SPECIAL, WORDS, scores))).convert("RGB"))
+    pixels = image.reshape(-1, 3)
+    for colour in (np.asarray(rgba)[:, :3] * 255).round().astype(int):
+        assert (np.abs(pixels - colour).max(axis=1) <= 2).sum() >= 60 * 60  # at least the strip cell
+
+
+def test_a_long_title_widens_the_figure():
+    short = size(token_scores_png(TOKENS, SPECIAL, WORDS, [0.1] * 6, title="g"))
+    long = size(token_scores_png(TOKENS, SPECIAL, WORDS, [0.1] * 6, title="integrated gradients " * 4))
+    assert long[0] > short[0] + 300 and long[1] == short[1]
