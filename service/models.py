@@ -32,7 +32,7 @@ class ModelRef:
 
 def resolve(session: Session, tenant_id: str, name: str) -> ModelRef:
     """The newest revision of `name` visible to the tenant; 404 for anything else (other tenants' included)."""
-    from worker.models import bundle_revision, zoo_names
+    from worker.models import zoo_names, zoo_revision
 
     row = session.scalars(
         select(Model).where(Model.tenant_id == tenant_id, Model.name == name).order_by(Model.created_at.desc())
@@ -40,16 +40,14 @@ def resolve(session: Session, tenant_id: str, name: str) -> ModelRef:
     if row is not None:
         return ModelRef(row.name, row.revision, False, row.storage_key)
     if name in zoo_names():
-        from worker.models import bundle_dir
-
-        return ModelRef(name, bundle_revision(bundle_dir(name)), True)
+        return ModelRef(name, zoo_revision(name), True)
     raise not_found(f"model {name!r}")
 
 
 def listing(session: Session, tenant_id: str) -> list[dict[str, Any]]:
-    from worker.models import bundle_dir, bundle_revision, zoo_names
+    from worker.models import zoo_names, zoo_revision
 
-    items = [{"name": n, "revision": bundle_revision(bundle_dir(n)), "zoo": True} for n in zoo_names()]
+    items = [{"name": n, "revision": zoo_revision(n), "zoo": True} for n in zoo_names()]
     rows = session.scalars(select(Model).where(Model.tenant_id == tenant_id).order_by(Model.name)).all()
     items += [{"name": r.name, "revision": r.revision, "zoo": False, "created_at": r.created_at.isoformat()}
               for r in rows]
