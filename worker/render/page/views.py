@@ -249,8 +249,8 @@ def single(result: dict[str, Any]) -> dict[str, Any]:
     others = []
     generation = result.get("kind") == "generation"
     for m, part in parts.items():
-        if m in methods or generation or not isinstance(part, dict):
-            continue
+        if m in methods or not isinstance(part, dict) or (generation and "scores" in part):
+            continue  # a generation's step methods are its steps × tokens maps; sigma, activations show here
         if m == "sigma":
             view = sigma_view(part, result)
         elif m == "attention":
