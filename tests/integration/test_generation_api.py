@@ -43,6 +43,31 @@ def test_a_generation_job_end_to_end(api, runtime):
             "result.json"} <= names
 
 
+NEW_METHODS = ["lime", "attention", "attention_rollout", "sigma", "activations"]
+
+
+def test_a_job_with_the_other_methods_end_to_end(api, runtime):
+    """lime, attention, attention_rollout per step; sigma, activations per layer × token (docs/api.md)."""
+    from worker.runner import run_job
+
+    resp = api.post("/v1/jobs", json=body(methods=NEW_METHODS, generate={"max_new_tokens": 3}, layers=["layer.4"],
+                                         params={"lime": {"samples": 30}, "sigma": {"max_steps": 10}}))
+    assert resp.status_code == 202, resp.get_json()
+    job_id = resp.get_json()["id"]
+    assert run_job(runtime, job_id, "w1") == "succeeded"
+    with runtime.db.session() as s:
+        result, names = s.get(Job, job_id).result["result"], {a.name for a in artifacts_of(s, job_id)}
+    S, P = len(result["generation"]["token_ids"]), result["prompt_length"]
+    methods = result["methods"]
+    for name in ("lime", "attention", "attention_rollout"):
+        assert [sum(v is not None for v in row) for row in methods[name]["scores"]] == [P + s for s in range(S)]
+        assert len(methods[name]["faithfulness"]) == S
+    assert len(methods["sigma"]["layers"]["layer.4"]["sigma"]) == P + S and "scores" not in methods["sigma"]
+    assert set(methods["activations"]["norms"]) == {"embeddings", "layer.1", "layer.2", "layer.3", "layer.4"}
+    assert {f"{m}.png" for m in NEW_METHODS} | {f"{m}.safetensors" for m in NEW_METHODS} \
+        | {"activations-norms.png", "result.html"} <= names
+
+
 BAD = [
     ("prompt over the limit", {"inputs": {"prompt": "word " * 600}}, "inputs", "512"),
     ("new tokens over the limit", {"generate": {"max_new_tokens": 65}}, "generate", "64"),
@@ -53,6 +78,9 @@ BAD = [
     ("unknown contrast token", {"contrast": "certainly-not-one-token-xyz"}, "contrast", ""),
     ("text on an LM", {"inputs": {"text": PROMPT}}, "inputs", "prompt"),
     ("generate on a classifier", {"model": "minilm-rt", "inputs": {"text": PROMPT}}, "generate", ""),
+    ("rollout query on an LM", {"methods": ["attention_rollout"], "params": {"attention_rollout": {"query": "first"}}},
+     "params", "query"),
+    ("lime stability on an LM", {"methods": ["lime"], "params": {"lime": {"stability": True}}}, "params", "stability"),
 ]
 
 
