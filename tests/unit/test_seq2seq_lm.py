@@ -169,7 +169,8 @@ def test_the_reference_runs_the_model_as_its_own_ids_do(lm):
     src, dec = sides(model, tok, tok(CONTINUATION, add_special_tokens=False)["input_ids"])
     with torch.no_grad():
         by_ids = model(input_ids=torch.tensor([src]), decoder_input_ids=torch.tensor([dec])).logits
-        by_x = model(inputs_embeds=embeddings(model, src, "encoder"), decoder_inputs_embeds=embeddings(model, dec, "decoder")).logits
+        by_x = model(inputs_embeds=embeddings(model, src, "encoder"),
+                     decoder_inputs_embeds=embeddings(model, dec, "decoder")).logits
     assert close(by_x, by_ids, 1e-6)
 
 
@@ -318,7 +319,7 @@ def test_bundles_are_detected_registered_and_refused(folders, tmp_path):
     from worker.models.bundle import is_causal_lm, is_seq2seq_lm
     from worker.models.seq2seq_lm import Seq2SeqLMAdapter
 
-    for kind, path in folders.items():
+    for path in folders.values():
         spec = validate_bundle(path)
         assert spec.kind == "hf" and is_seq2seq_lm(spec.config) and not is_causal_lm(spec.config)
         assert isinstance(load_model(path), Seq2SeqLMAdapter)
