@@ -39,7 +39,8 @@ def tokenizer_files(out: Path, bos: bool) -> None:
 
 def build(kind: str, out: Path, seed: int = 2) -> Path:
     """A tiny T5 (2+2 layers, decoder start = <pad>, one tied table) or BART (3 encoder + 2 decoder layers, scaled
-    embeddings, decoder start = </s>, untied: encoder, decoder and output tables of their own) folder, as save_pretrained writes it, with the tokenizer above."""
+    embeddings, decoder start = </s>, untied: encoder, decoder and output tables of their own) folder, as
+    save_pretrained writes it, with the tokenizer above."""
     from transformers import BartConfig, BartForConditionalGeneration, T5Config, T5ForConditionalGeneration
 
     torch.manual_seed(seed)
@@ -52,7 +53,8 @@ def build(kind: str, out: Path, seed: int = 2) -> Path:
             vocab_size=4096, d_model=32, encoder_layers=3, decoder_layers=2, encoder_attention_heads=4,
             decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
             dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, scale_embedding=True, pad_token_id=PAD,
-            bos_token_id=BOS, eos_token_id=EOS, decoder_start_token_id=EOS, forced_eos_token_id=None, tie_word_embeddings=False))
+            bos_token_id=BOS, eos_token_id=EOS, decoder_start_token_id=EOS, forced_eos_token_id=None,
+            tie_word_embeddings=False))
     # freshly initialised, both models decode nothing but <pad>/</s>: larger weights and small special-token rows
     # make greedy decoding pick ordinary tokens (BART still tends to repeat one; with seed 2 both models decode
     # more than one token for PROMPT in 8 steps). Larger weights would saturate T5's unscaled attention and leave
