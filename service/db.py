@@ -19,6 +19,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    select,
 )
 from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -224,6 +225,17 @@ def tenant_row(session: Session, table: type[Owned], tenant_id: str, row_id: str
     row = session.get(table, row_id) if is_id(row_id) else None
     if row is None or row.tenant_id != tenant_id:
         raise not_found(f"{what} {row_id}")
+    return row
+
+
+def named_artifact(session: Session, owner: Job | Audit, name: str) -> Artifact:
+    """The artifact `name` of a job or an audit (already checked to be the caller's); 404 when it has none."""
+    from service.errors import not_found
+
+    of_owner = Artifact.job_id == owner.id if isinstance(owner, Job) else Artifact.audit_id == owner.id
+    row = session.scalars(select(Artifact).where(of_owner, Artifact.name == name)).first()
+    if row is None:
+        raise not_found(f"artifact {name!r} of {'job' if isinstance(owner, Job) else 'audit'} {owner.id}")
     return row
 
 

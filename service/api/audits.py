@@ -6,15 +6,14 @@ import logging
 
 from flask import Response, g, request
 from flask.views import MethodView
-from sqlalchemy import select
 
 from service import audit_lifecycle as lifecycle
 from service import audits, jobs
 from service.api.base import Blueprint, runtime
 from service.api.jobs import artifact_response, model_field
 from service.api.schemas import AuditListQuery, AuditListSchema, AuditRequestSchema, AuditSchema, UploadSchema
-from service.db import IN_FLIGHT, Artifact, utcnow
-from service.errors import invalid, not_found
+from service.db import IN_FLIGHT, named_artifact, utcnow
+from service.errors import invalid
 from service.queue import send_job
 from service.validation import check_items, validated_options
 from worker.methods.request import ExplainOptions
@@ -137,10 +136,7 @@ class AuditById(MethodView):
 def artifact(audit_id: str, name: str):
     rt = runtime()
     with rt.db.session() as s:
-        audit = lifecycle.get(s, g.caller.tenant_id, audit_id)
-        row = s.scalars(select(Artifact).where(Artifact.audit_id == audit.id, Artifact.name == name)).first()
-        if row is None:
-            raise not_found(f"artifact {name!r} of audit {audit_id}")
+        row = named_artifact(s, lifecycle.get(s, g.caller.tenant_id, audit_id), name)
     return artifact_response(rt, row)
 
 

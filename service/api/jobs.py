@@ -20,7 +20,7 @@ from service.api.schemas import (
     JobRequestSchema,
     JobSchema,
 )
-from service.db import Artifact, Job, utcnow
+from service.db import Artifact, Job, named_artifact, utcnow
 from service.domain import IN_FLIGHT, JobStatus
 from service.errors import Problem, conflict, invalid, not_found
 from service.queue import send_job
@@ -203,10 +203,7 @@ def artifact(job_id: str, name: str):
     """Download one artifact of a job."""
     rt = runtime()
     with rt.db.session() as s:
-        job = jobs.get(s, g.caller.tenant_id, job_id)
-        row = s.scalars(select(Artifact).where(Artifact.job_id == job.id, Artifact.name == name)).first()
-        if row is None:
-            raise not_found(f"artifact {name!r} of job {job_id}")
+        row = named_artifact(s, jobs.get(s, g.caller.tenant_id, job_id), name)
     return artifact_response(rt, row)
 
 

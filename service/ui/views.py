@@ -30,9 +30,9 @@ import service.ui.session as session
 from service import audit_lifecycle as lifecycle
 from service import audits, jobs, models
 from service.api.base import runtime
-from service.db import FINISHED, Artifact, Audit, is_unavailable
+from service.db import FINISHED, Audit, is_unavailable, named_artifact
 from service.domain import JobStatus
-from service.errors import Problem, not_found
+from service.errors import Problem
 from service.ui.artifacts import artifact_response
 
 log = logging.getLogger("lantern.ui")
@@ -180,10 +180,7 @@ def _job_document(job_id: str, with_result: bool = True) -> dict:
 @bp.route("/jobs/<id:job_id>/artifacts/<name>")
 def job_artifact(job_id: str, name: str) -> Any:
     with runtime().db.session() as s:
-        job = jobs.get(s, g.caller.tenant_id, job_id)
-        row = s.scalars(select(Artifact).where(Artifact.job_id == job.id, Artifact.name == name)).first()
-        if row is None:
-            raise not_found(f"artifact {name!r} of job {job_id}")
+        row = named_artifact(s, jobs.get(s, g.caller.tenant_id, job_id), name)
     return artifact_response(runtime(), row)
 
 
@@ -227,10 +224,7 @@ def audit_status(audit_id: str) -> Any:
 @bp.route("/audits/<id:audit_id>/artifacts/<name>")
 def audit_artifact(audit_id: str, name: str) -> Any:
     with runtime().db.session() as s:
-        audit = lifecycle.get(s, g.caller.tenant_id, audit_id)
-        row = s.scalars(select(Artifact).where(Artifact.audit_id == audit.id, Artifact.name == name)).first()
-        if row is None:
-            raise not_found(f"artifact {name!r} of audit {audit_id}")
+        row = named_artifact(s, lifecycle.get(s, g.caller.tenant_id, audit_id), name)
     return artifact_response(runtime(), row)
 
 
