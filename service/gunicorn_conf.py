@@ -29,11 +29,11 @@ def warm_adapters(runtime) -> None:
     hashes that cost the most stay for all. Best effort, and without the database: a model that cannot load here
     gets its error at submit, as before, and a database that is down gets its 503s."""
     from service.models import ModelRef
-    from worker.models import bundle_dir, bundle_revision, zoo_names
+    from worker.models import zoo_names, zoo_revision
 
     for name in zoo_names():
         try:
-            runtime.adapters.get(ModelRef(name, bundle_revision(bundle_dir(name)), True))
+            runtime.adapters.get(ModelRef(name, zoo_revision(name), True))
         except Exception as e:
             logging.getLogger("lantern.api").warning("could not warm model %s: %s", name, type(e).__name__)
 
