@@ -62,7 +62,9 @@ def run_lime(adapter: Adapter, steps: Steps, params: Mapping[str, Any], progress
     scores = torch.zeros((S, T), dtype=torch.float64)
     coefficients = torch.zeros((S, d), dtype=torch.float64)
     weights = torch.zeros((n, S), dtype=torch.float64)
-    intercepts, r2s, counts = [], [], []
+    intercepts: list[float] = []
+    r2s: list[float | None] = []  # None: a step that reads no feature
+    counts: list[int] = []
     for s in range(S):
         read = [f for f, group in enumerate(groups) if group[-1] < steps.reads(s)]
         counts.append(len(read))

@@ -189,8 +189,8 @@ def check_generation(adapter: Any, request: ExplainRequest, limits: Limits = NO_
     if (request.params.get("occlusion") or {}).get("window", 1) != 1:
         raise RequestError("occlusion on a generative model is leave-one-out: window 1", "params")
     for method, meaningless in NOT_ON_LMS.items():  # refused rather than silently ignored
-        given = request.params.get(method) or {}
-        bad = [name for name, harmless in meaningless.items() if name in given and given[name] != harmless]
+        asked = request.params.get(method) or {}
+        bad = [name for name, harmless in meaningless.items() if name in asked and asked[name] != harmless]
         if bad:
             why = f"{method} params {bad} do not apply to generative models: {NOT_ON_LMS_WHY[method]}"
             raise RequestError(why, "params", {"params": {method: [why]}})
