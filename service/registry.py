@@ -66,10 +66,13 @@ def smoke_test(bundle: Path) -> Adapter:
 
 
 def _sample_input(adapter: Adapter) -> Encoding:
-    """One input the model takes, encoded: a text, or for a model that reads only pairs (ESIM) a premise and a
-    hypothesis. The adapter's own refusal of a text is how a pair model is told apart."""
+    """One input the model takes, encoded: a prompt for a generative LM, a text, or for a model that reads only
+    pairs (ESIM) a premise and a hypothesis. The adapter's own refusal of a text is how a pair model is told apart."""
+    from worker.capabilities import Capability
     from worker.models import InputError
 
+    if Capability.GENERATION in adapter.capabilities:  # causal and encoder–decoder LMs refuse a text
+        return adapter.encode({"prompt": "a short test sentence"})
     try:
         return adapter.encode({"text": "a short test sentence"})
     except InputError:
