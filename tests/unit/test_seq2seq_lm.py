@@ -187,8 +187,8 @@ def test_prompt_tokens_layers_and_greedy_generation(lm):
     assert adapter.layer_names == ["embeddings", *(f"encoder.layer.{k}" for k in range(1, E + 1)),
                                    *(f"decoder.layer.{k}" for k in range(1, D + 1)), "output"]
     assert adapter.attention_names == [*(f"encoder.attention.{k}" for k in range(1, E + 1)),
-                                       *(f"decoder.attention.{k}" for k in range(1, D + 1)),
-                                       *(f"cross_attention.{k}" for k in range(1, D + 1))]
+                                       *(n for k in range(1, D + 1) for n in (f"decoder.attention.{k}",
+                                                                              f"cross_attention.{k}"))]
     with torch.no_grad():
         expected = model.generate(torch.tensor([src]), max_new_tokens=8, do_sample=False)[0, 1:].tolist()
     ours = adapter.generate(enc.input_ids[0].tolist(), 8)
@@ -313,6 +313,35 @@ def test_occlusion_equals_leaving_each_token_out(lm):
                 left_out = [PAD if u == t else i for u, i in enumerate(ids)]
                 assert result["methods"]["occlusion"]["scores"][s][t] == pytest.approx(full - logit(left_out, s, y),
                                                                                         rel=1e-4, abs=1e-5)
+
+
+def test_attention_rollout_follows_the_encoder_then_each_decoder_block(lm):
+    """Rollout composes the maps as information flows: the encoder's blocks, then each decoder block's
+    self-attention and cross-attention (which reads the encoder's last states), recomputed here from the model's
+    own attention outputs."""
+    adapter, model, tok = lm
+    ex = explain(adapter, ["attention_rollout"], continuation=CONTINUATION)
+    doc, P = ex.result["methods"]["attention_rollout"], ex.result["prompt_length"]
+    src, dec = sides(model, tok, tok(CONTINUATION, add_special_tokens=False)["input_ids"])
+    n, T, r = len(src), len(src) + len(dec), doc["residual"]
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([src]), decoder_input_ids=torch.tensor([dec]), output_attentions=True)
+
+    def mixing(attention: torch.Tensor, rows: slice, columns: slice) -> torch.Tensor:
+        """One map's T×T step: the residual, plus the head-averaged attention where the map has rows."""
+        a = torch.zeros(T, T, dtype=torch.float64)
+        a[rows, columns] = attention[0].double().mean(0)
+        a = r * torch.eye(T, dtype=torch.float64) + (1 - r) * a
+        return a / a.sum(-1, keepdim=True)
+
+    source, target = slice(0, n), slice(n, T)
+    flow = torch.eye(T, dtype=torch.float64)
+    for attention in out.encoder_attentions:
+        flow = mixing(attention, source, source) @ flow
+    for own, cross in zip(out.decoder_attentions, out.cross_attentions, strict=True):
+        flow = mixing(cross, target, source) @ mixing(own, target, target) @ flow
+    for s in range(len(dec) - 1):
+        assert close(doc["scores"][s][:P + s], flow[P - 1 + s, :P + s])
 
 
 def test_bundles_are_detected_registered_and_refused(folders, tmp_path):

@@ -19,8 +19,10 @@ the other stack's positions, ``layer_mask`` says which rows are real): ``embeddi
 ``encoder.layer.Le`` (``encoder_hidden_states[k]``), ``decoder.layer.1`` … ``decoder.layer.Ld``
 (``decoder_hidden_states[k]``), ``output`` (B×T×V next-token logits at decoder positions). Attention (B×heads×T×T
 after softmax, queries × keys): ``encoder.attention.k`` (source × source), ``decoder.attention.k`` (decoder ×
-decoder, causal), ``cross_attention.k`` (decoder × source). ``Trace.logits`` = B×V, the logits after each item's
-last token.
+decoder, causal), ``cross_attention.k`` (decoder × source), listed in forward order (encoder blocks, then each
+decoder block's self- and cross-attention), so that attention rollout composes them as information flows: a row
+a map does not have (a decoder token in an encoder map, a source token in a decoder map) is zero, which rollout's
+renormalised residual turns into the identity. ``Trace.logits`` = B×V, the logits after each item's last token.
 
 ``sequence_logits(x)`` (every step at once) has no encoding to read the source length from: it takes
 ``source_length`` or else the source length of the last one-item sequence this thread built or embedded
@@ -71,9 +73,11 @@ class Seq2SeqLMAdapter(CausalLMAdapter):
         self.max_tokens = context if 0 < context < 1_000_000 else 512
         self.layer_names = ["embeddings", *(f"encoder.layer.{k}" for k in range(1, self.encoder_layers + 1)),
                             *(f"decoder.layer.{k}" for k in range(1, self.decoder_layers + 1)), "output"]
+        # in forward order (what attention rollout composes): the encoder's, then per decoder block its
+        # self-attention and then its cross-attention
         self.attention_names = [*(f"encoder.attention.{k}" for k in range(1, self.encoder_layers + 1)),
-                                *(f"decoder.attention.{k}" for k in range(1, self.decoder_layers + 1)),
-                                *(f"cross_attention.{k}" for k in range(1, self.decoder_layers + 1))]
+                                *(f"{kind}.{k}" for k in range(1, self.decoder_layers + 1)
+                                  for kind in ("decoder.attention", "cross_attention"))]
         self._current = threading.local()  # .source: the source length of this thread's sequence
 
     @property
