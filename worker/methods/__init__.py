@@ -16,7 +16,7 @@ import torch
 from worker.capabilities import Capability
 from worker.methods.base import Method, MethodResult, Target, word_scores
 from worker.methods.catalog import HEAD_WORDS, applicable_methods, refusal, registry, some_labels
-from worker.methods.faithfulness import faithfulness
+from worker.methods.faithfulness import faithfulness_batch
 from worker.methods.request import (
     NO_LIMITS,
     ExplainOptions,
@@ -154,8 +154,11 @@ def _run(adapter: Adapter, options: ExplainOptions, inputs: Sequence[Mapping[str
                 outs.append(method.run(adapter, item, targets[i], chosen, layers=layers, seed=seed,
                                        progress=lambda f, i=i: step((i + min(max(f, 0.0), 1.0)) / len(items))))
                 seconds.append(time.perf_counter() - started)
+        # the faithfulness of all items at once: their masked variants and bound searches share passes
+        faith = faithfulness_batch(adapter, encoding, [out.json.get("scores") if method.token_scores else None
+                                                       for out in outs], index, seed)
         for i, out in enumerate(outs):
-            attach(explanations[i], adapter, items[i], heads[i], name, method, out, chosen, seed, figures)
+            attach(explanations[i], adapter, items[i], name, method, out, chosen, faith[i], figures)
             part = explanations[i].result["methods"][name]
             part["seconds"] = round(seconds[i], 6)  # the method's own run, not its faithfulness
             if chosen.get("stability") and "scores" in part:
@@ -190,13 +193,12 @@ def document(adapter: Adapter, encoding: Encoding, logits: torch.Tensor | None, 
     }
 
 
-def attach(explanation: Explanation, adapter: Adapter, encoding: Encoding, index: torch.Tensor | None, name: str,
-           method: Method, out: MethodResult, chosen: dict[str, Any], seed: int, figures: bool) -> None:
-    """One method's output into one input's explanation: word scores and faithfulness for token scores."""
+def attach(explanation: Explanation, adapter: Adapter, encoding: Encoding, name: str, method: Method,
+           out: MethodResult, chosen: dict[str, Any], faith: dict[str, Any] | None, figures: bool) -> None:
+    """One method's output into one input's explanation: word scores and faithfulness (`faith`) for token scores."""
     part = dict(out.json)
     if method.token_scores and "scores" in part:
         part.setdefault("word_scores", word_scores(part["scores"], encoding.words[0]))
-        faith = faithfulness(adapter, encoding, part["scores"], index, seed)
         if faith is not None:  # omitted for headless models and adapters that cannot mask tokens
             part["faithfulness"] = faith
     part["params"] = chosen

@@ -28,12 +28,14 @@ from typing import Any
 
 import torch
 
-from worker.methods.perturb import candidates, masked_probabilities
+from worker.methods import masked_rows
+from worker.methods.masked_rows import Steps, together
+from worker.methods.perturb import candidates
 from worker.models.base import Adapter, Encoding
 
 BUDGET = 256  # masked rows for the four searches of one input (greedy up to n = 13 tokens)
-BATCH = 256  # rows per forward pass, at most
-TOKENS_PER_PASS = 8192  # and at most this many tokens per pass: memory grows with rows × length² in attention
+BATCH = masked_rows.BATCH  # rows per forward pass, at most
+TOKENS_PER_PASS = masked_rows.TOKENS_PER_PASS  # and tokens: memory grows with rows × length² in attention
 
 
 def rows_per_pass(one: Encoding) -> int:
@@ -47,15 +49,27 @@ class Bounds:
 
     comprehensiveness: tuple[float, float]  # (low, high) AOPC
     sufficiency: tuple[float, float]
-    rows: int  # masked rows evaluated
+    rows: int  # masked rows the search asks for (rows it shares with other work are run once)
     search: str  # "greedy" or "single"
 
 
-def _greedy(adapter: Adapter, one: Encoding, index: torch.Tensor, cand: torch.Tensor, ks: Sequence[int],
-            keep: bool, lowest: bool) -> tuple[list[float], int]:
-    """p(y) after each k of `ks` in a greedy order: at each step the candidate whose masking (keep=False) or keeping
-    (keep=True) gives the lowest (lowest=True) or highest p(y), given the earlier choices."""
-    T, left, rows = len(one.tokens[0]), cand.tolist(), 0
+@dataclass(frozen=True)
+class Found:
+    """p(y) at each k of the bins for the four searched rankings (what `bounds` turns into AOPC bounds)."""
+
+    comp_high: list[float]  # masking the top k: the lowest p(y) found
+    comp_low: list[float]
+    suff_low: list[float]  # keeping the top k: the highest p(y) found
+    suff_high: list[float]
+    rows: int
+    search: str
+
+
+def _greedy(T: int, cand: torch.Tensor, ks: Sequence[int], keep: bool, lowest: bool) -> Steps:
+    """Steps of one greedy search (masked rows in, p(y) back): p(y) after each k of `ks` in a greedy order: at each
+    step the candidate whose masking (keep=False) or keeping (keep=True) gives the lowest (lowest=True) or highest
+    p(y), given the earlier choices."""
+    left = cand.tolist()
     chosen: list[int] = []
     after: dict[int, float] = {}
     for step in range(max(ks)):
@@ -67,18 +81,16 @@ def _greedy(adapter: Adapter, one: Encoding, index: torch.Tensor, cand: torch.Te
                 drop[r, picked] = False
             else:
                 drop[r, picked] = True
-        p = masked_probabilities(adapter, one, drop, index, rows_per_pass(one)).double().cpu()
-        rows += len(left)
+        p = yield drop
         best = int(p.argmin() if lowest else p.argmax())
         chosen.append(left.pop(best))
         after[step + 1] = float(p[best])
-    return [after[k] for k in ks], rows
+    return [after[k] for k in ks]
 
 
-def _single(adapter: Adapter, one: Encoding, index: torch.Tensor, cand: torch.Tensor, ks: Sequence[int],
-            keep: bool) -> tuple[list[float], list[float], int]:
-    """p(y) at each k of `ks` for the tokens ranked once by their effect alone, in both directions."""
-    T, n = len(one.tokens[0]), len(cand)
+def _single(T: int, cand: torch.Tensor, ks: Sequence[int], keep: bool) -> Steps:
+    """Steps giving p(y) at each k of `ks` for the tokens ranked once by their effect alone, in both directions."""
+    n = len(cand)
     alone = torch.zeros(n, T, dtype=torch.bool)
     for r, t in enumerate(cand.tolist()):
         if keep:
@@ -86,39 +98,50 @@ def _single(adapter: Adapter, one: Encoding, index: torch.Tensor, cand: torch.Te
             alone[r, t] = False
         else:
             alone[r, t] = True
-    effect = masked_probabilities(adapter, one, alone, index, rows_per_pass(one)).double().cpu()
-    ends = []
-    for order in (cand[effect.argsort()], cand[effect.argsort(descending=True)]):
-        drop = torch.zeros(len(ks), T, dtype=torch.bool)
+    effect = yield alone
+    drop = torch.zeros(2 * len(ks), T, dtype=torch.bool)
+    for o, order in enumerate((cand[effect.argsort()], cand[effect.argsort(descending=True)])):
         for r, k in enumerate(ks):
             if keep:
-                drop[r, order[k:]] = True
+                drop[o * len(ks) + r, order[k:]] = True
             else:
-                drop[r, order[:k]] = True
-        ends.append(masked_probabilities(adapter, one, drop, index, rows_per_pass(one)).double().cpu().tolist())
-    return ends[0], ends[1], n + 2 * len(ks)
+                drop[o * len(ks) + r, order[:k]] = True
+    ends = (yield drop).tolist()
+    return ends[: len(ks)], ends[len(ks) :]
 
 
-def search(adapter: Adapter, one: Encoding, index: torch.Tensor, ks: Sequence[int], full: float) -> Bounds:
-    """The AOPC bounds of item 0 over rankings (module docstring), p(x) = `full`."""
-    cand = candidates(one)
+def search_steps(one: Encoding, ks: Sequence[int]) -> Steps:
+    """Steps of the bounds' search on item 0 (module docstring): all four searches advance together, one round per
+    greedy step (two rounds for the single-pass ranking). Returns `Found`."""
+    cand, T = candidates(one), len(one.tokens[0])
     n, k_max = len(cand), max(ks)
     greedy_rows = 4 * sum(n - s for s in range(k_max))
+    if greedy_rows <= BUDGET:
+        comp_high, comp_low, suff_low, suff_high = yield from together(
+            [_greedy(T, cand, ks, keep, lowest) for keep, lowest in ((False, True), (False, False), (True, False),
+                                                                      (True, True))])
+        return Found(comp_high, comp_low, suff_low, suff_high, greedy_rows, "greedy")
+    # each ranking by effect alone, lowest p(y) first and highest first
+    (masked_lowest, masked_highest), (kept_lowest, kept_highest) = yield from together(
+        [_single(T, cand, ks, keep=False), _single(T, cand, ks, keep=True)])
+    return Found(masked_lowest, masked_highest, kept_highest, kept_lowest, 2 * (n + 2 * len(ks)), "single")
+
+
+def bounds(found: Found, full: float) -> Bounds:
+    """The AOPC bounds of the searched rankings, p(x) = `full`."""
 
     def aopc(p: list[float]) -> float:
         return sum(full - v for v in p) / len(p)
 
-    if greedy_rows <= BUDGET:
-        found = {}
-        for name, keep, lowest in (("comp_high", False, True), ("comp_low", False, False),
-                                   ("suff_low", True, False), ("suff_high", True, True)):
-            found[name], _ = _greedy(adapter, one, index, cand, ks, keep, lowest)
-        return Bounds((aopc(found["comp_low"]), aopc(found["comp_high"])),
-                      (aopc(found["suff_low"]), aopc(found["suff_high"])), greedy_rows, "greedy")
-    lowest_first, highest_first, rows = _single(adapter, one, index, cand, ks, keep=False)
-    kept_low, kept_high, more = _single(adapter, one, index, cand, ks, keep=True)
-    return Bounds((aopc(highest_first), aopc(lowest_first)), (aopc(kept_high), aopc(kept_low)), rows + more,
-                  "single")
+    return Bounds((aopc(found.comp_low), aopc(found.comp_high)), (aopc(found.suff_low), aopc(found.suff_high)),
+                  found.rows, found.search)
+
+
+def search(adapter: Adapter, one: Encoding, index: torch.Tensor, ks: Sequence[int], full: float) -> Bounds:
+    """The AOPC bounds of item 0 over rankings (module docstring), p(x) = `full`."""
+    one = one.item(0)
+    found = masked_rows.drive(adapter, one, index[:1], {0: search_steps(one, ks)})[0]
+    return bounds(found, full)
 
 
 def normalized(bounds: Bounds, comprehensiveness: float, sufficiency: float,
@@ -146,13 +169,23 @@ class BoundsCache:
     def __init__(self, size: int = 64):
         self.size, self.items = size, {}  # type: ignore[var-annotated]
 
+    @staticmethod
+    def key(adapter: Adapter, one: Encoding, index: torch.Tensor, ks: Sequence[int]) -> tuple[Any, ...]:
+        return adapter.name, adapter.revision, tuple(one.input_ids[0].tolist()), int(index[0]), tuple(ks)
+
+    def lookup(self, key: tuple[Any, ...]) -> Bounds | None:
+        return self.items.get(key)
+
+    def put(self, key: tuple[Any, ...], found: Bounds) -> Bounds:
+        if key not in self.items and len(self.items) >= self.size:
+            self.items.pop(next(iter(self.items)))
+        self.items[key] = found
+        return found
+
     def get(self, adapter: Adapter, one: Encoding, index: torch.Tensor, ks: Sequence[int], full: float) -> Bounds:
-        key = (adapter.name, adapter.revision, tuple(one.input_ids[0].tolist()), int(index[0]), tuple(ks))
-        if key not in self.items:
-            if len(self.items) >= self.size:
-                self.items.pop(next(iter(self.items)))
-            self.items[key] = search(adapter, one, index, ks, full)
-        return self.items[key]
+        key = self.key(adapter, one, index, ks)
+        hit = self.lookup(key)
+        return hit if hit is not None else self.put(key, search(adapter, one, index, ks, full))
 
 
 CACHE = BoundsCache()

@@ -31,8 +31,10 @@ from typing import Any
 
 import torch
 
-from worker.methods.aopc_bounds import CACHE, normalized
-from worker.methods.perturb import candidates, masked_probabilities
+from worker.methods import masked_rows
+from worker.methods.aopc_bounds import CACHE, Bounds, bounds, normalized, search_steps
+from worker.methods.masked_rows import Steps, once, together
+from worker.methods.perturb import candidates
 from worker.models.base import Adapter, Encoding
 
 BINS = (0.01, 0.05, 0.1, 0.2, 0.5)
@@ -57,45 +59,85 @@ def faithfulness(
 ) -> dict[str, Any] | None:
     """The faithfulness document of a token ranking of item 0 (module docstring); None when the model has no head
     or cannot mask tokens (then faithfulness is omitted from the result)."""
+    if index is None:
+        return None
+    return faithfulness_batch(adapter, encoding.item(0), [scores], index[:1], seed, bins)[0]
+
+
+def faithfulness_batch(
+    adapter: Adapter, encoding: Encoding, scores: Sequence[Sequence[float] | None], index: torch.Tensor | None,
+    seed: int = 0, bins: Sequence[float] = BINS,
+) -> list[dict[str, Any] | None]:
+    """`faithfulness` of every item i of `encoding` (ranking scores[i], target index[i]; None scores: skipped), its
+    masked variants and the bound searches of all items in shared passes (worker/methods/masked_rows.py); each
+    document equals the item's own `faithfulness` up to float rounding."""
+    out: list[dict[str, Any] | None] = [None] * len(encoding)
     if not adapter.has_head or adapter.mask_token_id is None or index is None:
-        return None
-    one = encoding.item(0)
-    order = ranking(scores, one)
-    n, T = len(order), len(one.tokens[0])
-    if n == 0:
-        return None
-    generator = torch.Generator().manual_seed(int(seed))
-    random_order = candidates(one)[torch.randperm(n, generator=generator)]
-    ks = [top_k(b, n) for b in bins]
-    rows = [torch.zeros(T, dtype=torch.bool)]  # row 0: nothing masked
-    for ranked in (order, random_order):
-        for k in ks:  # comprehensiveness: the top k masked
-            row = torch.zeros(T, dtype=torch.bool)
-            row[ranked[:k]] = True
-            rows.append(row)
-        for k in ks:  # sufficiency: every candidate but the top k masked
-            row = torch.zeros(T, dtype=torch.bool)
-            row[ranked[k:]] = True
-            rows.append(row)
-    p = masked_probabilities(adapter, one, torch.stack(rows), index).double().cpu()
-    full, rest = p[0], p[1:].view(2, 2, len(ks))  # (ranking, comp/suff, bin)
-    drop = (full - rest).tolist()
+        return out
+    plans = {i: _Plan(encoding.item(i), s, seed, bins) for i, s in enumerate(scores) if s is not None}
+    plans = {i: plan for i, plan in plans.items() if plan.n > 0}
+    keys = {i: CACHE.key(adapter, plan.one, index[i : i + 1], plan.ks) for i, plan in plans.items()}
+    cached = {i: CACHE.lookup(keys[i]) for i in plans}
+    done = masked_rows.drive(adapter, encoding, index, {i: plan.steps(cached[i] is None) for i, plan in plans.items()})
+    for i, plan in plans.items():
+        p, found = done[i]
+        full = float(p[0])
+        found_bounds = cached[i] or CACHE.put(keys[i], bounds(found, full))  # one search per input, for all methods
+        out[i] = plan.document(p, found_bounds)
+    return out
 
-    def aopc(values: list[float]) -> float:
-        return float(sum(values) / len(values))
 
-    comprehensiveness, sufficiency = aopc(drop[0][0]), aopc(drop[0][1])
-    random = {"comprehensiveness": aopc(drop[1][0]), "sufficiency": aopc(drop[1][1])}
-    bounds = CACHE.get(adapter, one, index, ks, float(full))  # one search per input, shared by its methods
-    return {
-        "bins": list(bins),
-        "comprehensiveness": comprehensiveness,
-        "sufficiency": sufficiency,
-        "random": random,
-        "lift": comprehensiveness - random["comprehensiveness"],
-        "normalized": normalized(bounds, comprehensiveness, sufficiency, random),
-        "k": ks,
-        "probability": float(full),
-        "per_bin": {"comprehensiveness": drop[0][0], "sufficiency": drop[0][1],
-                    "random_comprehensiveness": drop[1][0], "random_sufficiency": drop[1][1]},
-    }
+class _Plan:
+    """The masked variants of one item's ranking: row 0 nothing masked, then for the method's ranking and the random
+    one the top k masked (comprehensiveness) and all but the top k masked (sufficiency), for each bin's k."""
+
+    def __init__(self, one: Encoding, scores: Sequence[float], seed: int, bins: Sequence[float]):
+        self.one, self.bins = one, list(bins)
+        self.order = ranking(scores, one)
+        self.n = len(self.order)
+        generator = torch.Generator().manual_seed(int(seed))
+        self.random_order = candidates(one)[torch.randperm(self.n, generator=generator)] if self.n else self.order
+        self.ks = [top_k(b, self.n) for b in bins]
+
+    def rows(self) -> torch.Tensor:
+        T = len(self.one.tokens[0])
+        rows = [torch.zeros(T, dtype=torch.bool)]  # row 0: nothing masked
+        for ranked in (self.order, self.random_order):
+            for k in self.ks:  # comprehensiveness: the top k masked
+                row = torch.zeros(T, dtype=torch.bool)
+                row[ranked[:k]] = True
+                rows.append(row)
+            for k in self.ks:  # sufficiency: every candidate but the top k masked
+                row = torch.zeros(T, dtype=torch.bool)
+                row[ranked[k:]] = True
+                rows.append(row)
+        return torch.stack(rows)
+
+    def steps(self, search: bool) -> Steps:
+        """The variants' probabilities, and the bound search's `Found` when `search` (else None), in shared rounds."""
+        if not search:
+            return (yield from once(self.rows())), None
+        p, found = yield from together([once(self.rows()), search_steps(self.one, self.ks)])
+        return p, found
+
+    def document(self, p: torch.Tensor, found: Bounds) -> dict[str, Any]:
+        full, rest = p[0], p[1:].view(2, 2, len(self.ks))  # (ranking, comp/suff, bin)
+        drop = (full - rest).tolist()
+
+        def aopc(values: list[float]) -> float:
+            return float(sum(values) / len(values))
+
+        comprehensiveness, sufficiency = aopc(drop[0][0]), aopc(drop[0][1])
+        random = {"comprehensiveness": aopc(drop[1][0]), "sufficiency": aopc(drop[1][1])}
+        return {
+            "bins": self.bins,
+            "comprehensiveness": comprehensiveness,
+            "sufficiency": sufficiency,
+            "random": random,
+            "lift": comprehensiveness - random["comprehensiveness"],
+            "normalized": normalized(found, comprehensiveness, sufficiency, random),
+            "k": self.ks,
+            "probability": float(full),
+            "per_bin": {"comprehensiveness": drop[0][0], "sufficiency": drop[0][1],
+                        "random_comprehensiveness": drop[1][0], "random_sufficiency": drop[1][1]},
+        }
