@@ -55,10 +55,9 @@ def build(kind: str, out: Path, seed: int = 2) -> Path:
             dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, scale_embedding=True, pad_token_id=PAD,
             bos_token_id=BOS, eos_token_id=EOS, decoder_start_token_id=EOS, forced_eos_token_id=None,
             tie_word_embeddings=False))
-    # freshly initialised, both models decode nothing but <pad>/</s>: larger weights and small special-token rows
-    # make greedy decoding pick ordinary tokens (BART still tends to repeat one; with seed 2 both models decode
-    # more than one token for PROMPT in 8 steps). Larger weights would saturate T5's unscaled attention and leave
-    # float32 gradients only ~1e-4 apart between two orders of summation.
+    # freshly initialised, both models decode nothing but <pad>/</s>: N(0, 0.3) weights (and small special-token
+    # rows in T5's one table; BART's stacks read tables of their own) make greedy decoding pick ordinary tokens;
+    # BART still tends to repeat one, and with seed 2 both decode more than one token for PROMPT in 8 steps
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for p in model.parameters():
