@@ -54,9 +54,11 @@ def test_a_job_with_the_other_methods_end_to_end(api, runtime):
                                          params={"lime": {"samples": 30}, "sigma": {"max_steps": 10}}))
     assert resp.status_code == 202, resp.get_json()
     job_id = resp.get_json()["id"]
-    assert run_job(runtime, job_id, "w1") == "succeeded"
+    status = run_job(runtime, job_id, "w1")
     with runtime.db.session() as s:
-        result, names = s.get(Job, job_id).result["result"], {a.name for a in artifacts_of(s, job_id)}
+        job = s.get(Job, job_id)
+        assert status == "succeeded", job.error
+        result, names = job.result["result"], {a.name for a in artifacts_of(s, job_id)}
     S, P = len(result["generation"]["token_ids"]), result["prompt_length"]
     methods = result["methods"]
     for name in ("lime", "attention", "attention_rollout"):

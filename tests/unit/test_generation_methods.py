@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 
 from worker.models import bundle_dir, load_model
@@ -223,6 +224,8 @@ def test_result_page_and_figures_render_the_new_methods():
                  params={"lime": {"samples": 20}, "sigma": {"max_steps": 5, "eval_samples": 16}})
     assert {f"{m}.png" for m in [*PER_STEP, "sigma", "activations"]} | {"activations-norms.png"} <= set(ex.figures)
     assert all(png.startswith(b"\x89PNG") for png in ex.figures.values())
+    for tensors in ex.tensors.values():  # what the runner stores: no two tensors of a method may share memory
+        assert safetensors.torch.load(safetensors.torch.save(tensors)).keys() == tensors.keys()
     text = result_html({"id": "j1", "status": "succeeded", "result": ex.result,
                         "request": {"inputs": {"prompt": PROMPT, "continuation": " funny"}}})
     for m in PER_STEP:

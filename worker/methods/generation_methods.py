@@ -111,7 +111,7 @@ def run_attention(adapter: Adapter, steps: Steps, params: Mapping[str, Any], pro
     average = weights.mean(1)  # L×S×T
     names = list(adapter.attention_names)
     layer = params.get("figure_layer") or names[-1]
-    return StepResult(average[names.index(layer)],
+    return StepResult(average[names.index(layer)].clone(),  # its own storage: safetensors refuses shared tensors
                       {"attention": weights.contiguous(), "head_average": average.contiguous()},
                       {"view": "generation", "figure_layer": layer, "heads": int(weights.shape[1]),
                        "shape": list(weights.shape),
@@ -125,7 +125,7 @@ def run_attention_rollout(adapter: Adapter, steps: Steps, params: Mapping[str, A
 
     progress(0.0)
     flow = rollout(self_attention(adapter, steps.encoding), params["residual"])  # T×T, lower triangular
-    return StepResult(step_rows(flow, steps), {"rollout": flow.float().contiguous()}, {"residual": params["residual"]},
+    return StepResult(step_rows(flow, steps).clone(), {"rollout": flow.float().contiguous()}, {"residual": params["residual"]},
                       f"attention rollout (residual {params['residual']:g})")
 
 

@@ -197,10 +197,10 @@ def check_generation(adapter: Any, request: ExplainRequest, limits: Limits = NO_
 
 
 # params of the classifier versions with no meaning step by step (docs/api.md, generative models): name -> the one
-# value accepted (the default; None: none is)
+# value accepted, the default (a stored job's request has its defaults filled in, and the worker validates it again)
 NOT_ON_LMS: dict[str, dict[str, Any]] = {
     "attention": {"generate": 0, "show_special": False},
-    "attention_rollout": {"query": None},
+    "attention_rollout": {"query": "mean"},
     "lime": {"stability": False},
 }
 NOT_ON_LMS_WHY = {
