@@ -37,7 +37,7 @@ def rotated_text(canvas: Image.Image, text: str, anchor: tuple[float, float], fa
     """Text turned `degrees` counter-clockwise whose top-right corner (in the text's own frame) sits at `anchor`:
     matplotlib's ``rotation_mode="anchor", ha="right", va="top"`` tick labels."""
     left, top, right, bottom = face.getbbox(text)
-    w, h = right - left + 2, bottom - top + 2
+    w, h = int(right - left) + 2, int(bottom - top) + 2
     mask = Image.new("L", (w, h), 0)
     ImageDraw.Draw(mask).text((1 - left, 1 - top), text, font=face, fill=255)
     turned = mask.rotate(degrees, resample=Image.Resampling.BICUBIC, expand=True)

@@ -80,7 +80,9 @@ def token_scores_png(
     low, high = min(0.0, float(values.min())), max(0.0, float(values.max()))
     pad = 0.08 * ((high - low) or 1.0)
     axis = Axis(low - (pad if low < 0 else 0.0), high + pad)
-    bar_axis = Axis(float(scale[1].vmin), float(scale[1].vmax), count=4)
+    norm = scale[1]
+    assert norm.vmin is not None and norm.vmax is not None  # _scale sets both
+    bar_axis = Axis(float(norm.vmin), float(norm.vmax), count=4)
     angle = 55 if max(len(label) for label in labels) > 3 else 0
     label_height = max(_label_extent(label, font(TEXT), angle) for label in labels) + 12
     band = BAR_HEIGHT + GAP + STRIP_HEIGHT + label_height
