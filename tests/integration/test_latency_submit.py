@@ -120,3 +120,26 @@ def test_the_embedded_broker_is_polled_often_and_still_carries_messages(tmp_path
         assert conn.transport.polling_interval <= 0.1
     send_job(app, "job-1", settings.job_queue)
     assert held_job_ids(app, [settings.job_queue]) == {"job-1"}
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+def test_a_submit_is_four_statements(api, runtime):
+    """POST /v1/jobs on PostgreSQL: the key with its tenant (one query), the tenant's models, the tenant limits,
+    the INSERT — and nothing per submit for a zoo model's revision (re-stamped at most once a second). Counted at
+    the driver, BEGIN/COMMIT and the pool's pre-ping aside; a new statement on this path should be a decision."""
+    from sqlalchemy import event
+
+    body = {"model": "minilm-rt", "inputs": {"text": "A gripping film."}, "methods": ["gradient"]}
+    assert api.post("/v1/jobs", json=body).status_code == 202  # warm: tokenizer, revision, last_used_at
+    seen: list[str] = []
+
+    def count(conn, cursor, statement, *args):
+        if statement.strip().lower() not in ("select 1", "begin", "commit"):
+            seen.append(statement.split()[0].upper())
+
+    event.listen(runtime.db.engine, "before_cursor_execute", count)
+    try:
+        assert api.post("/v1/jobs", json={**body, "seed": 1}).status_code == 202
+    finally:
+        event.remove(runtime.db.engine, "before_cursor_execute", count)
+    assert seen == ["SELECT", "SELECT", "SELECT", "INSERT"], seen
