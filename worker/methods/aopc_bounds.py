@@ -7,9 +7,13 @@ masks the top k tokens, so its upper bound is searched by greedily masking, k = 
 whose masking lowers p(y) most given those already masked, and its lower bound by the token that lowers it least;
 sufficiency keeps the top k, so its lower (best) bound greedily keeps the token that raises p(y) most given those kept,
 its upper bound the one that raises it least. Each greedy search costs Σ_{s<k_max} (n − s) masked rows (n = the
-input's non-special tokens), the four together about 1.5·n² for k_max = n/2 (n = 20: 620 rows, in passes of up to
-``BATCH`` rows, fewer for long inputs: ``TOKENS_PER_PASS``). Above ``BUDGET`` rows the searches rank the tokens once instead, by each token's effect alone
-(masked alone for comprehensiveness, kept alone for sufficiency: 2·n rows), and the greedy order is that ranking.
+input's non-special tokens), the four together about 1.5·n² for k_max = n/2 (n = 20: 620 rows). Above ``BUDGET``
+rows the searches rank the tokens once instead, by each token's effect alone (masked alone for comprehensiveness,
+kept alone for sufficiency: 2·n rows), and the greedy order is that ranking (2·n + 4·|bins| rows in all).
+The four searches advance together (one round per greedy step, two for the single ranking), and the rounds of all
+items of a batch share padded passes with their faithfulness variants (worker/methods/masked_rows.py): a row that
+the item already evaluated (each token masked or kept alone is also a k = 1 variant) runs once, so ``rows`` (what the
+search asks for, as before) is more than it adds.
 A bound is the best value among the searched rankings, the random ranking and the method's own ranking, so a method
 that beats the search is the bound (normalised 1, never above). The bounds depend on the input and the target only:
 `explain` computes them once per item and every method's faithfulness shares them (what each method adds: nothing).
@@ -33,14 +37,7 @@ from worker.methods.masked_rows import Steps, together
 from worker.methods.perturb import candidates
 from worker.models.base import Adapter, Encoding
 
-BUDGET = 256  # masked rows for the four searches of one input (greedy up to n = 13 tokens)
-BATCH = masked_rows.BATCH  # rows per forward pass, at most
-TOKENS_PER_PASS = masked_rows.TOKENS_PER_PASS  # and tokens: memory grows with rows × length² in attention
-
-
-def rows_per_pass(one: Encoding) -> int:
-    """Rows per forward pass for this input: BATCH, fewer for long inputs (512 tokens: 16 rows)."""
-    return max(1, min(BATCH, TOKENS_PER_PASS // max(1, len(one.tokens[0]))))
+BUDGET = 256  # masked rows for the four searches of one input (greedy up to n = 12 tokens)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,9 @@ id with the adapter's mask id (``Adapter.mask``; [MASK] for Hugging Face models)
 (Edin et al. 2024; worker/methods/aopc_bounds.py: the search, its budget and cost).
 The same two numbers for a random ranking of the non-special tokens (a permutation
 drawn from a generator seeded with the job's seed), and ``lift`` = comprehensiveness − random comprehensiveness.
-All 1 + 4·|bins| masked variants run in one batched forward pass.
+The 1 + 4·|bins| masked variants and the bound search's rows run in shared passes: ``faithfulness_batch`` does all
+items of a batch at once (worker/methods/masked_rows.py: padded passes, each row an item already evaluated run once),
+and ``faithfulness`` is that for one item; the values are the same either way up to float rounding.
 
 Result (docs/extending.md keys, plus ``k`` and per-bin values)::
 
