@@ -200,3 +200,85 @@ def test_a_classifier_refuses_generation_fields():
     with pytest.raises(RequestError):
         validate(load_model("cnn-rt"), ExplainRequest(inputs={"text": "a fine film"}, methods=["gradient"],
                                                       generate={"max_new_tokens": 3}))
+
+
+# ------------------------------------------------------------------------------------ logits only where they are read
+WIDE = 50_000  # GPT-2's vocabulary size, about: T×V logits of long prompts are what got workers OOM-killed
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    """A tiny random GPT-2 with V = 50,000 under gpt2-rt's tokenizer (its ids are < 4,096)."""
+    import shutil
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    path = tmp_path_factory.mktemp("wide-gpt2")
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        shutil.copy(bundle_dir("gpt2-rt") / name, path / name)
+    config = GPT2Config.from_pretrained(bundle_dir("gpt2-rt"), vocab_size=WIDE, n_embd=16, n_layer=2, n_head=2)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(config).save_pretrained(path)
+    return load_model(path, device="cpu")
+
+
+def head_shapes(adapter, run):
+    """(run's value, the shape of every output of the model's vocabulary head while it ran)."""
+    shapes = []
+    hook = adapter.model.get_output_embeddings().register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape)))
+    try:
+        return run(), shapes
+    finally:
+        hook.remove()
+
+
+def test_sequence_logits_and_the_trace_compute_only_the_read_positions(wide):
+    enc = wide.extend(wide.encode({"prompt": PROMPT}), [5, 6, 7])
+    x = wide.embed(enc)
+    T = x.shape[1]
+    with torch.no_grad():
+        every = wide.model(inputs_embeds=x).logits  # 1×T×V, for reference
+        at, shapes = head_shapes(wide, lambda: wide.sequence_logits(x.repeat(2, 1, 1), torch.tensor([T - 3, T - 2]), 0))
+        assert at.shape == (2, 2, WIDE) and shapes == [(2, 2, WIDE)]
+        assert torch.allclose(at[1], every[0, T - 3:T - 1], atol=1e-5)
+        own = wide.sequence_logits(x.repeat(2, 1, 1), torch.tensor([[T - 2], [T - 4]]), 0)  # each row its own
+        assert own.shape == (2, 1, WIDE) and torch.allclose(own[:, 0], every[0, [T - 2, T - 4]], atol=1e-5)
+        batch = wide.encode([{"prompt": PROMPT}, {"prompt": "a film"}])  # right-padded: the last real token
+        trace, shapes = head_shapes(wide, lambda: wide.forward(wide.embed(batch), batch))
+        assert shapes == [(2, 1, WIDE)]
+        short = len(batch.tokens[1])
+        alone = wide.model(input_ids=batch.input_ids[1:, :short]).logits[0, -1]
+        assert torch.allclose(trace.logits[1], alone, atol=1e-5)
+        assert wide.forward(wide.embed(batch), batch, capture=["output"]).layers["output"].shape[1] == batch.input_ids.shape[1]
+
+
+def test_every_pass_of_a_job_holds_at_most_the_steps_logits(wide, monkeypatch):
+    """The head never sees T positions (only S steps, or 1 for faithfulness), and LIME/occlusion passes shrink under
+    the logits budget with the same numbers."""
+    from worker.methods import generation_steps
+
+    methods = ["gradient", "integrated_gradients", "occlusion", "lime"]
+    params = {"lime": {"samples": 48, "batch_size": 48}, "occlusion": {"batch_size": 48},
+              "integrated_gradients": {"steps": 4}}
+    ex, shapes = head_shapes(wide, lambda: explain(wide, methods, continuation=" good film and", params=params))
+    S, T = len(ex.result["generation"]["token_ids"]), len(ex.result["tokens"])
+    assert S >= 3 and T > S + 1
+    assert {shape[1] for shape in shapes} == {1, S}  # a step per row, every step, or the last token (faithfulness)
+    assert max(shape[0] for shape in shapes if shape[1] == S) == 48  # every copy of LIME's samples in one pass
+    monkeypatch.setattr(generation_steps, "LOGIT_BUDGET", 8 * (S + 1) * WIDE)
+    capped, shapes = head_shapes(wide, lambda: explain(wide, methods, continuation=" good film and", params=params))
+    assert max(shape[0] for shape in shapes if shape[1] == S) == 8
+    for name in methods:
+        assert np.allclose(np.array(capped.result["methods"][name]["scores"], dtype=float),
+                           np.array(ex.result["methods"][name]["scores"], dtype=float), rtol=1e-5, atol=1e-7,
+                           equal_nan=True)
+
+
+def test_a_model_that_ignores_logits_to_keep_is_read_in_full():
+    from worker.models.causal_lm import keep_mode
+
+    table = torch.randn(6, 5)
+    assert keep_mode(lambda ids, **kw: table[ids], torch.device("cpu")) == "none"  # takes the argument, ignores it
+    assert keep_mode(lambda ids: table[ids], torch.device("cpu")) == "none"  # refuses it
+    assert keep_mode(lambda ids, logits_to_keep=0: table[ids][:, logits_to_keep] if torch.is_tensor(logits_to_keep)
+                     and logits_to_keep.ndim == 1 else table[ids], torch.device("cpu")) == "shared"

@@ -386,25 +386,19 @@ def test_bundles_are_detected_registered_and_refused(folders, tmp_path):
         load_model(speech)
 
 
-def test_sequence_logits_needs_a_source_length(folders):
-    """Another thread has built no sequence: sequence_logits refuses rather than guessing the split."""
-    import threading
-
+def test_sequence_logits_only_at_the_asked_decoder_positions(folders):
+    """The source length comes with the call (P − 1 rows): logits at the asked positions equal the output layer
+    there; a source position is refused."""
     adapter = load_model(folders["t5"])
     seq = adapter.extend(adapter.encode({"prompt": PROMPT}), [5, 6])
     x = adapter.embed(seq)
-    here = adapter.sequence_logits(x)
-    errors = []
-
-    def elsewhere() -> None:
-        try:
-            adapter.sequence_logits(x)
-        except ValueError as e:
-            errors.append(e)
-
-    thread = threading.Thread(target=elsewhere)
-    thread.start()
-    thread.join()
-    assert len(errors) == 1 and "source length" in str(errors[0])
-    n = seq.segments[0].count(0)
-    assert torch.equal(adapter.sequence_logits(x, source_length=n), here) and not here[0, :n].any()
+    P = seq.segments[0].count(0) + 1
+    with torch.no_grad():
+        every = adapter.forward(x, seq, capture=["output"])
+        at = torch.tensor([P - 1, P, P + 1])
+        assert torch.allclose(adapter.sequence_logits(x, at, P), every.layers["output"][:, at], atol=1e-6)
+        own = adapter.sequence_logits(x.repeat(2, 1, 1), torch.tensor([[P + 1], [P]]), P)
+        assert own.shape[:2] == (2, 1) and torch.allclose(own[:, 0], every.layers["output"][0, [P + 1, P]], atol=1e-6)
+        assert torch.allclose(adapter.forward(x, seq).logits, every.logits, atol=1e-6)
+        with pytest.raises(ValueError, match="decoder positions"):
+            adapter.sequence_logits(x, torch.tensor([P - 2]), P)

@@ -64,8 +64,7 @@ def step_gradients(adapter: Adapter, steps: Steps, points: torch.Tensor, weights
         width = steps.reads(int(s_idx.max()))
         x = points[m_idx, :width].detach().requires_grad_(True)
         with torch.enable_grad():
-            logits = adapter.sequence_logits(x)  # type: ignore[attr-defined]
-            (grad,) = torch.autograd.grad(steps.of(logits, s_idx).sum(), x)
+            (grad,) = torch.autograd.grad(steps.of(steps.logits(adapter, x, s_idx), s_idx).sum(), x)
         total[:, :width].index_add_(0, s_idx, weights[m_idx].view(-1, 1, 1).to(grad.dtype) * grad)
         progress((n + 1) / passes)
     return total
@@ -100,11 +99,9 @@ def run_integrated_gradients(adapter: Adapter, steps: Steps, params: Mapping[str
     x = adapter.embed(steps.encoding).detach()
     baseline = baseline_embedding(adapter, steps.encoding, params["baseline"]).detach()
     attribution = integrated_step_gradients(adapter, steps, x, baseline, params, progress)
-    with torch.no_grad():  # the completeness gap of each step
-        ends = adapter.sequence_logits(torch.cat([x, baseline]))  # type: ignore[attr-defined]
-        every = torch.arange(steps.count, device=x.device)
-        gap = steps.of(ends[:1].expand(steps.count, -1, -1), every) - steps.of(ends[1:].expand(steps.count, -1, -1),
-                                                                                every)
+    with torch.no_grad():  # the completeness gap of each step: S(x) − S(x')
+        ends = steps.each(steps.logits(adapter, torch.cat([x, baseline])))  # 2×S
+        gap = ends[0] - ends[1]
     delta = [float(attribution[s, :steps.reads(s)].sum() - gap[s]) for s in range(steps.count)]
     count = params["steps"] or IG_STEPS  # steps not given: the fixed default (no adaptive rule here)
     return StepResult(attribution.sum(-1), {"attribution": attribution},
@@ -125,10 +122,11 @@ def run_occlusion(adapter: Adapter, steps: Steps, params: Mapping[str, Any], pro
     for row, t in enumerate(tokens, 1):
         copies[row, t] = baseline[0, t]
     values = []
+    rows = steps.rows_per_pass(adapter, int(params["batch_size"]))
     with torch.no_grad():
-        for n, chunk in enumerate(copies.split(int(params["batch_size"]))):
-            values.append(steps.each(adapter.sequence_logits(chunk)))  # type: ignore[attr-defined]
-            progress(min(1.0, (n + 1) * int(params["batch_size"]) / len(copies)))
+        for n, chunk in enumerate(copies.split(rows)):
+            values.append(steps.each(steps.logits(adapter, chunk)))
+            progress(min(1.0, (n + 1) * rows / len(copies)))
     scored = torch.cat(values)  # (1 + tokens) × S
     scores = torch.zeros((steps.count, x.shape[1]), dtype=x.dtype, device=x.device)
     for row, t in enumerate(tokens, 1):
@@ -187,7 +185,7 @@ def explain_generation(adapter: Any, request: Any, provenance: dict[str, Any], p
                   None if contrast is None else torch.tensor(contrast, device=device), request.score,
                   seed=int(request.seed), layers=request.layers)
     with torch.no_grad():
-        logits = adapter.sequence_logits(adapter.embed(encoding))[0, P - 1:-1]  # S×V
+        logits = steps.logits(adapter, adapter.embed(encoding))[0]  # S×V
     probabilities = logits.softmax(-1).gather(-1, steps.targets.view(-1, 1)).squeeze(-1).tolist()
     result = {
         "schema_version": 1, "kind": "generation", "tokens": encoding.tokens[0], "special": encoding.special[0],

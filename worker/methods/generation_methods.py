@@ -88,13 +88,14 @@ def run_lime(adapter: Adapter, steps: Steps, params: Mapping[str, Any], progress
 def masked_reads(adapter: Adapter, steps: Steps, drop: torch.Tensor, batch_size: int,
                  progress: Progress) -> torch.Tensor:
     """Every step's score on each masked copy of the sequence (drop: N×T bool, masked at the id level): N×S,
-    float64 on the CPU, one forward pass per `batch_size` copies."""
+    float64 on the CPU, one forward pass per `batch_size` copies (fewer under the logits' budget)."""
     out = []
+    per_pass = steps.rows_per_pass(adapter, batch_size)
     with torch.no_grad():
-        for k, rows in enumerate(drop.split(batch_size)):
+        for k, rows in enumerate(drop.split(per_pass)):
             masked = adapter.mask(steps.encoding.repeat(len(rows)), rows)
-            out.append(steps.each(adapter.sequence_logits(adapter.embed(masked))).double().cpu())  # type: ignore[attr-defined]
-            progress(0.95 * min(1.0, (k + 1) * batch_size / len(drop)))
+            out.append(steps.each(steps.logits(adapter, adapter.embed(masked))).double().cpu())
+            progress(0.95 * min(1.0, (k + 1) * per_pass / len(drop)))
     return torch.cat(out)
 
 

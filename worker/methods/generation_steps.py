@@ -10,7 +10,9 @@ from typing import Any
 
 import torch
 
+from worker.capabilities import Capability
 from worker.models.base import Encoding
+from worker.models.protocols import GenerativeAdapter, offering
 
 Progress = Callable[[float], None]
 Figure = bytes | Callable[[], bytes]
@@ -32,20 +34,33 @@ class Steps:
     def count(self) -> int:
         return int(self.targets.shape[0])
 
+    @property
+    def positions(self) -> torch.Tensor:
+        """S: the positions P−1 … P+S−2 whose next-token logits score the steps (what ``sequence_logits`` asks
+        for: only these, never T×V)."""
+        return torch.arange(self.count, device=self.targets.device) + (self.prompt_length - 1)
+
+    def logits(self, adapter: Any, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Next-token logits of x (N copies of the sequence, or of its first tokens): N×S×V at every step's position
+        (`rows` None), or N×V with row r at the position of step rows[r] (what :meth:`of` reads)."""
+        lm = _generative(adapter)
+        if rows is None:
+            return lm.sequence_logits(x, self.positions, self.prompt_length)
+        return lm.sequence_logits(x, self.positions[rows].view(-1, 1), self.prompt_length)[:, 0]
+
     def of(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """S_s of each row (R) from its logits (R×T'×V), row r scoring step rows[r]."""
-        at = logits[torch.arange(len(rows), device=logits.device), self.prompt_length - 1 + rows]  # R×V
-        values = transform(at, self.score)
+        """S_s of each row (R) from its logits (R×V at its step's position), row r scoring step rows[r]."""
+        values = transform(logits, self.score)
         out = values.gather(-1, self.targets[rows].view(-1, 1).to(values.device)).squeeze(-1)
         if self.contrast is not None:
             out = out - values.gather(-1, self.contrast[rows].view(-1, 1).to(values.device)).squeeze(-1)
         return out
 
     def each(self, logits: torch.Tensor) -> torch.Tensor:
-        """S_s of every step for each of N copies of the whole sequence (logits N×T×V): N×S. Causality makes one
-        pass over a copy serve every step."""
-        P, S = self.prompt_length, self.count
-        values = transform(logits[:, P - 1:P - 1 + S], self.score)  # N×S×V
+        """S_s of every step for each of N copies of the whole sequence (logits N×S×V at :attr:`positions`): N×S.
+        Causality makes one pass over a copy serve every step."""
+        S = self.count
+        values = transform(logits, self.score)  # N×S×V
 
         def pick(ids: torch.Tensor) -> torch.Tensor:
             return values.gather(-1, ids.to(values.device).view(1, S, 1).expand(len(values), -1, -1)).squeeze(-1)
@@ -55,6 +70,26 @@ class Steps:
     def reads(self, s: int) -> int:
         """How many tokens step s reads (P+s): its logits are at position P+s−1."""
         return self.prompt_length + s
+
+    def reads_group(self, s: int, group: Sequence[int]) -> bool:
+        """Whether step s reads every token of a word (token indices, in order): a prompt word always, the
+        generated token at P+s' from step s'+1 on."""
+        return group[-1] < self.reads(s)
+
+    def rows_per_pass(self, adapter: Any, requested: int) -> int:
+        """Copies of the sequence per pass of :meth:`each`: `requested`, fewer when their N×S×V logits (and the
+        softmax of them) would pass ``LOGIT_BUDGET`` values (S+1: an encoder–decoder without ``logits_to_keep``
+        computes its whole decoder side)."""
+        return max(1, min(requested, LOGIT_BUDGET // ((self.count + 1) * _generative(adapter).vocab_size)))
+
+
+def _generative(adapter: Any) -> GenerativeAdapter:
+    return offering(adapter, Capability.GENERATION, GenerativeAdapter, "generation")
+
+
+# values of next-token logits per pass (256 MiB in float32; the score's softmax doubles it): GPT-2's 50,257 tokens
+# × 32 steps → 41 copies per pass
+LOGIT_BUDGET = 1 << 26
 
 
 def transform(logits: torch.Tensor, score: str) -> torch.Tensor:

@@ -11,12 +11,18 @@ applied, as ``hidden_states`` reports it), ``output`` (B×T×V next-token logits
 ``attention.1`` … ``attention.L`` (B×heads×T×T after softmax, causal). ``Trace.logits`` = B×V, the logits after
 each item's last real token (what the next token is drawn from).
 
+Logits only where they are read: B×T×V at every position is ~7 GB for 64 rows of 576 tokens of GPT-2's 50,257
+tokens, so ``forward`` (unless it captures ``output``) and ``sequence_logits`` ask the model for the positions they
+read through HF's ``logits_to_keep`` (the model's own head: soft-capping, scaling and biases stay right). How a
+model takes it is probed once at load (:func:`keep_mode`): per item (B×n positions), shared (n positions for
+every item: the union, then each item's own), or not at all (every position, then picked).
+
 Weights load lazily (eager attention, so that the attention maps are the ones the model computes).
 """
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -41,6 +47,7 @@ class CausalLMAdapter(Adapter):
         self.device = torch.device("cpu")
         self._lock = threading.RLock()
         self._model: nn.Module | None = None
+        self._keep = "none"  # how the model takes logits_to_keep (keep_mode), probed at load
         self.labels = None
         try:
             self.config = AutoConfig.from_pretrained(str(spec.path), **LOAD_KWARGS)
@@ -80,7 +87,14 @@ class CausalLMAdapter(Adapter):
                                                              attn_implementation="eager", **LOAD_KWARGS)
                 model.eval().requires_grad_(False)
                 self._model = model.to(self.device)
+                self._keep = keep_mode(lambda ids, **kw: model(input_ids=ids, use_cache=False, **kw).logits,
+                                       self.device)
             return self._model
+
+    @property
+    def vocab_size(self) -> int:
+        """V: the width of the logits (the config's; the tokenizer may list fewer tokens)."""
+        return max(int(getattr(self.config, "vocab_size", 0) or 0), len(self.vocab))
 
     @property
     def has_head(self) -> bool:
@@ -178,14 +192,22 @@ class CausalLMAdapter(Adapter):
     def forward(self, x: torch.Tensor, encoding: Encoding, capture: Iterable[str] = (),
                 upto: str | None = None) -> Trace:
         """x: B×T×K. One pass of the whole model (a decoder's layers are cheap next to the bookkeeping of
-        stopping early); ``layers``/``attention`` as captured."""
+        stopping early); ``layers``/``attention`` as captured. Logits at every position only when ``output`` is
+        captured; else only at each item's last real token."""
         capture = set(capture)
         mask = encoding.attention_mask.to(x.device)
-        hidden = any(n.startswith("layer.") for n in capture)
-        out = self.model(inputs_embeds=x, attention_mask=mask, output_hidden_states=hidden,
-                         output_attentions=any(n.startswith("attention.") for n in capture), use_cache=False)
         last = (mask.sum(1) - 1).clamp(min=0)
-        trace = Trace(logits=out.logits[torch.arange(x.shape[0], device=x.device), last])
+        hidden = any(n.startswith("layer.") for n in capture)
+        attentions = any(n.startswith("attention.") for n in capture)
+        every = "output" in capture
+
+        def call(**kw: Any) -> Any:
+            return self.model(inputs_embeds=x, attention_mask=mask, output_hidden_states=hidden,
+                              output_attentions=attentions, use_cache=False, **kw)
+
+        out, logits = self.logits_at(call, None if every else last.view(-1, 1))
+        rows = torch.arange(x.shape[0], device=x.device)
+        trace = Trace(logits=logits[rows, last] if every else logits[:, 0])
         if "embeddings" in capture:
             trace.layers["embeddings"] = x
         for k in range(1, self.num_layers + 1):
@@ -193,13 +215,31 @@ class CausalLMAdapter(Adapter):
                 trace.layers[f"layer.{k}"] = out.hidden_states[k]
             if f"attention.{k}" in capture:
                 trace.attention[f"attention.{k}"] = out.attentions[k - 1]
-        if "output" in capture:
-            trace.layers["output"] = out.logits
+        if every:
+            trace.layers["output"] = logits
         return trace
 
-    def sequence_logits(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """B×T×V logits at every position from embeddings x (no cache: every step at once)."""
-        return self.model(inputs_embeds=x, attention_mask=attention_mask, use_cache=False).logits
+    def sequence_logits(self, x: torch.Tensor, positions: torch.Tensor, prompt_length: int) -> torch.Tensor:
+        """Next-token logits at `positions` (n: the same for every row; or B×n, each row's own) from embeddings x
+        (B×T×K, rows of one sequence, no padding; every step at once, no cache): B×n×V. (`prompt_length`: what an
+        encoder–decoder splits x by; a causal LM reads every row alike.)"""
+        return self.logits_at(lambda **kw: self.model(inputs_embeds=x, use_cache=False, **kw), positions)[1]
+
+    def logits_at(self, call: Callable[..., Any], positions: torch.Tensor | None) -> tuple[Any, torch.Tensor]:
+        """(the model's output, its logits at `positions`: n or B×n → B×n×V; None → every position) for
+        ``call(**kw)``, a run of the model that passes `kw` on (``logits_to_keep``, as the model takes it)."""
+        _ = self.model  # loads it (and probes self._keep)
+        if positions is None:
+            out = call()
+            return out, out.logits
+        positions = positions.to(self.device)
+        if self._keep == "per_item" or (self._keep == "shared" and positions.ndim == 1):
+            out = call(logits_to_keep=positions)
+            return out, out.logits
+        kept = torch.unique(positions) if self._keep == "shared" else None  # the union; None: every position
+        out = call(logits_to_keep=kept) if kept is not None else call()
+        index = positions if kept is None else torch.searchsorted(kept, positions)
+        return out, pick(out.logits, index)
 
     def generate(self, ids: list[int], max_new_tokens: int, do_sample: bool = False, seed: int = 0) -> list[int]:
         """Up to `max_new_tokens` ids after the prompt ids: greedy (default) or sampled with `seed`; stops after
@@ -221,6 +261,32 @@ class CausalLMAdapter(Adapter):
         info["generative"] = {"context": self.max_tokens, "vocab_size": len(self.vocab),
                               "bos_token": self.tokenizer.bos_token, "eos_token": self.tokenizer.eos_token}
         return info
+
+
+def pick(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Columns `index` (n for every row, or B×n) of B×T×V logits: B×n×V."""
+    if index.ndim == 1:
+        return logits[:, index]
+    return torch.take_along_dim(logits, index.unsqueeze(-1), dim=1)
+
+
+def keep_mode(logits: Callable[..., torch.Tensor], device: torch.device) -> str:
+    """How a model takes ``logits_to_keep`` (``logits(ids, **kw)`` runs it on B×T ids): ``per_item`` (a B×n tensor
+    of each row's positions: HF's ``slice_logits_to_keep``), ``shared`` (n positions for every row) or ``none``
+    (not at all, or not as documented): each tried on 2×3 ids and kept only if it equals the full logits there."""
+    ids = torch.arange(6, device=device).view(2, 3)
+    with torch.no_grad():
+        full = logits(ids)
+        for mode, keep in (("per_item", torch.tensor([[2], [1]], device=device)),
+                           ("shared", torch.tensor([1, 2], device=device))):
+            try:
+                got = logits(ids, logits_to_keep=keep)
+            except (TypeError, ValueError, RuntimeError, IndexError):  # a model without the argument
+                continue
+            want = pick(full, keep)
+            if got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-5):
+                return mode
+    return "none"
 
 
 def group_words(word_ids: list[int | None]) -> list[list[int]]:

@@ -14,6 +14,7 @@ adapter that does not declare the capability, so no method tests adapter classes
 - ``lrp_rules``: :class:`LRPRules`.
 - ``embedding_table``: :class:`EmbeddingTable`.
 - ``sequence_output``: the layer ``output`` has one row per position (B×T×…), so sigma's timestamp mode reads it.
+- ``generation``: :class:`GenerativeAdapter` (worker/methods/generation.py's steps read logits through it).
 """
 from __future__ import annotations
 
@@ -77,6 +78,19 @@ class LRPRules(Protocol):
         """LRP (the adapter's rules, ε for linear layers) from the target's score S(y) down to the input embeddings x
         (B×T×K; mask B×T bool, real tokens; `encoding` for what else the model reads, e.g. token types):
         (relevance B×T×K, zero at padding; S(y) B; the logits B×C of the same pass)."""
+        ...
+
+
+class GenerativeAdapter(Protocol):
+    @property
+    def vocab_size(self) -> int:
+        """V: the width of the logits."""
+        ...
+
+    def sequence_logits(self, x: torch.Tensor, positions: torch.Tensor, prompt_length: int) -> torch.Tensor:
+        """Next-token logits at `positions` only (n for every row, or B×n: each row's own) from embeddings x
+        (B×T×K: rows of one sequence or its first tokens, no padding, whose first `prompt_length` tokens are the
+        prompt): B×n×V, never B×T×V."""
         ...
 
 

@@ -24,14 +24,13 @@ decoder block's self- and cross-attention), so that attention rollout composes t
 a map does not have (a decoder token in an encoder map, a source token in a decoder map) is zero, which rollout's
 renormalised residual turns into the identity. ``Trace.logits`` = B×V, the logits after each item's last token.
 
-``sequence_logits(x)`` (every step at once) has no encoding to read the source length from: it takes
-``source_length`` or else the source length of the last one-item sequence this thread built or embedded
-(``extend``/``encode``/``embed``), which is the sequence every method of a generation job scores.
+Logits only where they are read, as for a causal LM (:mod:`worker.models.causal_lm`): decoder logits at each item's
+last token for ``Trace.logits``, at the asked positions for ``sequence_logits(x, positions, prompt_length)`` (every
+step at once), which splits x after its first ``prompt_length − 1`` rows (the source; the decoder start is P−1).
 """
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -41,7 +40,7 @@ from torch import nn
 from worker.capabilities import Capability
 from worker.models.base import Encoding, InputError, Trace
 from worker.models.bundle import BundleSpec
-from worker.models.causal_lm import CausalLMAdapter
+from worker.models.causal_lm import CausalLMAdapter, keep_mode
 from worker.models.hf import LOAD_KWARGS
 
 Span = tuple[int, int]  # (first position, count) of one item's tokens on one side
@@ -78,7 +77,6 @@ class Seq2SeqLMAdapter(CausalLMAdapter):
         self.attention_names = [*(f"encoder.attention.{k}" for k in range(1, self.encoder_layers + 1)),
                                 *(f"{kind}.{k}" for k in range(1, self.decoder_layers + 1)
                                   for kind in ("decoder.attention", "cross_attention"))]
-        self._current = threading.local()  # .source: the source length of this thread's sequence
 
     @property
     def model(self) -> nn.Module:
@@ -92,12 +90,14 @@ class Seq2SeqLMAdapter(CausalLMAdapter):
                                                               attn_implementation="eager", **LOAD_KWARGS)
                 model.eval().requires_grad_(False)
                 self._model = model.to(self.device)
+                self._keep = keep_mode(lambda ids, **kw: model(input_ids=ids, decoder_input_ids=ids, use_cache=False,
+                                                               **kw).logits, self.device)
             return self._model
 
     # ---------------------------------------------------------------- tokens
     def encode(self, inputs: dict[str, str] | Iterable[dict[str, str]]) -> Encoding:
         """The prompt(s) as ``tokenizer(prompt)`` gives them, then the decoder start token (segment 1)."""
-        return self._remember(super().encode(inputs))
+        return super().encode(inputs)
 
     def _row(self, prompt: str) -> dict[str, Any]:
         row = super()._row(prompt)
@@ -113,12 +113,7 @@ class Seq2SeqLMAdapter(CausalLMAdapter):
         """Item 0 of `encoding` with the token ids appended on the decoder side."""
         out = super().extend(encoding, ids)
         out.segments = [encoding.segments[0] + [1] * (len(out.tokens[0]) - len(encoding.segments[0]))]
-        return self._remember(out)
-
-    def _remember(self, encoding: Encoding) -> Encoding:
-        if len(encoding) == 1:
-            self._current.source = encoding.segments[0].count(0)
-        return encoding
+        return out
 
     @staticmethod
     def _spans(encoding: Encoding) -> tuple[list[Span], list[Span]]:
@@ -131,7 +126,6 @@ class Seq2SeqLMAdapter(CausalLMAdapter):
     def embed(self, encoding: Encoding) -> torch.Tensor:
         """B×T×K: source tokens through the encoder's embedding, decoder tokens through the decoder's (one shared,
         scaled table for T5 and BART; each stack's own where a model has two)."""
-        self._remember(encoding)
         ids = encoding.input_ids.to(self.device)
         source = torch.tensor([[s == 0 for s in seg] + [True] * (ids.shape[1] - len(seg))
                                for seg in encoding.segments], device=self.device)
@@ -151,9 +145,10 @@ class Seq2SeqLMAdapter(CausalLMAdapter):
             return real & (segment == 1)
         return real
 
-    def _run(self, x: torch.Tensor, sources: list[Span], targets: list[Span], hidden: bool = False,
-             attentions: bool = False) -> Any:
-        """The model on each item's source rows of x (encoder) and its decoder rows, both padded on the right."""
+    def _call(self, x: torch.Tensor, sources: list[Span], targets: list[Span], hidden: bool = False,
+              attentions: bool = False) -> Callable[..., Any]:
+        """A run of the model (``call(**kw)``, `kw` passed on) on each item's source rows of x (encoder) and its
+        decoder rows, both padded on the right."""
         N, D = max(n for _, n in sources), max(n for _, n in targets)
 
         def side(spans: list[Span], width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,22 +157,27 @@ class Seq2SeqLMAdapter(CausalLMAdapter):
             return rows, mask
 
         (enc, enc_mask), (dec, dec_mask) = side(sources, N), side(targets, D)
-        return self.model(inputs_embeds=enc, attention_mask=enc_mask, decoder_inputs_embeds=dec,
-                          decoder_attention_mask=dec_mask, output_hidden_states=hidden,
-                          output_attentions=attentions, use_cache=False)
+        return lambda **kw: self.model(inputs_embeds=enc, attention_mask=enc_mask, decoder_inputs_embeds=dec,
+                                       decoder_attention_mask=dec_mask, output_hidden_states=hidden,
+                                       output_attentions=attentions, use_cache=False, **kw)
 
     def forward(self, x: torch.Tensor, encoding: Encoding, capture: Iterable[str] = (),
                 upto: str | None = None) -> Trace:
-        """x: B×T×K. One pass of the whole model; ``layers``/``attention`` as captured, in the sequence's frame."""
+        """x: B×T×K. One pass of the whole model; ``layers``/``attention`` as captured, in the sequence's frame.
+        Decoder logits at every position only when ``output`` is captured; else at each item's last token."""
         capture, T = set(capture), x.shape[1]
         sources, targets = self._spans(encoding)
-        out = self._run(x, sources, targets, hidden=any(".layer." in n for n in capture),
-                        attentions=any("attention." in n for n in capture))
-        trace = Trace(logits=torch.stack([out.logits[i, n - 1] for i, (_, n) in enumerate(targets)]))
+        every = "output" in capture
+        last = torch.tensor([[n - 1] for _, n in targets])
+        out, logits = self.logits_at(self._call(x, sources, targets, hidden=any(".layer." in n for n in capture),
+                                                attentions=any("attention." in n for n in capture)),
+                                     None if every else last)
+        trace = Trace(logits=torch.stack([logits[i, n - 1] for i, (_, n) in enumerate(targets)]) if every
+                      else logits[:, 0])
         if "embeddings" in capture:
             trace.layers["embeddings"] = x
-        if "output" in capture:
-            trace.layers["output"] = _tokens(out.logits, targets, T)
+        if every:
+            trace.layers["output"] = _tokens(logits, targets, T)
         for side, states, spans in (("encoder", out.encoder_hidden_states, sources),
                                     ("decoder", out.decoder_hidden_states, targets)):
             for k in range(1, len(states or ())):
@@ -191,17 +191,16 @@ class Seq2SeqLMAdapter(CausalLMAdapter):
                     trace.attention[f"{name}.{k}"] = _pairs(maps[k - 1], queries, keys, T)
         return trace
 
-    def sequence_logits(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                        source_length: int | None = None) -> torch.Tensor:
-        """B×T×V logits (zeros at source positions) from embeddings x of rows of one sequence: the first
-        `source_length` (default: this thread's sequence's, module docstring) rows go to the encoder."""
-        n = getattr(self._current, "source", None) if source_length is None else source_length
-        if n is None or not 0 < n < x.shape[1]:
-            raise InputError(f"{self.name}: no source length for these {x.shape[1]} tokens (encode, extend or "
-                             "embed the sequence first, or give source_length)")
-        lengths = [x.shape[1]] * x.shape[0] if attention_mask is None else attention_mask.sum(1).tolist()
-        targets = [(n, int(length) - n) for length in lengths]
-        return _tokens(self._run(x, [(0, n)] * x.shape[0], targets).logits, targets, x.shape[1])
+    def sequence_logits(self, x: torch.Tensor, positions: torch.Tensor, prompt_length: int) -> torch.Tensor:
+        """Next-token logits at `positions` of the sequence's frame (n, or B×n per row; decoder positions, ≥ P−1)
+        from embeddings x of rows of one sequence (no padding) whose first ``prompt_length − 1`` rows are the source
+        (the encoder's): B×n×V."""
+        n, T = prompt_length - 1, x.shape[1]
+        if not 0 < n < T or int(positions.min()) < n:
+            raise InputError(f"{self.name}: positions {positions.tolist()} of {T} tokens are not decoder positions "
+                             f"after a source of {n}")
+        B = x.shape[0]
+        return self.logits_at(self._call(x, [(0, n)] * B, [(n, T - n)] * B), positions - n)[1]
 
     def generate(self, ids: list[int], max_new_tokens: int, do_sample: bool = False, seed: int = 0) -> list[int]:
         """Up to `max_new_tokens` ids after the decoder start (`ids` = source + start): greedy (default) or sampled
