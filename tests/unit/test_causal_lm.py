@@ -282,3 +282,39 @@ def test_a_model_that_ignores_logits_to_keep_is_read_in_full():
     assert keep_mode(lambda ids: table[ids], torch.device("cpu")) == "none"  # refuses it
     assert keep_mode(lambda ids, logits_to_keep=0: table[ids][:, logits_to_keep] if torch.is_tensor(logits_to_keep)
                      and logits_to_keep.ndim == 1 else table[ids], torch.device("cpu")) == "shared"
+
+
+def same_tree(a, b, tol=1e-6) -> bool:
+    """Nested dicts/lists equal, numbers within `tol` (absolute and relative)."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same_tree(a[k], b[k], tol) for k in a)
+    if isinstance(a, list | tuple):
+        return isinstance(b, list | tuple) and len(a) == len(b) and all(same_tree(x, y, tol) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float):
+        return a == pytest.approx(b, rel=tol, abs=tol)
+    return a == b
+
+
+def test_faithfulness_of_every_step_at_once_equals_each_step_alone(lm, monkeypatch):
+    """One drive of masked rows over the S prefixes gives what faithfulness gives on each prefix alone (bounds
+    searched again: the cache emptied)."""
+    from worker.methods import aopc_bounds, masked_rows
+    from worker.methods.faithfulness import faithfulness
+
+    _, adapter = lm
+    drives, drive = [], masked_rows.drive
+    monkeypatch.setattr(masked_rows, "drive", lambda *a, **kw: drives.append(len(a[3])) or drive(*a, **kw))
+    ex = explain(adapter, ["grad_x_input"], continuation=" good film and a", seed=3)
+    monkeypatch.setattr(masked_rows, "drive", drive)
+    r = ex.result
+    P, new = r["prompt_length"], r["generation"]["token_ids"]
+    assert drives == [len(new)]  # one drive of the masked rows, every step's item in it
+    part = r["methods"]["grad_x_input"]
+    monkeypatch.setattr(aopc_bounds.CACHE, "items", {})
+    prompt = adapter.encode({"prompt": PROMPT})
+    for s, y in enumerate(new):
+        alone = faithfulness(adapter, adapter.extend(prompt, new[:s]), part["scores"][s][:P + s], torch.tensor([y]), 3)
+        batched = dict(part["faithfulness"][s])
+        assert alone is not None and same_tree(batched, alone | {"normalized": batched["normalized"]}), s
+        # normalized = (AOPC − low) / (high − low) amplifies the float32 rounding of padded passes (~1e-6 seen)
+        assert same_tree(batched["normalized"], alone["normalized"], tol=1e-5), s

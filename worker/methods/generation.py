@@ -22,7 +22,8 @@ Methods (the token-scoring definitions of their classifier versions, per step):
   ``scores``): :mod:`worker.methods.generation_methods`.
 
 Scores are S×T matrices (``null`` at positions ≥ P+s, which step s cannot read) with ``word_scores`` per word and
-``faithfulness`` per step (:mod:`worker.methods.faithfulness` on the prefix of that step, on the probability of y_s).
+``faithfulness`` per step (:mod:`worker.methods.faithfulness` on the prefix of that step, on the probability of y_s;
+the S prefixes in shared passes: ``faithfulness_batch``).
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from typing import Any
 import torch
 
 from worker.methods.base import word_scores
-from worker.methods.faithfulness import faithfulness
+from worker.methods.faithfulness import faithfulness_batch
 from worker.methods.generation_methods import RUNS as PER_LAYER_AND_PERTURBATION
 from worker.methods.generation_steps import Progress, StepResult, Steps, masked_by_step
 from worker.methods.gradient import aggregate
@@ -240,17 +241,6 @@ def method_document(adapter: Adapter, steps: Steps, out: StepResult, params: dic
     words = steps.encoding.words[0]
     per_word = [[None if group[0] >= steps.reads(s) else value for group, value in
                  zip(words, word_scores([v or 0.0 for v in row], words), strict=True)] for s, row in enumerate(scores)]
-    faith = []
-    for s, row in enumerate(scores):
-        n = steps.reads(s)
-        faith.append(faithfulness(adapter, _prefix(steps.encoding, n), [v or 0.0 for v in row[:n]],
-                                  steps.targets[s:s + 1], seed))
+    rankings = [[v or 0.0 for v in row[:steps.reads(s)]] for s, row in enumerate(scores)]
+    faith = faithfulness_batch(adapter, steps.prefixes(), rankings, steps.targets, seed)  # every step at once
     return {"scores": scores, "word_scores": per_word, "faithfulness": faith, **out.extra, "params": params}
-
-
-def _prefix(encoding: Encoding, n: int) -> Encoding:
-    """The first n tokens of a one-item encoding."""
-    return Encoding(input_ids=encoding.input_ids[:, :n], attention_mask=encoding.attention_mask[:, :n],
-                    tokens=[encoding.tokens[0][:n]], special=[encoding.special[0][:n]],
-                    words=[[g for g in encoding.words[0] if g[0] < n]], offsets=[encoding.offsets[0][:n]],
-                    segments=[encoding.segments[0][:n]], inputs=encoding.inputs)

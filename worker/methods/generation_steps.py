@@ -76,6 +76,20 @@ class Steps:
         generated token at P+s' from step s'+1 on."""
         return group[-1] < self.reads(s)
 
+    def prefixes(self) -> Encoding:
+        """S items, item s the first P+s tokens (what step s reads; its last token's logits score y_s), padded on
+        the right: faithfulness of every step in shared passes."""
+        one, S = self.encoding, self.count
+        lengths = [self.reads(s) for s in range(S)]
+        width = max(lengths)
+        real = torch.arange(width) < torch.tensor(lengths).view(-1, 1)
+        return Encoding(input_ids=one.input_ids[:, :width].repeat(S, 1),
+                        attention_mask=real.long().to(one.attention_mask.device),
+                        tokens=[one.tokens[0][:n] for n in lengths], special=[one.special[0][:n] for n in lengths],
+                        words=[[g for g in one.words[0] if self.reads_group(s, g)] for s in range(S)],
+                        offsets=[one.offsets[0][:n] for n in lengths], segments=[one.segments[0][:n] for n in lengths],
+                        inputs=one.inputs * S)
+
     def rows_per_pass(self, adapter: Any, requested: int) -> int:
         """Copies of the sequence per pass of :meth:`each`: `requested`, fewer when their N×S×V logits (and the
         softmax of them) would pass ``LOGIT_BUDGET`` values (S+1: an encoder–decoder without ``logits_to_keep``
