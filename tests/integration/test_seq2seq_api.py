@@ -54,6 +54,8 @@ def test_a_registered_encoder_decoder_explained_by_a_job(api, runtime, folders, 
 
 
 BAD = [
+    ("bare attention name", {"methods": ["attention"], "params": {"attention": {"figure_layer": "attention.1"}}},
+     "encoder.attention.1"),  # no bare attention.k on an encoder–decoder: the refusal lists the names it has
     ("empty continuation", {"inputs": {"prompt": PROMPT, "continuation": ""}}, "continuation"),
     ("text instead of a prompt", {"inputs": {"text": PROMPT}}, "prompt"),
     ("unknown contrast token", {"contrast": "certainly-not-one-token-xyz", "generate": {"max_new_tokens": 2}},

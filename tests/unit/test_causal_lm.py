@@ -155,8 +155,9 @@ def test_contrast_is_the_difference_of_the_two_scores(plain):
 
 def test_result_document_shape(lm):
     _, adapter = lm
-    ex = explain(adapter, ["gradient"], generate={"max_new_tokens": 4}, score="probability")
+    ex = explain(adapter, ["gradient", "activations"], generate={"max_new_tokens": 4}, score="probability")
     r = ex.result
+    assert all(part["seconds"] > 0 for part in r["methods"].values())  # per-layer methods too (docs/api.md)
     S, P = len(r["generation"]["token_ids"]), r["prompt_length"]
     assert r["kind"] == "generation" and len(r["tokens"]) == P + S and 1 <= S <= 4
     part = r["methods"]["gradient"]

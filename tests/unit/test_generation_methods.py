@@ -55,9 +55,10 @@ def test_attention_rows_equal_output_attentions(case):
         maps = model(input_ids=torch.tensor([ids]), output_attentions=True).attentions  # L × (1×H×T×T)
     part = ex.result["methods"]["attention"]
     assert part["view"] == "generation" and part["figure_layer"] == f"attention.{len(maps)}"
+    assert "layers" not in part  # a classifier's attention lists layer names under `layers`: one type per key
     for k, a in enumerate(maps, 1):
         average = a[0].mean(0)
-        rows_equal(part["layers"][f"attention.{k}"], [average[P + s - 1, :P + s] for s in range(S)], P)
+        rows_equal(part["layer_rows"][f"attention.{k}"], [average[P + s - 1, :P + s] for s in range(S)], P)
     last = maps[-1][0].mean(0)
     rows_equal(part["scores"], [last[P + s - 1, :P + s] for s in range(S)], P)
     stacked = torch.stack([a[0] for a in maps])  # L×H×T×T

@@ -352,7 +352,7 @@ def test_the_per_layer_and_perturbation_methods_run_in_the_sequence_frame(folder
     for name in ("lime", "attention"):
         assert [sum(v is not None for v in row) for row in methods[name]["scores"]] == [P + s for s in range(S)]
     attention = methods["attention"]
-    assert list(attention["layers"]) == adapter.attention_names and attention["figure_layer"] == "cross_attention.2"
+    assert list(attention["layer_rows"]) == adapter.attention_names and attention["figure_layer"] == "cross_attention.2"
     for row in attention["scores"]:  # the last cross-attention: each step's query reads the source alone
         assert sum(row[:P - 1]) == pytest.approx(1.0, rel=1e-5) and not any(row[P - 1:P])
     per_token = [n for n in adapter.layer_names if n != "output"]

@@ -28,6 +28,7 @@ the S prefixes in shared passes: ``faithfulness_batch``).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -206,8 +207,10 @@ def explain_generation(adapter: Any, request: Any, provenance: dict[str, Any], p
             progress((n + min(max(fraction, 0.0), 1.0)) / len(request.methods))
 
         torch.manual_seed(request.seed)
+        started = time.perf_counter()
         out = RUNS[name](adapter, steps, params[name], step)
-        result["methods"][name] = method_document(adapter, steps, out, params[name], request.seed)
+        seconds = time.perf_counter() - started
+        result["methods"][name] = method_document(adapter, steps, out, params[name], request.seed, seconds)
         scored = {} if out.scores is None else {"scores": out.scores}
         tensors[name] = {k: v.detach().cpu().contiguous() for k, v in {**scored, **out.tensors}.items()}
         if figures:
@@ -231,16 +234,18 @@ def method_figures(result: dict[str, Any], name: str, out: StepResult) -> dict[s
     return pngs
 
 
-def method_document(adapter: Adapter, steps: Steps, out: StepResult, params: dict[str, Any],
-                    seed: int) -> dict[str, Any]:
-    """One method's part of the result: S×T scores, S×W word scores, per-step faithfulness, params (a per-layer
-    method: its own document and params)."""
+def method_document(adapter: Adapter, steps: Steps, out: StepResult, params: dict[str, Any], seed: int,
+                    seconds: float) -> dict[str, Any]:
+    """One method's part of the result: S×T scores, S×W word scores, per-step faithfulness, params and ``seconds``
+    (the method's own run, not its faithfulness, as for a classifier); a per-layer method: its own document, params
+    and seconds."""
+    timed = {"params": params, "seconds": round(seconds, 6)}
     if out.scores is None:
-        return {**out.extra, "params": params}
+        return {**out.extra, **timed}
     scores = masked_by_step(out.scores, steps)
     words = steps.encoding.words[0]
     per_word = [[None if group[0] >= steps.reads(s) else value for group, value in
                  zip(words, word_scores([v or 0.0 for v in row], words), strict=True)] for s, row in enumerate(scores)]
     rankings = [[v or 0.0 for v in row[:steps.reads(s)]] for s, row in enumerate(scores)]
     faith = faithfulness_batch(adapter, steps.prefixes(), rankings, steps.targets, seed)  # every step at once
-    return {"scores": scores, "word_scores": per_word, "faithfulness": faith, **out.extra, "params": params}
+    return {"scores": scores, "word_scores": per_word, "faithfulness": faith, **out.extra, **timed}

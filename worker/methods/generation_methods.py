@@ -9,13 +9,14 @@ Per step (an S×T ``scores`` matrix like the gradient methods'; the job adds ``w
   drawn once over the sequence's features (:func:`worker.methods.lime.sample_design`, the job's seed), each copy runs
   once, and step s fits LIME's local model (:func:`worker.methods.lime.local_model`) of p(y_s) (minus p(b_s) with a
   contrast) on the columns of the features it reads. Word features: the prompt's words and each generated token.
-  JSON besides the step fields: ``unit``, ``samples``, ``intercept`` [S], ``r2`` [S], ``features`` [S] (how many
-  features step s's fit has). Tensors: ``coefficients`` (S×d, 0 for features a step does not read), ``design``
+  JSON besides the step fields: ``unit``, ``samples``, ``intercept`` [S], ``r2`` [S] (``null`` for a step that reads
+  no feature: nothing to fit), ``features`` [S] (how many features step s's fit has). Tensors: ``coefficients`` (S×d, 0 for features a step does not read), ``design``
   (samples×d), ``targets`` (samples×S), ``weights`` (samples×S).
 - ``attention``: one forward pass; step s's row is row P+s−1 of each layer's causal attention map (what the position
   that predicts y_s reads). ``scores`` = the head average of ``figure_layer`` (default: the last layer). JSON:
-  ``view: "generation"``, ``figure_layer``, ``heads``, ``shape`` [L, H, S, T], ``layers``: {``attention.k``: S×T head
-  averages, ``null`` where unread}. Tensors: ``attention`` (L×H×S×T), ``head_average`` (L×S×T).
+  ``view: "generation"``, ``figure_layer``, ``heads``, ``shape`` [L, H, S, T], ``layer_rows``: {``attention.k``: S×T
+  head averages, ``null`` where unread} (not ``layers``: a classifier's attention lists its layer names there).
+  Tensors: ``attention`` (L×H×S×T), ``head_average`` (L×S×T).
 - ``attention_rollout``: the rollout R = Â_L⋯Â_1 of the whole sequence (:func:`worker.methods.attention_maps.rollout`,
   ``residual``); step s's scores are row P+s−1 of R (causal: zero beyond it, sums to 1). JSON: ``residual``.
   Tensors: ``rollout`` (T×T).
@@ -116,7 +117,7 @@ def run_attention(adapter: Adapter, steps: Steps, params: Mapping[str, Any], pro
                       {"attention": weights.contiguous(), "head_average": average.contiguous()},
                       {"view": "generation", "figure_layer": layer, "heads": int(weights.shape[1]),
                        "shape": list(weights.shape),
-                       "layers": {name: masked_by_step(average[k], steps) for k, name in enumerate(names)}},
+                       "layer_rows": {name: masked_by_step(average[k], steps) for k, name in enumerate(names)}},
                       f"attention of {layer} (head average)")
 
 

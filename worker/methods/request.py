@@ -194,6 +194,10 @@ def check_generation(adapter: Any, request: ExplainRequest, limits: Limits = NO_
         if bad:
             why = f"{method} params {bad} do not apply to generative models: {NOT_ON_LMS_WHY[method]}"
             raise RequestError(why, "params", {"params": {method: [why]}})
+    layer = (request.params.get("attention") or {}).get("figure_layer")
+    if layer is not None and layer not in adapter.attention_names:  # attention's own check sees classifier views only
+        why = f"figure_layer {layer!r} is not one of {list(adapter.attention_names)}"
+        raise RequestError(why, "params", {"params": {"attention": [why]}})
 
 
 # params of the classifier versions with no meaning step by step (docs/api.md, generative models): name -> the one
