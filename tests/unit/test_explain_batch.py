@@ -29,8 +29,8 @@ def test_batch_equals_items(model):
 
 @pytest.mark.parametrize("baseline", ["zero", "mask"])
 def test_integrated_gradients_batch_equals_items(baseline):
-    """Items of one length share passes, the others run apart; a small internal batch splits a group in several
-    passes — the scores and the completeness gaps are each item's own."""
+    """Items of different lengths share padded passes, and a small internal batch splits them in several groups
+    and passes — the scores and the completeness gaps are each item's own."""
     import torch
 
     from worker.methods.base import Target
