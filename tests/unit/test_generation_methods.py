@@ -217,6 +217,25 @@ def test_params_without_meaning_on_lms_are_refused(params, says):
     assert e.value.field == "params" and says in e.value.detail and list(params) == list(e.value.errors["params"])
 
 
+def test_params_without_meaning_on_lms_follow_their_schema_default(monkeypatch):
+    """The one accepted value is the schema's default, read from it: a changed default moves what is refused."""
+    from worker.methods import RequestError, validate
+    from worker.methods.catalog import registry
+    from worker.methods.request import ExplainRequest
+
+    adapter = load_model("gpt2-rt")
+
+    def check(stability: bool) -> None:
+        validate(adapter, ExplainRequest(inputs={"prompt": PROMPT}, methods=["lime"],
+                                         params={"lime": {"stability": stability}}, generate={"max_new_tokens": 2}))
+
+    check(False)
+    monkeypatch.setattr(registry()["lime"].params._declared_fields["stability"], "load_default", True)
+    check(True)
+    with pytest.raises(RequestError, match="stability"):
+        check(False)
+
+
 def test_result_page_and_figures_render_the_new_methods():
     from worker.render.page import result_html
 

@@ -190,7 +190,7 @@ def check_generation(adapter: Any, request: ExplainRequest, limits: Limits = NO_
         raise RequestError("occlusion on a generative model is leave-one-out: window 1", "params")
     for method, meaningless in NOT_ON_LMS.items():  # refused rather than silently ignored
         asked = request.params.get(method) or {}
-        bad = [name for name, harmless in meaningless.items() if name in asked and asked[name] != harmless]
+        bad = [name for name in meaningless if name in asked and asked[name] != schema_default(method, name)]
         if bad:
             why = f"{method} params {bad} do not apply to generative models: {NOT_ON_LMS_WHY[method]}"
             raise RequestError(why, "params", {"params": {method: [why]}})
@@ -200,13 +200,21 @@ def check_generation(adapter: Any, request: ExplainRequest, limits: Limits = NO_
         raise RequestError(why, "params", {"params": {"attention": [why]}})
 
 
-# params of the classifier versions with no meaning step by step (docs/api.md, generative models): name -> the one
-# value accepted, the default (a stored job's request has its defaults filled in, and the worker validates it again)
-NOT_ON_LMS: dict[str, dict[str, Any]] = {
-    "attention": {"generate": 0, "show_special": False},
-    "attention_rollout": {"query": "mean"},
-    "lime": {"stability": False},
+# params of the classifier versions with no meaning step by step (docs/api.md, generative models): accepted only at
+# their schema's default (a stored job's request has its defaults filled in, and the worker validates it again)
+NOT_ON_LMS: dict[str, tuple[str, ...]] = {
+    "attention": ("generate", "show_special"),
+    "attention_rollout": ("query",),
+    "lime": ("stability",),
 }
+
+
+def schema_default(method: str, name: str) -> Any:
+    """The default a method's params schema fills in for `name` (read, not repeated: it cannot drift)."""
+    value = registry()[method].params().fields[name].load_default
+    return value() if callable(value) else value
+
+
 NOT_ON_LMS_WHY = {
     "attention": "each step reads its own row of the attention maps (give 'generate' at the top level)",
     "attention_rollout": "each step's query is the position that predicts its token",
