@@ -319,3 +319,22 @@ def test_faithfulness_of_every_step_at_once_equals_each_step_alone(lm, monkeypat
         assert alone is not None and same_tree(batched, alone | {"normalized": batched["normalized"]}), s
         # normalized = (AOPC − low) / (high − low) amplifies the float32 rounding of padded passes (~1e-6 seen)
         assert same_tree(batched["normalized"], alone["normalized"], tol=1e-5), s
+
+
+def test_one_rule_says_which_words_a_step_reads():
+    """A word is read once all its tokens are (Steps.reads_group), for the word scores and LIME's features alike: a
+    word made of the prompt's last token and the first new one is null at step 0 and read from step 1."""
+    import dataclasses
+
+    from worker.methods.generation import method_document
+    from worker.methods.generation_steps import StepResult, Steps
+
+    adapter = load_model("gpt2-rt", device="cpu")
+    prompt = adapter.encode({"prompt": PROMPT})
+    P, new = len(prompt.tokens[0]), [5, 6]
+    enc = adapter.extend(prompt, new)
+    words = [g for g in enc.words[0] if g[-1] < P - 1] + [[P - 1, P], [P + 1]]
+    steps = Steps(dataclasses.replace(enc, words=[words]), P, torch.tensor(new), None)
+    assert [steps.reads_group(s, [P - 1, P]) for s in (0, 1)] == [False, True]
+    doc = method_document(adapter, steps, StepResult(torch.ones(2, P + 2), {}, {}, ""), {}, 0, 0.0)
+    assert [row[-2] is None for row in doc["word_scores"]] == [True, False]

@@ -244,7 +244,7 @@ def method_document(adapter: Adapter, steps: Steps, out: StepResult, params: dic
         return {**out.extra, **timed}
     scores = masked_by_step(out.scores, steps)
     words = steps.encoding.words[0]
-    per_word = [[None if group[0] >= steps.reads(s) else value for group, value in
+    per_word = [[value if steps.reads_group(s, group) else None for group, value in
                  zip(words, word_scores([v or 0.0 for v in row], words), strict=True)] for s, row in enumerate(scores)]
     rankings = [[v or 0.0 for v in row[:steps.reads(s)]] for s, row in enumerate(scores)]
     faith = faithfulness_batch(adapter, steps.prefixes(), rankings, steps.targets, seed)  # every step at once

@@ -67,7 +67,7 @@ def run_lime(adapter: Adapter, steps: Steps, params: Mapping[str, Any], progress
     r2s: list[float | None] = []  # None: a step that reads no feature
     counts: list[int] = []
     for s in range(S):
-        read = [f for f, group in enumerate(groups) if group[-1] < steps.reads(s)]
+        read = [f for f, group in enumerate(groups) if steps.reads_group(s, group)]
         counts.append(len(read))
         if not read:  # a prompt of specials only has nothing to weigh at step 0
             intercepts.append(float(targets[0, s]))
