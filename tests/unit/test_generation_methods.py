@@ -252,3 +252,10 @@ def test_result_page_and_figures_render_the_new_methods():
         assert f"<figcaption>{m}: steps (the token explained) × tokens</figcaption>" in text
     assert '<section class="other sigma"><h3>sigma</h3>' in text and "layer.4" in text
     assert '<section class="other other"><h3>activations</h3>' in text
+
+
+def test_the_methods_offered_on_lms_are_the_ones_generation_runs():
+    from worker.capabilities import GENERATION_METHODS
+    from worker.methods.generation import RUNS
+
+    assert sorted(GENERATION_METHODS) == sorted(RUNS)
