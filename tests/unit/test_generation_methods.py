@@ -88,9 +88,10 @@ def test_rollout_rows_equal_a_numpy_rollout(case):
     assert all(abs(sum(row[:P + s]) - 1) < 1e-9 for s, row in enumerate(part["scores"]))
 
 
-def independent_lime(model, ids, P, S, special, mask_id, design, width=25.0, alpha=1.0):
-    """Per step: the prefix of P+s tokens masked by each design row (features = the non-special tokens), p(y_s) by
-    a forward pass over that prefix alone, and LIME's weighted ridge solved as one augmented least squares."""
+def independent_lime(model, ids, P, S, special, mask_id, design, width=25.0, alpha=1.0, contrast=None):
+    """Per step: the prefix of P+s tokens masked by each design row (features = the non-special tokens), p(y_s)
+    (minus p(b) with a contrast token b) by a forward pass over that prefix alone, and LIME's weighted ridge solved
+    as one augmented least squares."""
     features = [t for t in range(len(ids)) if not special[t]]
     out = []
     for s in range(S):
@@ -99,7 +100,8 @@ def independent_lime(model, ids, P, S, special, mask_id, design, width=25.0, alp
                     for row in design]
         with torch.no_grad():  # every masked prefix of this step in one batch (same length, no padding)
             logits = model(input_ids=torch.tensor(prefixes)).logits[:, -1].double()
-        y = logits.softmax(-1)[:, ids[P + s]].tolist()
+        p = logits.softmax(-1)
+        y = (p[:, ids[P + s]] - (p[:, contrast] if contrast is not None else 0.0)).tolist()
         z = design[:, read].astype(float)
         cosine = 1 - z.sum(1) / (np.maximum(np.linalg.norm(z, axis=1), 1e-12) * np.sqrt(len(read)))
         w = np.sqrt(np.exp(-((100 * cosine) ** 2) / width ** 2))
@@ -124,6 +126,27 @@ def test_lime_each_step_equals_an_independent_fit(case):
         assert all(got[t] == 0.0 for t in range(P + s) if t not in want)  # specials score 0
         np.testing.assert_allclose([got[t] for t in want], list(want.values()), atol=2e-6, rtol=0)
     assert part["features"] == [len(w) for w in expected] and len(part["r2"]) == len(part["intercept"]) == S
+
+
+def test_lime_and_occlusion_with_a_contrast_explain_p_y_minus_p_b(case):
+    """Why y_s rather than b (Yin & Neubig 2022): LIME regresses p(y_s) − p(b); occlusion (score probability) drops
+    p(y_s) − p(b) — each against the step's own prefixes run here."""
+    _, adapter, model, tok, ids, P, S, _ = case
+    (b,) = tok(" the", add_special_tokens=False)["input_ids"]
+    ex = explain(adapter, ["lime", "occlusion"], contrast=" the", score="probability", seed=4,
+                 params={"lime": {"samples": 40, "unit": "token"}})
+    special = ex.result["special"]
+    mask_id = next(i for i in (tok.unk_token_id, tok.pad_token_id, tok.eos_token_id) if i is not None)
+    expected = independent_lime(model, ids, P, S, special, mask_id, ex.tensors["lime"]["design"].numpy(), contrast=b)
+    lime, occlusion = ex.result["methods"]["lime"]["scores"], ex.result["methods"]["occlusion"]["scores"]
+    for s, want in enumerate(expected):
+        np.testing.assert_allclose([lime[s][t] for t in want], list(want.values()), atol=2e-6, rtol=0)
+        prefixes = [ids[:P + s]] + [[mask_id if u == t else i for u, i in enumerate(ids[:P + s])] for t in want]
+        with torch.no_grad():
+            p = model(input_ids=torch.tensor(prefixes)).logits[:, -1].double().softmax(-1)
+        score = p[:, ids[P + s]] - p[:, b]
+        np.testing.assert_allclose([occlusion[s][t] for t in want], (score[0] - score[1:]).numpy(), atol=1e-6,
+                                   rtol=1e-4)
 
 
 def test_lime_is_seeded_and_word_units_sum_to_the_coefficients(case):
