@@ -389,6 +389,8 @@ def test_bundles_are_detected_registered_and_refused(folders, tmp_path):
 def test_sequence_logits_only_at_the_asked_decoder_positions(folders):
     """The source length comes with the call (P − 1 rows): logits at the asked positions equal the output layer
     there; a source position is refused."""
+    import threading
+
     adapter = load_model(folders["t5"])
     seq = adapter.extend(adapter.encode({"prompt": PROMPT}), [5, 6])
     x = adapter.embed(seq)
@@ -402,3 +404,8 @@ def test_sequence_logits_only_at_the_asked_decoder_positions(folders):
         assert torch.allclose(adapter.forward(x, seq).logits, every.logits, atol=1e-6)
         with pytest.raises(ValueError, match="decoder positions"):
             adapter.sequence_logits(x, torch.tensor([P - 2]), P)
+    elsewhere = []  # nothing held per thread: another thread (a worker's next job) gets the same
+    thread = threading.Thread(target=lambda: elsewhere.append(adapter.sequence_logits(x, at, P).detach()))
+    thread.start()
+    thread.join()
+    assert torch.allclose(elsewhere[0], every.layers["output"][:, at], atol=1e-6)

@@ -36,7 +36,7 @@ import torch
 
 from worker.methods.base import word_scores
 from worker.methods.faithfulness import faithfulness_batch
-from worker.methods.generation_methods import RUNS as PER_LAYER_AND_PERTURBATION
+from worker.methods.generation_methods import RUNS as OTHER_RUNS
 from worker.methods.generation_steps import Progress, StepResult, Steps, masked_by_step
 from worker.methods.gradient import aggregate
 from worker.methods.integrated_gradients import quadrature
@@ -142,7 +142,7 @@ RUNS: dict[str, Callable[[Adapter, Steps, Mapping[str, Any], Progress], StepResu
     "grad_x_input": run_grad_x_input,
     "integrated_gradients": run_integrated_gradients,
     "occlusion": run_occlusion,
-    **PER_LAYER_AND_PERTURBATION,  # lime, attention, attention_rollout, sigma, activations
+    **OTHER_RUNS,  # lime, attention, attention_rollout (per step), sigma, activations (per layer)
 }
 
 
