@@ -32,8 +32,7 @@ from typing import Any
 
 import torch
 
-from worker.methods import masked_rows
-from worker.methods.masked_rows import Steps, together
+from worker.methods.masked_rows import Rounds, drive, together
 from worker.methods.perturb import candidates
 from worker.models.base import Adapter, Encoding
 
@@ -62,8 +61,8 @@ class Found:
     search: str
 
 
-def _greedy(T: int, cand: torch.Tensor, ks: Sequence[int], keep: bool, lowest: bool) -> Steps:
-    """Steps of one greedy search (masked rows in, p(y) back): p(y) after each k of `ks` in a greedy order: at each
+def _greedy(T: int, cand: torch.Tensor, ks: Sequence[int], keep: bool, lowest: bool) -> Rounds:
+    """Rounds of one greedy search (masked rows in, p(y) back): p(y) after each k of `ks` in a greedy order: at each
     step the candidate whose masking (keep=False) or keeping (keep=True) gives the lowest (lowest=True) or highest
     p(y), given the earlier choices."""
     left = cand.tolist()
@@ -85,8 +84,8 @@ def _greedy(T: int, cand: torch.Tensor, ks: Sequence[int], keep: bool, lowest: b
     return [after[k] for k in ks]
 
 
-def _single(T: int, cand: torch.Tensor, ks: Sequence[int], keep: bool) -> Steps:
-    """Steps giving p(y) at each k of `ks` for the tokens ranked once by their effect alone, in both directions."""
+def _single(T: int, cand: torch.Tensor, ks: Sequence[int], keep: bool) -> Rounds:
+    """Rounds giving p(y) at each k of `ks` for the tokens ranked once by their effect alone, in both directions."""
     n = len(cand)
     alone = torch.zeros(n, T, dtype=torch.bool)
     for r, t in enumerate(cand.tolist()):
@@ -107,8 +106,8 @@ def _single(T: int, cand: torch.Tensor, ks: Sequence[int], keep: bool) -> Steps:
     return ends[: len(ks)], ends[len(ks) :]
 
 
-def search_steps(one: Encoding, ks: Sequence[int]) -> Steps:
-    """Steps of the bounds' search on item 0 (module docstring): all four searches advance together, one round per
+def search_steps(one: Encoding, ks: Sequence[int]) -> Rounds:
+    """Rounds of the bounds' search on item 0 (module docstring): all four searches advance together, one round per
     greedy step (two rounds for the single-pass ranking). Returns `Found`."""
     cand, T = candidates(one), len(one.tokens[0])
     n, k_max = len(cand), max(ks)
@@ -137,7 +136,7 @@ def bounds(found: Found, full: float) -> Bounds:
 def search(adapter: Adapter, one: Encoding, index: torch.Tensor, ks: Sequence[int], full: float) -> Bounds:
     """The AOPC bounds of item 0 over rankings (module docstring), p(x) = `full`."""
     one = one.item(0)
-    found = masked_rows.drive(adapter, one, index[:1], {0: search_steps(one, ks)})[0]
+    found = drive(adapter, one, index[:1], {0: search_steps(one, ks)})[0]
     return bounds(found, full)
 
 

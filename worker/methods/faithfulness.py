@@ -33,9 +33,8 @@ from typing import Any
 
 import torch
 
-from worker.methods import masked_rows
 from worker.methods.aopc_bounds import CACHE, Bounds, bounds, normalized, search_steps
-from worker.methods.masked_rows import Steps, once, together
+from worker.methods.masked_rows import Rounds, drive, once, together
 from worker.methods.perturb import candidates
 from worker.models.base import Adapter, Encoding
 
@@ -80,7 +79,7 @@ def faithfulness_batch(
     plans = {i: plan for i, plan in plans.items() if plan.n > 0}
     keys = {i: CACHE.key(adapter, plan.one, index[i : i + 1], plan.ks) for i, plan in plans.items()}
     cached = {i: CACHE.lookup(keys[i]) for i in plans}
-    done = masked_rows.drive(adapter, encoding, index, {i: plan.steps(cached[i] is None) for i, plan in plans.items()})
+    done = drive(adapter, encoding, index, {i: plan.steps(cached[i] is None) for i, plan in plans.items()})
     for i, plan in plans.items():
         p, found = done[i]
         full = float(p[0])
@@ -115,7 +114,7 @@ class _Plan:
                 rows.append(row)
         return torch.stack(rows)
 
-    def steps(self, search: bool) -> Steps:
+    def steps(self, search: bool) -> Rounds:
         """The variants' probabilities, and the bound search's `Found` when `search` (else None), in shared rounds."""
         if not search:
             return (yield from once(self.rows())), None

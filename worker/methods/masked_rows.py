@@ -24,15 +24,15 @@ BATCH = 256  # rows per forward pass, at most
 # in passes of 8,192 (16 % padding, vs 3.5 %), 78-80 s item by item (issue 20, a loaded 2-core box)
 TOKENS_PER_PASS = 2048
 
-Steps = Generator[torch.Tensor, torch.Tensor, Any]
+Rounds = Generator[torch.Tensor, torch.Tensor, Any]
 
 
-def once(rows: torch.Tensor) -> Steps:
+def once(rows: torch.Tensor) -> Rounds:
     """One round: the probabilities of `rows`."""
     return (yield rows)
 
 
-def together(steps: Sequence[Steps]) -> Steps:
+def together(steps: Sequence[Rounds]) -> Rounds:
     """Several step generators of one item as one: each round yields all their rows at once; returns their results
     in order."""
     results: list[Any] = [None] * len(steps)
@@ -53,7 +53,7 @@ def together(steps: Sequence[Steps]) -> Steps:
     return results
 
 
-def drive(adapter: Adapter, encoding: Encoding, index: torch.Tensor, steps: dict[int, Steps]) -> dict[int, Any]:
+def drive(adapter: Adapter, encoding: Encoding, index: torch.Tensor, steps: dict[int, Rounds]) -> dict[int, Any]:
     """Run each item's step generator (item i of `encoding`, target `index[i]`) to its end; returns their results.
     Each round evaluates the rows of all items still running in shared passes (module docstring)."""
     results: dict[int, Any] = {}
