@@ -299,14 +299,15 @@ def same_tree(a, b, tol=1e-6) -> bool:
 def test_faithfulness_of_every_step_at_once_equals_each_step_alone(lm, monkeypatch):
     """One drive of masked rows over the S prefixes gives what faithfulness gives on each prefix alone (bounds
     searched again: the cache emptied)."""
-    from worker.methods import aopc_bounds, masked_rows
+    from worker.methods import aopc_bounds
+    from worker.methods import faithfulness as module
     from worker.methods.faithfulness import faithfulness
 
     _, adapter = lm
-    drives, drive = [], masked_rows.drive
-    monkeypatch.setattr(masked_rows, "drive", lambda *a, **kw: drives.append(len(a[3])) or drive(*a, **kw))
+    drives, drive = [], module.drive
+    monkeypatch.setattr(module, "drive", lambda *a, **kw: drives.append(len(a[3])) or drive(*a, **kw))
     ex = explain(adapter, ["grad_x_input"], continuation=" good film and a", seed=3)
-    monkeypatch.setattr(masked_rows, "drive", drive)
+    monkeypatch.setattr(module, "drive", drive)
     r = ex.result
     P, new = r["prompt_length"], r["generation"]["token_ids"]
     assert drives == [len(new)]  # one drive of the masked rows, every step's item in it

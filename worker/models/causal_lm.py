@@ -75,21 +75,27 @@ class CausalLMAdapter(Adapter):
     def loaded(self) -> bool:
         return self._model is not None
 
+    auto_class = "AutoModelForCausalLM"  # the transformers class that loads the folder
+
     @property
     def model(self) -> nn.Module:
         with self._lock:
             if self._model is None:
-                from transformers import AutoModelForCausalLM
+                import transformers
                 from transformers.utils import logging as hf_logging
 
                 hf_logging.disable_progress_bar()
-                model = AutoModelForCausalLM.from_pretrained(str(self.spec.path), use_safetensors=True,
-                                                             attn_implementation="eager", **LOAD_KWARGS)
+                model = getattr(transformers, self.auto_class).from_pretrained(
+                    str(self.spec.path), use_safetensors=True, attn_implementation="eager", **LOAD_KWARGS)
                 model.eval().requires_grad_(False)
                 self._model = model.to(self.device)
-                self._keep = keep_mode(lambda ids, **kw: model(input_ids=ids, use_cache=False, **kw).logits,
-                                       self.device)
+                self._keep = keep_mode(self._probe(model), self.device)
             return self._model
+
+    @staticmethod
+    def _probe(model: nn.Module):
+        """ids, **kwargs -> logits: the call through which keep_mode finds how the model takes logits_to_keep."""
+        return lambda ids, **kw: model(input_ids=ids, use_cache=False, **kw).logits
 
     @property
     def vocab_size(self) -> int:

@@ -40,8 +40,7 @@ from torch import nn
 from worker.capabilities import Capability
 from worker.models.base import Encoding, InputError, Trace
 from worker.models.bundle import BundleSpec
-from worker.models.causal_lm import CausalLMAdapter, keep_mode
-from worker.models.hf import LOAD_KWARGS
+from worker.models.causal_lm import CausalLMAdapter
 
 Span = tuple[int, int]  # (first position, count) of one item's tokens on one side
 
@@ -78,21 +77,11 @@ class Seq2SeqLMAdapter(CausalLMAdapter):
                                 *(f"{kind}.{k}" for k in range(1, self.decoder_layers + 1)
                                   for kind in ("decoder.attention", "cross_attention"))]
 
-    @property
-    def model(self) -> nn.Module:
-        with self._lock:
-            if self._model is None:
-                from transformers import AutoModelForSeq2SeqLM
-                from transformers.utils import logging as hf_logging
+    auto_class = "AutoModelForSeq2SeqLM"
 
-                hf_logging.disable_progress_bar()
-                model = AutoModelForSeq2SeqLM.from_pretrained(str(self.spec.path), use_safetensors=True,
-                                                              attn_implementation="eager", **LOAD_KWARGS)
-                model.eval().requires_grad_(False)
-                self._model = model.to(self.device)
-                self._keep = keep_mode(lambda ids, **kw: model(input_ids=ids, decoder_input_ids=ids, use_cache=False,
-                                                               **kw).logits, self.device)
-            return self._model
+    @staticmethod
+    def _probe(model: nn.Module):
+        return lambda ids, **kw: model(input_ids=ids, decoder_input_ids=ids, use_cache=False, **kw).logits
 
     # ---------------------------------------------------------------- tokens
     def encode(self, inputs: dict[str, str] | Iterable[dict[str, str]]) -> Encoding:
