@@ -71,6 +71,23 @@ def reference_bounds(adapter, one, index, ks, full):
     return (aopc(highest_first), aopc(lowest_first)), (aopc(kept_high), aopc(kept_low))
 
 
+def eraser_aopc(adapter, one, target, scores, ks) -> tuple[float, float]:
+    """ERASER's comprehensiveness and sufficiency of a ranking, written out here: the mean drop of p(y) when the
+    top k non-special tokens are masked, and when all the others are, over the bins' k."""
+    cand = candidates(one).tolist()
+    order = sorted(cand, key=lambda t: -scores[t])  # sorted() is stable: ties keep token order
+    T = len(one.tokens[0])
+    full = float(masked_probabilities(adapter, one, torch.zeros(1, T, dtype=torch.bool), target)[0])
+    drops = []
+    for keep_top in (False, True):
+        rows = torch.zeros(len(ks), T, dtype=torch.bool)
+        for r, k in enumerate(ks):
+            masked = [t for t in cand if t not in order[:k]] if keep_top else order[:k]
+            rows[r, masked] = True
+        drops.append(float((full - masked_probabilities(adapter, one, rows, target)).mean()))
+    return drops[0], drops[1]
+
+
 @pytest.fixture()
 def fresh_cache(monkeypatch):
     monkeypatch.setattr(faith_module, "CACHE", BoundsCache())
@@ -103,6 +120,8 @@ def test_batch_equals_each_item_computed_alone(minilm_rt, fresh_cache, monkeypat
         assert got.keys() == want.keys()
         for key, value in want.items():
             assert got[key] == (pytest.approx(value, abs=1e-6) if isinstance(value, float) else value), key
+        assert (batch[i]["comprehensiveness"], batch[i]["sufficiency"]) == pytest.approx(
+            eraser_aopc(minilm_rt, one, target, scores[i], alone["k"]), abs=1e-5)
         comp, suff = reference_bounds(minilm_rt, one, target, alone["k"], alone["probability"])
         # the reference bounds, widened by the two rankings as `normalized` widens them, are the document's
         widen = alone["normalized"]["bounds"]
