@@ -395,17 +395,17 @@ def test_sequence_logits_only_at_the_asked_decoder_positions(folders):
     seq = adapter.extend(adapter.encode({"prompt": PROMPT}), [5, 6])
     x = adapter.embed(seq)
     P = seq.segments[0].count(0) + 1
-    with torch.no_grad():
+    with torch.no_grad():  # float32 logits of two graph shapes: with 2 torch threads sums reorder by ~1e-6, so 1e-5
         every = adapter.forward(x, seq, capture=["output"])
         at = torch.tensor([P - 1, P, P + 1])
-        assert torch.allclose(adapter.sequence_logits(x, at, P), every.layers["output"][:, at], atol=1e-6)
+        assert torch.allclose(adapter.sequence_logits(x, at, P), every.layers["output"][:, at], atol=1e-5)
         own = adapter.sequence_logits(x.repeat(2, 1, 1), torch.tensor([[P + 1], [P]]), P)
-        assert own.shape[:2] == (2, 1) and torch.allclose(own[:, 0], every.layers["output"][0, [P + 1, P]], atol=1e-6)
-        assert torch.allclose(adapter.forward(x, seq).logits, every.logits, atol=1e-6)
+        assert own.shape[:2] == (2, 1) and torch.allclose(own[:, 0], every.layers["output"][0, [P + 1, P]], atol=1e-5)
+        assert torch.allclose(adapter.forward(x, seq).logits, every.logits, atol=1e-5)
         with pytest.raises(ValueError, match="decoder positions"):
             adapter.sequence_logits(x, torch.tensor([P - 2]), P)
     elsewhere = []  # nothing held per thread: another thread (a worker's next job) gets the same
     thread = threading.Thread(target=lambda: elsewhere.append(adapter.sequence_logits(x, at, P).detach()))
     thread.start()
     thread.join()
-    assert torch.allclose(elsewhere[0], every.layers["output"][:, at], atol=1e-6)
+    assert torch.allclose(elsewhere[0], every.layers["output"][:, at], atol=1e-5)
