@@ -19,6 +19,7 @@ from worker.methods import (
     validate,
     validate_options,
 )
+from worker.methods.aopc_bounds import CACHE
 from worker.models.base import InputError
 
 TEXT = "A gripping, beautifully acted film."
@@ -32,6 +33,7 @@ REFUSED = [
     ("unknown method", request(methods=["gradient", "astrology"]), "methods", "unknown method"),
     ("method that does not apply (gating: ESIM only)", request(methods=["gating"]), "methods", "does not apply"),
     ("unknown score", request(score="odds"), "score", "score must be one of"),
+    ("unknown faithfulness level", request(faithfulness="some"), "faithfulness", "faithfulness must be one of"),
     ("unknown target", request(target="sarcastic"), "target", "unknown target"),
     ("unknown layer", request(layers=["layer.99"]), "layers", "unknown layer"),
     ("params of a method not asked", request(params={"smoothgrad": {}}), "params", "not requested"),
@@ -142,15 +144,36 @@ def test_the_row_round_trips_with_todays_keys():
 def test_a_short_request_takes_the_api_defaults():
     req = ExplainRequest.from_document({"inputs": {"text": TEXT}, "methods": ["gradient"]})
     assert (req.layers, req.target, req.score, dict(req.params), req.seed) == (None, "predicted", "logit", {}, 0)
+    assert req.faithfulness == "full"  # a row stored before the option existed runs as it always ran
+
+
+def test_the_faithfulness_level_round_trips_and_full_is_left_unsaid():
+    for level in ("basic", "none"):
+        req = request(faithfulness=level)
+        assert req.document()["faithfulness"] == level
+        assert ExplainRequest.from_document(req.document()) == req
+        assert ExplainOptions.from_document({"methods": ["gradient"], "faithfulness": level}).document() == {
+            "methods": ["gradient"], "layers": None, "target": "predicted", "score": "logit", "params": {},
+            "seed": 0, "faithfulness": level}
+    said, unsaid = request(faithfulness="full"), request()
+    assert said == unsaid and said.document() == unsaid.document()  # one request, one row
+    assert "faithfulness" not in unsaid.document()  # today's rows, bit for bit
+    assert request(faithfulness="basic") != unsaid
 
 
 def test_explain_request_equals_explain(minilm_rt):
     def timeless(methods: dict) -> dict:  # `seconds` is how long the run took, not a result
         return {name: {k: v for k, v in part.items() if k != "seconds"} for name, part in methods.items()}
 
-    req = request(methods=["gradient"], target="negative", seed=3)
-    assert timeless(explain_request(minilm_rt, req, figures=False).result["methods"]) == timeless(
-        explain(minilm_rt, {"text": TEXT}, ["gradient"], target="negative", seed=3, figures=False).result["methods"])
+    def searched(run):  # each from no cached bounds: a search run beside the variants or not rounds apart (~1e-9)
+        CACHE.items.clear()
+        return timeless(run().result["methods"])
+
+    for level in ("full", "basic", "none"):
+        req = request(methods=["gradient"], target="negative", seed=3, faithfulness=level)
+        assert searched(lambda req=req: explain_request(minilm_rt, req, figures=False)) == searched(
+            lambda level=level: explain(minilm_rt, {"text": TEXT}, ["gradient"], target="negative", seed=3,
+                                        figures=False, faithfulness=level))
 
 
 def test_check_methods_is_validate_options(minilm_rt):

@@ -16,7 +16,7 @@ import torch
 from worker.capabilities import Capability
 from worker.methods.base import Method, MethodResult, Target, word_scores
 from worker.methods.catalog import HEAD_WORDS, applicable_methods, refusal, registry, some_labels
-from worker.methods.faithfulness import faithfulness_batch
+from worker.methods.faithfulness import FULL, faithfulness_batch
 from worker.methods.request import (
     NO_LIMITS,
     ExplainOptions,
@@ -73,10 +73,12 @@ def explain(
     seed: int = 0,
     progress: Progress = lambda fraction: None,
     figures: bool = True,
+    faithfulness: str = FULL,
 ) -> Explanation:
     """Run `methods` on one input and assemble the result document, tensors and figures (figures=False skips
-    rendering, e.g. for the items of an audit)."""
-    return explain_batch(adapter, [inputs], methods, layers, target, score, params, seed, progress, figures)[0]
+    rendering, e.g. for the items of an audit; `faithfulness` the request option's level)."""
+    return explain_batch(adapter, [inputs], methods, layers, target, score, params, seed, progress, figures,
+                         faithfulness)[0]
 
 
 def explain_batch(
@@ -90,11 +92,12 @@ def explain_batch(
     seed: int = 0,
     progress: Progress = lambda fraction: None,
     figures: bool = True,
+    faithfulness: str = FULL,
 ) -> list[Explanation]:
     """`explain` for several inputs: one padded batch for the prediction, and one pass per method for the methods
     that have `run_batch` (the others run item by item). The results equal those of `explain` per item."""
     options = ExplainOptions(methods=methods, layers=layers, target=target, score=score, params=params or {},
-                             seed=seed)
+                             seed=seed, faithfulness=faithfulness)
     return explain_many(adapter, options, inputs, progress=progress, figures=figures)
 
 
@@ -156,7 +159,7 @@ def _run(adapter: Adapter, options: ExplainOptions, inputs: Sequence[Mapping[str
                 seconds.append(time.perf_counter() - started)
         # the faithfulness of all items at once: their masked variants and bound searches share passes
         faith = faithfulness_batch(adapter, encoding, [out.json.get("scores") if method.token_scores else None
-                                                       for out in outs], index, seed)
+                                                       for out in outs], index, seed, level=options.faithfulness)
         for i, out in enumerate(outs):
             attach(explanations[i], adapter, items[i], name, method, out, chosen, faith[i], figures)
             part = explanations[i].result["methods"][name]
@@ -199,7 +202,7 @@ def attach(explanation: Explanation, adapter: Adapter, encoding: Encoding, name:
     part = dict(out.json)
     if method.token_scores and "scores" in part:
         part.setdefault("word_scores", word_scores(part["scores"], encoding.words[0]))
-        if faith is not None:  # omitted for headless models and adapters that cannot mask tokens
+        if faith is not None:  # omitted for headless models, adapters that cannot mask tokens, level "none"
             part["faithfulness"] = faith
     part["params"] = chosen
     explanation.result["methods"][name] = part

@@ -17,6 +17,11 @@ The 1 + 4·|bins| masked variants and the bound search's rows run in shared pass
 items of a batch at once (worker/methods/masked_rows.py: padded passes, each row an item already evaluated run once),
 and ``faithfulness`` is that for one item; the values are the same either way up to float rounding.
 
+How much of this a request asks for is its ``faithfulness`` level (``LEVELS``, docs/api.md): ``full`` all of it (the
+default), ``basic`` everything but the bound search (``normalized`` is null: the 1 + 4·|bins| variants only, where the
+search adds 2n + 4·|bins| rows or more), ``none`` nothing (no document: the method's part has no ``faithfulness``, as
+on a headless model).
+
 Result (docs/extending.md keys, plus ``k`` and per-bin values)::
 
     {"bins": [0.01, 0.05, 0.1, 0.2, 0.5], "comprehensiveness": x, "sufficiency": x,
@@ -39,6 +44,8 @@ from worker.methods.perturb import candidates
 from worker.models.base import Adapter, Encoding
 
 BINS = (0.01, 0.05, 0.1, 0.2, 0.5)
+FULL, BASIC, NONE = "full", "basic", "none"
+LEVELS = (FULL, BASIC, NONE)  # the request option `faithfulness` (module docstring)
 
 
 def top_k(b: float, n: int) -> int:
@@ -56,35 +63,41 @@ def ranking(scores: Sequence[float], encoding: Encoding) -> torch.Tensor:
 
 def faithfulness(
     adapter: Adapter, encoding: Encoding, scores: Sequence[float], index: torch.Tensor, seed: int = 0,
-    bins: Sequence[float] = BINS,
+    bins: Sequence[float] = BINS, level: str = FULL,
 ) -> dict[str, Any] | None:
     """The faithfulness document of a token ranking of item 0 (module docstring); None when the model has no head
-    or cannot mask tokens (then faithfulness is omitted from the result)."""
+    or cannot mask tokens, or at level ``none`` (then faithfulness is omitted from the result)."""
     if index is None:
         return None
-    return faithfulness_batch(adapter, encoding.item(0), [scores], index[:1], seed, bins)[0]
+    return faithfulness_batch(adapter, encoding.item(0), [scores], index[:1], seed, bins, level)[0]
 
 
 def faithfulness_batch(
     adapter: Adapter, encoding: Encoding, scores: Sequence[Sequence[float] | None], index: torch.Tensor | None,
-    seed: int = 0, bins: Sequence[float] = BINS,
+    seed: int = 0, bins: Sequence[float] = BINS, level: str = FULL,
 ) -> list[dict[str, Any] | None]:
     """`faithfulness` of every item i of `encoding` (ranking scores[i], target index[i]; None scores: skipped), its
     masked variants and the bound searches of all items in shared passes (worker/methods/masked_rows.py); each
-    document equals the item's own `faithfulness` up to float rounding."""
+    document equals the item's own `faithfulness` up to float rounding. `level` (``LEVELS``): ``basic`` runs no
+    bound search (``normalized`` null), ``none`` nothing (every document None)."""
+    if level not in LEVELS:  # the request was validated; a wrong level here is a caller's bug, not less work
+        raise ValueError(f"faithfulness level {level!r}: one of {LEVELS}")
     out: list[dict[str, Any] | None] = [None] * len(encoding)
-    if not adapter.has_head or adapter.mask_token_id is None or index is None:
+    if level == NONE or not adapter.has_head or adapter.mask_token_id is None or index is None:
         return out
     plans = {i: _Plan(encoding.item(i), s, seed, bins) for i, s in enumerate(scores) if s is not None}
     plans = {i: plan for i, plan in plans.items() if plan.n > 0}
+    searched = level == FULL
     keys = {i: CACHE.key(adapter, plan.one, index[i : i + 1], plan.ks) for i, plan in plans.items()}
-    cached = {i: CACHE.lookup(keys[i]) for i in plans}
-    done = drive(adapter, encoding, index, {i: plan.steps(cached[i] is None) for i, plan in plans.items()})
+    cached = {i: CACHE.lookup(keys[i]) if searched else None for i in plans}
+    done = drive(adapter, encoding, index, {i: plan.steps(searched and cached[i] is None)
+                                            for i, plan in plans.items()})
     for i, plan in plans.items():
         p, found = done[i]
-        full = float(p[0])
-        found_bounds = cached[i] or CACHE.put(keys[i], bounds(found, full))  # one search per input, for all methods
-        out[i] = plan.document(p, found_bounds)
+        if searched:  # one search per input, for all methods
+            out[i] = plan.document(p, cached[i] or CACHE.put(keys[i], bounds(found, float(p[0]))))
+        else:
+            out[i] = plan.document(p, None)
     return out
 
 
@@ -121,7 +134,8 @@ class _Plan:
         p, found = yield from together([once(self.rows()), search_steps(self.one, self.ks)])
         return p, found
 
-    def document(self, p: torch.Tensor, found: Bounds) -> dict[str, Any]:
+    def document(self, p: torch.Tensor, found: Bounds | None) -> dict[str, Any]:
+        """The item's document; `found` None (level ``basic``): ``normalized`` is null."""
         full, rest = p[0], p[1:].view(2, 2, len(self.ks))  # (ranking, comp/suff, bin)
         drop = (full - rest).tolist()
 
@@ -136,7 +150,7 @@ class _Plan:
             "sufficiency": sufficiency,
             "random": random,
             "lift": comprehensiveness - random["comprehensiveness"],
-            "normalized": normalized(found, comprehensiveness, sufficiency, random),
+            "normalized": None if found is None else normalized(found, comprehensiveness, sufficiency, random),
             "k": self.ks,
             "probability": float(full),
             "per_bin": {"comprehensiveness": drop[0][0], "sufficiency": drop[0][1],

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from worker.methods.base import word_scores
-from worker.methods.faithfulness import faithfulness_batch
+from worker.methods.faithfulness import FULL, NONE, faithfulness_batch
 from worker.methods.generation_methods import RUNS as OTHER_RUNS
 from worker.methods.generation_steps import Progress, StepResult, Steps, masked_by_step
 from worker.methods.gradient import aggregate
@@ -210,7 +210,8 @@ def explain_generation(adapter: Any, request: Any, provenance: dict[str, Any], p
         started = time.perf_counter()
         out = RUNS[name](adapter, steps, params[name], step)
         seconds = time.perf_counter() - started
-        result["methods"][name] = method_document(adapter, steps, out, params[name], request.seed, seconds)
+        result["methods"][name] = method_document(adapter, steps, out, params[name], request.seed, seconds,
+                                                  request.faithfulness)
         scored = {} if out.scores is None else {"scores": out.scores}
         tensors[name] = {k: v.detach().cpu().contiguous() for k, v in {**scored, **out.tensors}.items()}
         if figures:
@@ -235,10 +236,10 @@ def method_figures(result: dict[str, Any], name: str, out: StepResult) -> dict[s
 
 
 def method_document(adapter: Adapter, steps: Steps, out: StepResult, params: dict[str, Any], seed: int,
-                    seconds: float) -> dict[str, Any]:
-    """One method's part of the result: S×T scores, S×W word scores, per-step faithfulness, params and ``seconds``
-    (the method's own run, not its faithfulness, as for a classifier); a per-layer method: its own document, params
-    and seconds."""
+                    seconds: float, level: str = FULL) -> dict[str, Any]:
+    """One method's part of the result: S×T scores, S×W word scores, per-step faithfulness (at the request's
+    `level`; none at ``none``, as a classifier's part has none), params and ``seconds`` (the method's own run, not its
+    faithfulness, as for a classifier); a per-layer method: its own document, params and seconds."""
     timed = {"params": params, "seconds": round(seconds, 6)}
     if out.scores is None:
         return {**out.extra, **timed}
@@ -247,5 +248,6 @@ def method_document(adapter: Adapter, steps: Steps, out: StepResult, params: dic
     per_word = [[value if steps.reads_group(s, group) else None for group, value in
                  zip(words, word_scores([v or 0.0 for v in row], words), strict=True)] for s, row in enumerate(scores)]
     rankings = [[v or 0.0 for v in row[:steps.reads(s)]] for s, row in enumerate(scores)]
-    faith = faithfulness_batch(adapter, steps.prefixes(), rankings, steps.targets, seed)  # every step at once
-    return {"scores": scores, "word_scores": per_word, "faithfulness": faith, **out.extra, **timed}
+    faith = faithfulness_batch(adapter, steps.prefixes(), rankings, steps.targets, seed, level=level)  # all steps
+    shown = {} if level == NONE else {"faithfulness": faith}
+    return {"scores": scores, "word_scores": per_word, **shown, **out.extra, **timed}

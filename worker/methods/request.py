@@ -19,6 +19,7 @@ import marshmallow as ma
 from worker.capabilities import Capability
 from worker.methods.base import SCORES, Method
 from worker.methods.catalog import applicable_methods, refusal, registry, some_labels
+from worker.methods.faithfulness import FULL, LEVELS
 from worker.models.base import Adapter, InputError
 
 PARAMS_INVALID = "some method parameters are invalid"
@@ -62,6 +63,7 @@ class ExplainOptions:
     score: str = "logit"
     params: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     seed: int = 0
+    faithfulness: str = FULL  # how much faithfulness work each token ranking gets (worker/methods/faithfulness.py)
 
     def __post_init__(self) -> None:
         # lists and dicts from JSON are accepted, and kept read-only so that a request cannot change on its way
@@ -78,9 +80,12 @@ class ExplainOptions:
         return cls(**_option_fields(doc))
 
     def document(self) -> dict[str, Any]:
-        """The JSON of the row: lists and plain dicts, the keys of `from_document`."""
+        """The JSON of the row: lists and plain dicts, the keys of `from_document`. `faithfulness` only when it is
+        not the default, so that a request that does not ask for less is the row (and request hash) it always was."""
+        level = {} if self.faithfulness == FULL else {"faithfulness": self.faithfulness}
         return {"methods": list(self.methods), "layers": None if self.layers is None else list(self.layers),
-                "target": self.target, "score": self.score, "params": self.plain_params(), "seed": self.seed}
+                "target": self.target, "score": self.score, "params": self.plain_params(), "seed": self.seed,
+                **level}
 
     def plain_params(self) -> dict[str, dict[str, Any]]:
         """Each method's params as a plain dict of its own (a method may keep or change what it is given)."""
@@ -122,7 +127,7 @@ def _option_fields(doc: Mapping[str, Any]) -> dict[str, Any]:
     defaults = ExplainOptions(methods=())
     return {"methods": doc["methods"], "layers": doc.get("layers"), "target": doc.get("target", defaults.target),
             "score": doc.get("score", defaults.score), "params": doc.get("params") or {},
-            "seed": doc.get("seed", defaults.seed)}
+            "seed": doc.get("seed", defaults.seed), "faithfulness": doc.get("faithfulness", defaults.faithfulness)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -253,6 +258,8 @@ def validate_options(adapter: Adapter, options: Options, limits: Limits = NO_LIM
     """`validate` without the input (an audit checks its items apart; the engine encodes them anyway)."""
     if options.score not in SCORES:
         raise RequestError(f"score must be one of {SCORES}", "score")
+    if options.faithfulness not in LEVELS:
+        raise RequestError(f"faithfulness must be one of {LEVELS}", "faithfulness")
     table = registry()
     methods = _known_methods(table, options.methods)
     _check_applicable(adapter, methods)
