@@ -9,6 +9,7 @@ from marshmallow import validate
 from service.domain import JOB_STATES
 
 SCORES = ("logit", "probability", "log_probability")
+FAITHFULNESS = ("full", "basic", "none")  # the engine's worker.methods.faithfulness.LEVELS; "full" the default
 STATUSES = tuple(JOB_STATES)
 
 
@@ -85,7 +86,7 @@ class InputsField(ma.fields.Nested):
 
 
 class ExplanationFields(Strict):
-    """What a job and an audit ask of the engine: methods, layers, target, score, params, seed."""
+    """What a job and an audit ask of the engine: methods, layers, target, score, params, seed, faithfulness."""
 
     methods = ma.fields.List(ma.fields.String(validate=validate.Length(1, 50)), required=True,
                              validate=validate.Length(1, 8), metadata={"uniqueItems": True})
@@ -95,11 +96,23 @@ class ExplanationFields(Strict):
     score = ma.fields.String(load_default="logit", validate=validate.OneOf(SCORES))
     params = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.Dict(), load_default=dict)
     seed = ma.fields.Integer(load_default=0, validate=validate.Range(0, 2**31 - 1), strict=True)
+    faithfulness = ma.fields.String(validate=validate.OneOf(FAITHFULNESS), metadata={
+        "default": FAITHFULNESS[0],
+        "description": "the faithfulness work per token-scoring method: full (AOPC, random, lift and the normalised "
+                       "AOPC's bound search), basic (no bound search: normalized is null), none (no faithfulness)"})
 
     @ma.validates_schema
     def distinct_methods(self, data: dict, **_: object) -> None:
         if len(set(data.get("methods", []))) != len(data.get("methods", [])):
             raise ma.ValidationError("each method may appear once", "methods")
+
+    @ma.post_load
+    def default_faithfulness_unsaid(self, data: dict, **_: object) -> dict:
+        """"full" said or not is one request: the loaded body (stored, and hashed for Idempotency-Key replays) is
+        then the one it was before the option existed."""
+        if data.get("faithfulness") == FAITHFULNESS[0]:
+            del data["faithfulness"]
+        return data
 
 
 class JobRequestSchema(ExplanationFields):
