@@ -37,7 +37,7 @@ def tokenizer_files(out: Path, bos: bool) -> None:
     shutil.copy(bundle_dir("gpt2-rt") / "tokenizer_config.json", out / "tokenizer_config.json")
 
 
-def build(kind: str, out: Path, seed: int = 2) -> Path:
+def build(kind: str, out: Path, seed: int = 2, decoder_layers: int = 2) -> Path:
     """A tiny T5 (2+2 layers, decoder start = <pad>, one tied table) or BART (3 encoder + 2 decoder layers, scaled
     embeddings, decoder start = </s>, untied: encoder, decoder and output tables of their own) folder, as
     save_pretrained writes it, with the tokenizer above."""
@@ -46,7 +46,7 @@ def build(kind: str, out: Path, seed: int = 2) -> Path:
     torch.manual_seed(seed)
     if kind == "t5":
         model = T5ForConditionalGeneration(T5Config(
-            vocab_size=4096, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
+            vocab_size=4096, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=decoder_layers, num_heads=4,
             dropout_rate=0.0, pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=PAD))
     else:
         model = BartForConditionalGeneration(BartConfig(
@@ -192,6 +192,26 @@ def test_prompt_tokens_layers_and_greedy_generation(lm):
         expected = model.generate(torch.tensor([src]), max_new_tokens=8, do_sample=False)[0, 1:].tolist()
     ours = adapter.generate(enc.input_ids[0].tolist(), 8)
     assert ours == expected and len(set(ours)) > 1
+
+
+def test_a_decoder_deeper_than_its_encoder_generates_greedily(tmp_path):
+    """T5 with 2 encoder and 3 decoder blocks: transformers' own generate() sizes its cache from the encoder and
+    fails on it; the adapter's generation equals greedy decoding written out with full forward passes (no cache)."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    path = build("t5", tmp_path / "t5-deep-decoder", decoder_layers=3)
+    model = AutoModelForSeq2SeqLM.from_pretrained(path, local_files_only=True).eval()
+    src = AutoTokenizer.from_pretrained(path, local_files_only=True)(PROMPT)["input_ids"]
+    decoded = [model.config.decoder_start_token_id]
+    with torch.no_grad():
+        for _ in range(6):
+            logits = model(input_ids=torch.tensor([src]), decoder_input_ids=torch.tensor([decoded])).logits
+            decoded.append(int(logits[0, -1].argmax()))
+            if decoded[-1] == EOS:
+                break
+    adapter = load_model(path, device="cpu")
+    assert [n for n in adapter.layer_names if n.startswith("decoder.layer.")] == [f"decoder.layer.{k}" for k in (1, 2, 3)]
+    assert adapter.generate(adapter.encode({"prompt": PROMPT}).input_ids[0].tolist(), 6) == decoded[1:]
 
 
 def test_forward_layers_and_attention_in_the_sequence_frame(lm):

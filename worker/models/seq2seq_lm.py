@@ -197,10 +197,16 @@ class Seq2SeqLMAdapter(CausalLMAdapter):
         room = min(max_new_tokens, self.max_tokens - len(ids))
         if room <= 0:
             return []
+        from transformers import DynamicCache, EncoderDecoderCache
+
         source = torch.tensor([ids[:-1]], device=self.device)
+        # a cache of our own: the one generate() builds is sized from the encoder's depth, and a decoder deeper than
+        # its encoder (T5's num_decoder_layers) indexes past its end
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
         with torch.no_grad():
             torch.manual_seed(seed)
             out = self.model.generate(source, attention_mask=torch.ones_like(source), max_new_tokens=room,
+                                      past_key_values=cache,
                                       min_new_tokens=1, do_sample=do_sample, num_beams=1,
                                       decoder_start_token_id=ids[-1], pad_token_id=self.tokenizer.pad_token_id,
                                       eos_token_id=self.tokenizer.eos_token_id,
