@@ -19,6 +19,7 @@ from typing import Any
 import click
 import requests
 
+from service.client import FAITHFULNESS_LEVELS
 from service.config import Settings, SettingsError, warn_unknown
 from service.domain import JobStatus
 from service.terminal import follow_audit, summary, wait_with_progress
@@ -418,6 +419,12 @@ def _param(values: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     return params
 
 
+FAITHFULNESS_OPTION = click.option(
+    "--faithfulness", type=click.Choice(FAITHFULNESS_LEVELS), default=None,
+    help="faithfulness work per method: full (the server's default), basic (no normalised AOPC's bound search), "
+         "none")
+
+
 @main.command()
 @click.option("--model", required=True)
 @click.option("--text")
@@ -428,12 +435,13 @@ def _param(values: tuple[str, ...]) -> dict[str, dict[str, Any]]:
 @click.option("--target", default="predicted")
 @click.option("--param", "params", multiple=True, help="METHOD.KEY=VALUE (JSON values)")
 @click.option("--seed", default=0, type=int)
+@FAITHFULNESS_OPTION
 @click.option("--compare-with", "compare", multiple=True)
 @click.option("--wait", is_flag=True, help="poll until the job finishes, with a progress bar (exit 1 if it fails)")
 @json_option
 def submit(model: str, text: str | None, premise: str | None, hypothesis: str | None, methods: tuple[str, ...],
-           layers: tuple[str, ...], target: str, params: tuple[str, ...], seed: int, compare: tuple[str, ...],
-           wait: bool, as_json: bool) -> None:
+           layers: tuple[str, ...], target: str, params: tuple[str, ...], seed: int, faithfulness: str | None,
+           compare: tuple[str, ...], wait: bool, as_json: bool) -> None:
     """Submit an explanation job; prints its id (in full) and, with --wait, its summary."""
     if text is not None:
         inputs = {"text": text}
@@ -447,6 +455,8 @@ def submit(model: str, text: str | None, premise: str | None, hypothesis: str | 
         request["layers"] = list(layers)
     if compare:
         request["compare_with"] = list(compare)
+    if faithfulness:
+        request["faithfulness"] = faithfulness
     client = _client()
     job = client.submit(request)
     if wait:
@@ -630,12 +640,13 @@ def zoo_train(name: str, out: str | None, seed: int) -> None:
 @click.option("--param", "params", multiple=True, help="METHOD.KEY=VALUE (JSON values)")
 @click.option("--sample", type=int, default=None, help="audit a seeded sample of N items")
 @click.option("--seed", default=0, type=int)
+@FAITHFULNESS_OPTION
 @click.option("--follow", is_flag=True, help="show live progress until the audit ends")
 @click.option("--out", default=None, help="write the report artifacts to this folder (implies --follow)")
 @json_option
 def audit(corpus: str, models: tuple[str, ...], methods: tuple[str, ...], layers: tuple[str, ...],
-          params: tuple[str, ...], sample: int | None, seed: int, follow: bool, out: str | None,
-          as_json: bool) -> None:
+          params: tuple[str, ...], sample: int | None, seed: int, faithfulness: str | None, follow: bool,
+          out: str | None, as_json: bool) -> None:
     """Audit CORPUS (a JSONL/CSV file, or a built-in name such as rt-test) with one or more models."""
     client = _client()
     request: dict[str, Any] = {"models": list(models), "methods": list(methods), "params": _param(params),
@@ -644,6 +655,8 @@ def audit(corpus: str, models: tuple[str, ...], methods: tuple[str, ...], layers
         request["layers"] = list(layers)
     if sample:
         request["sample"] = sample
+    if faithfulness:
+        request["faithfulness"] = faithfulness
     if Path(corpus).is_file():
         request["corpus"] = {"upload": client.upload_corpus(corpus)["upload"]}
     else:

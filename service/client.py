@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -29,6 +29,9 @@ from service.domain import FINISHED
 # included, is part of the model and of its revision
 SKIPPED_IN_BUNDLES = frozenset({".git", "__pycache__", ".gitattributes", ".DS_Store", ".complete"})
 DEFAULT_POLL = 1.0  # seconds between polls when the server sends no Retry-After
+# the request option `faithfulness` (docs/api.md): how much faithfulness work each token-scoring method gets
+Faithfulness = Literal["full", "basic", "none"]
+FAITHFULNESS_LEVELS: tuple[Faithfulness, ...] = ("full", "basic", "none")
 
 
 class ApiError(Exception):
@@ -245,9 +248,12 @@ class Client:
         return Job.from_raw(resp.json(), client=self)
 
     # --- jobs
-    def submit(self, request: dict[str, Any], idempotency_key: str | None = None) -> Job:
+    def submit(self, request: dict[str, Any], idempotency_key: str | None = None, *,
+               faithfulness: Faithfulness | None = None) -> Job:
+        """Queue a job; `faithfulness` sets the request's option (None: as `request` says, else the server's
+        default, "full")."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        return self._job(self._call("POST", "/v1/jobs", json=request, headers=headers))
+        return self._job(self._call("POST", "/v1/jobs", json=_with_level(request, faithfulness), headers=headers))
 
     def get(self, job_id: str | Job) -> Job:
         return self._job(self._call("GET", f"/v1/jobs/{_id(job_id)}"))
@@ -282,8 +288,9 @@ class Client:
         with open(path, "rb") as f:
             return self._call("POST", "/v1/audits/uploads", files={"file": (path.name, f)}).json()
 
-    def audit(self, request: dict[str, Any]) -> Audit:
-        return Audit.from_raw(self._call("POST", "/v1/audits", json=request).json())
+    def audit(self, request: dict[str, Any], *, faithfulness: Faithfulness | None = None) -> Audit:
+        """Start an audit; `faithfulness` as for `submit`."""
+        return Audit.from_raw(self._call("POST", "/v1/audits", json=_with_level(request, faithfulness)).json())
 
     def get_audit(self, audit_id: str | Audit) -> Audit:
         return Audit.from_raw(self._call("GET", f"/v1/audits/{_id(audit_id)}").json())
@@ -354,6 +361,10 @@ class Client:
                 status = doc["status"] if doc else "unknown"
                 raise TimeoutError(f"{path.rsplit('/', 1)[-1]} still {status} after {timeout}s")
             time.sleep(pause)
+
+
+def _with_level(request: dict[str, Any], faithfulness: Faithfulness | None) -> dict[str, Any]:
+    return request if faithfulness is None else {**request, "faithfulness": faithfulness}
 
 
 def _id(thing: str | Mapping[str, Any]) -> str:
