@@ -106,6 +106,8 @@ def test_each_level_of_a_job(api, runtime):
             assert other["methods"][name]["scores"] == full["methods"][name]["scores"]
     for page in (full_page, basic_page):
         assert "Faithfulness (ERASER AOPC)" in page
+    assert "normalised comp." in full_page and "No normalised AOPC" not in full_page
+    assert "normalised comp." not in basic_page and "No normalised AOPC" in basic_page  # not a column of dashes
     assert "Faithfulness (ERASER AOPC)" not in none_page
 
 

@@ -55,7 +55,8 @@ def faithfulness_rows(result: dict[str, Any], methods: list[str]) -> list[dict[s
                          "sufficiency": f.get("sufficiency"), "random": rnd.get("comprehensiveness"),
                          "random_sufficiency": rnd.get("sufficiency"), "lift": f.get("lift"),
                          "normalized_comprehensiveness": norm.get("comprehensiveness"),
-                         "normalized_sufficiency": norm.get("sufficiency")})
+                         "normalized_sufficiency": norm.get("sufficiency"),
+                         "searched": isinstance(f.get("normalized"), dict)})  # null: faithfulness "basic"
     return rows
 
 
@@ -271,6 +272,7 @@ def single(result: dict[str, Any]) -> dict[str, Any]:
         "table": word_table(result, methods) if methods else None,
         "agreement": agreement(result, methods),
         "faithfulness": faith,
+        "faithfulness_searched": any(f["searched"] for f in faith),  # else no normalised columns
         "faithfulness_chart": bar_chart(faith, ["comprehensiveness", "sufficiency", "random", "lift"]),
         "generation": generation_view(result) if generation else None,
     }
