@@ -34,6 +34,11 @@ class ProblemSchema(ma.Schema):
 class Blueprint(flask_smorest.Blueprint):
     ARGUMENTS_PARSER = Parser()
 
+    def arguments(self, schema, *args, **kwargs):
+        """flask-smorest's `arguments`, the schema made once: given a class, webargs builds a new instance (and its
+        nested schemas) on every request, ~0.1 ms of a submit's CPU per schema. A schema holds no per-load state."""
+        return super().arguments(schema() if isinstance(schema, type) else schema, *args, **kwargs)
+
     def problems(self, *codes: int):
         """Document the problem+json answers an operation gives (besides ALWAYS)."""
         def decorate(view):
