@@ -239,6 +239,23 @@ def named_artifact(session: Session, owner: Job | Audit, name: str) -> Artifact:
     return row
 
 
+def full_row(table: type[Base], **given: Any) -> dict[str, Any]:
+    """Every column of a new row of `table`: the given values, each other column's Python default (a callable
+    one called now: ids, timestamps, empty lists), None for the rest. For a Core INSERT whose row is wanted back
+    without reading it (`table(**row)`), as the ORM would have filled it."""
+    row = {}
+    for column in table.__table__.columns:
+        if column.key in given:
+            row[column.key] = given[column.key]
+        elif column.default is not None and column.default.is_scalar:
+            row[column.key] = column.default.arg
+        elif column.default is not None and column.default.is_callable:
+            row[column.key] = column.default.arg(None)
+        else:
+            row[column.key] = None
+    return row
+
+
 def changed(session: Session, statement: Executable) -> int:
     """How many rows an UPDATE or DELETE changed: the outcome of a conditional transition (0: another won)."""
     return cast(CursorResult, session.execute(statement)).rowcount

@@ -8,14 +8,27 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Insert, Integer, Select, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.config import Settings
-from service.db import FINISHED, IN_FLIGHT, Artifact, Database, Job, Lease, changed, is_id, tenant_row, utcnow
+from service.db import (
+    FINISHED,
+    IN_FLIGHT,
+    Artifact,
+    Database,
+    Job,
+    Lease,
+    changed,
+    full_row,
+    is_id,
+    tenant_row,
+    utcnow,
+)
 from service.domain import JobStatus
 from service.errors import Problem, conflict, not_found, too_many
 
@@ -41,13 +54,9 @@ def check_limits(session: Session, tenant_id: str, settings: Settings) -> None:
     One round trip that reads a bounded amount whatever the limits: the in-flight jobs counted up to their limit,
     and of the last minute's jobs only the one that would be the limit's oldest (it exists: the limit is reached;
     the window frees a place when it leaves)."""
-    mine = Job.tenant_id == tenant_id
-    in_flight = select(Job.id).where(mine, Job.status.in_(IN_FLIGHT), Job.audit_id.is_(None)) \
-        .limit(settings.max_in_flight).subquery()
-    limit_reached_at = select(Job.created_at).where(mine, Job.created_at >= utcnow() - timedelta(minutes=1)) \
-        .order_by(Job.created_at.desc()).offset(settings.rate_per_minute - 1).limit(1)
-    counted, oldest = session.execute(select(select(func.count()).select_from(in_flight).scalar_subquery(),
-                                             limit_reached_at.scalar_subquery())).one()
+    counted, oldest = session.execute(_limits_statement(), {
+        "tenant_id": tenant_id, "max_in_flight": settings.max_in_flight, "since": utcnow() - timedelta(minutes=1),
+        "skip": settings.rate_per_minute - 1}).one()
     if counted >= settings.max_in_flight:
         raise too_many(f"{counted} jobs in flight; the limit is {settings.max_in_flight}", settings.retry_after * 5)
     if oldest is not None:
@@ -55,18 +64,37 @@ def check_limits(session: Session, tenant_id: str, settings: Settings) -> None:
         raise too_many(f"more than {settings.rate_per_minute} jobs a minute", int(wait) + 1)
 
 
+@cache
+def _limits_statement() -> Select:
+    """check_limits' query, built once with its values as parameters: building it per submit (and its cache key)
+    cost more CPU than PostgreSQL spends running it."""
+    jobs = Job.__table__.c
+    mine = jobs.tenant_id == bindparam("tenant_id")
+    in_flight = select(jobs.id).where(mine, jobs.status.in_(IN_FLIGHT), jobs.audit_id.is_(None)) \
+        .limit(bindparam("max_in_flight", type_=Integer)).subquery()
+    limit_reached_at = select(jobs.created_at).where(mine, jobs.created_at >= bindparam("since")) \
+        .order_by(jobs.created_at.desc()).offset(bindparam("skip", type_=Integer)).limit(1)
+    return select(select(func.count()).select_from(in_flight).scalar_subquery(), limit_reached_at.scalar_subquery())
+
+
 def create(session: Session, tenant_id: str, request: dict[str, Any], revision: str, queue: str,
            idempotency_key: str | None, digest: str, enqueued_at: datetime | None = None) -> Job:
-    """A queued job row. `digest` is the hash of the body as sent, for Idempotency-Key replays; `enqueued_at` is
-    stamped in the same INSERT by a caller that sends the message after the commit."""
-    job = Job(tenant_id=tenant_id, model_name=request["model"], model_revision=revision, request=request,
-              request_hash=digest, idempotency_key=idempotency_key, queue=queue, enqueued_at=enqueued_at)
-    session.add(job)
+    """A queued job row, as inserted (not attached to the session). `digest` is the hash of the body as sent, for
+    Idempotency-Key replays; `enqueued_at` is stamped in the same INSERT by a caller that sends the message after
+    the commit. One Core INSERT: the ORM's flush of one new object cost ~0.4 ms of a submit's CPU."""
+    values = full_row(Job, tenant_id=tenant_id, model_name=request["model"], model_revision=revision,
+                      request=request, request_hash=digest, idempotency_key=idempotency_key, queue=queue,
+                      enqueued_at=enqueued_at)
     try:
-        session.flush()
+        session.execute(_insert_job(), values)
     except IntegrityError as e:  # a concurrent request with the same Idempotency-Key won the race
         raise conflict("a request with this Idempotency-Key is being processed; retry to replay it") from e
-    return job
+    return Job(**values)
+
+
+@cache
+def _insert_job() -> Insert:
+    return insert(Job.__table__)
 
 
 def mark_enqueued(db: Database, job_id: str) -> None:
