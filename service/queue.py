@@ -28,6 +28,8 @@ def make_celery(settings: Settings) -> Celery:
     broker, transport = settings.broker, None
     if broker.startswith(SQLA):
         broker, transport = broker.removeprefix(SQLA), f"{__name__}:PolledSQLTransport"
+    elif broker.startswith("redis://"):  # (rediss:// keeps kombu's own: its TLS settings come with the scheme)
+        transport = "service.redis_broker:Transport"  # kombu's, one command client per channel
     app = Celery("lantern", broker=broker, set_as_current=False)
     app.conf.update(
         broker_transport=transport,
