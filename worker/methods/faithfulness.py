@@ -87,7 +87,7 @@ def faithfulness_batch(
         return out
     plans = {i: _Plan(encoding.item(i), s, seed, bins) for i, s in enumerate(scores) if s is not None}
     plans = {i: plan for i, plan in plans.items() if plan.n > 0}
-    searched = level == FULL
+    searched = level == FULL  # basic leaves even cached bounds out: a document must not depend on earlier jobs
     keys = {i: CACHE.key(adapter, plan.one, index[i : i + 1], plan.ks) for i, plan in plans.items()}
     cached = {i: CACHE.lookup(keys[i]) if searched else None for i in plans}
     done = drive(adapter, encoding, index, {i: plan.steps(searched and cached[i] is None)
