@@ -49,6 +49,8 @@ def request_body(form: MultiDict, catalog: list[dict]) -> dict[str, Any]:
         body["layers"] = [v.strip() for v in form["layers"].split(",") if v.strip()]
     if form.get("seed", "").strip():
         body["seed"] = _convert("integer", form["seed"])
+    if form.get("faithfulness", "full") != "full":  # "full" is the default: the stored request stays today's
+        body["faithfulness"] = form["faithfulness"]
     params = {}
     for method in param_fields(catalog):
         if method["name"] not in methods:

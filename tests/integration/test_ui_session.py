@@ -245,7 +245,21 @@ def test_the_submit_form_shows_the_api_s_refusals(browser):
                                          "text": "fine", "methods": ["integrated_gradients"],
                                          "param.integrated_gradients.steps": "100000"})
     assert resp.status_code == 422 and "steps" in resp.get_data(as_text=True)
+    resp = browser.post("/ui/jobs/new", {"csrf_token": token, "model": "minilm-rt", "shape": "text",
+                                         "text": "fine", "methods": ["gradient"], "faithfulness": "most"})
+    assert resp.status_code == 422 and "faithfulness" in resp.get_data(as_text=True)
     assert browser.get("/ui/jobs.json").get_json()["items"] == []  # nothing was queued
+
+
+def test_the_submit_form_sends_a_faithfulness_level_only_when_not_the_default():
+    from werkzeug.datastructures import MultiDict
+
+    from service.ui.forms import request_body
+
+    form = {"model": "minilm-rt", "shape": "text", "text": "fine", "methods": "gradient"}
+    assert request_body(MultiDict({**form, "faithfulness": "basic"}), [])["faithfulness"] == "basic"
+    assert "faithfulness" not in request_body(MultiDict({**form, "faithfulness": "full"}), [])
+    assert "faithfulness" not in request_body(MultiDict(form), [])
 
 
 def test_user_strings_are_escaped_on_every_page(browser, runtime):
