@@ -63,19 +63,34 @@ def open_loop_rows(quick: bool) -> list[Row]:
         print("bench_api: PostgreSQL and Redis on 127.0.0.1 are needed for the open-loop rows; skipped")
         return []
     seconds = 5.0 if quick else 30.0
-    rows = []
+    rows, at_200 = [], {}
     for rate in (50, 200) if quick else RATES:
         result = drive_fresh_api(rate, seconds)
+        at_200 = result if rate == 200 else at_200
         rows.append(Row(f"open-loop POST /v1/jobs at {rate} req/s, {seconds:.0f} s: p99", "ms", result["p99"] * 1e3,
                         20.0 if rate == 200 else None, "target" if rate == 200 else "", higher_is_better=False,
                         note=f"p50 {result['p50'] * 1e3:.1f} ms, max {result['max'] * 1e3:.0f} ms, "
                              f"{result['errors']} errors, {result['stalls']} over 1 s, API CPU "
                              f"{result['cpu']:.2f} cores"))
-    return rows
+    return [*rows, worker_class_row(at_200, seconds)]
 
 
-def drive_fresh_api(rate: float, seconds: float) -> dict[str, float]:
-    """A new gunicorn API (2 workers) on a scratch database, driven open-loop from its first request."""
+# gunicorn's other worker class, driven at 200 req/s beside the default (service/gunicorn_conf.py) in the same run
+OTHER_WORKERS = ("sync workers (gunicorn_conf before issue 20)", "--worker-class sync --threads 1")
+
+
+def worker_class_row(default: dict[str, float], seconds: float) -> Row:
+    label, args = OTHER_WORKERS
+    other = drive_fresh_api(200, seconds, args)
+    return Row(f"open-loop at 200 req/s, {label}: p99", "ms", other["p99"] * 1e3, default["p99"] * 1e3,
+               "the default's", higher_is_better=False,
+               note=f"p50 {other['p50'] * 1e3:.1f} ms vs {default['p50'] * 1e3:.1f}, {other['errors']} errors, API CPU "
+                    f"{other['cpu']:.2f} cores vs {default['cpu']:.2f}; ratio > 1: the default is slower")
+
+
+def drive_fresh_api(rate: float, seconds: float, gunicorn_args: str = "") -> dict[str, float]:
+    """A new gunicorn API (2 workers) on a scratch database, driven open-loop from its first request.
+    `gunicorn_args`: more of gunicorn's options (its GUNICORN_CMD_ARGS), e.g. another worker class."""
     from tests.helpers import Stack, api_ready, wait_for
 
     with ScratchDatabase() as db_url, tempfile.TemporaryDirectory() as tmp:
@@ -83,7 +98,7 @@ def drive_fresh_api(rate: float, seconds: float) -> dict[str, float]:
         env = {"LANTERN_DATABASE_URL": db_url, "LANTERN_BROKER_URL": REDIS, "LANTERN_DATA_DIR": tmp,
                "LANTERN_JOB_QUEUE": f"bench-gpu-{tag}", "LANTERN_CPU_QUEUE": f"bench-cpu-{tag}",
                "LANTERN_RATE_PER_MINUTE": "100000000", "LANTERN_MAX_IN_FLIGHT": "100000000",
-               "LANTERN_LOG_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1"}
+               "LANTERN_LOG_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1", "GUNICORN_CMD_ARGS": gunicorn_args}
         stack = Stack({**os.environ, **env}, Path(tmp))
         try:
             api = stack.spawn("serve", "--bind", f"127.0.0.1:{stack.port}", "--workers", "2", name="api")
