@@ -1,6 +1,7 @@
 """Submit-path cost: in-process (SQLite + server-less broker), and the production API driven open-loop.
 
-Open loop: `lantern serve` (gunicorn, 2 workers) on PostgreSQL and Redis, no worker; POST /v1/jobs sent at a fixed
+Open loop: `lantern serve` (gunicorn, 2 workers of 4 threads: service/gunicorn_conf.py) on PostgreSQL and Redis,
+no worker; POST /v1/jobs sent at a fixed
 arrival rate whatever the answers do, each request's latency measured from its scheduled start (so a request that
 waited for a free client thread or a busy server counts its wait: closed-loop benches hide exactly that). A fresh
 API per run, its first request included: the cold-start stall of issue 20 (each gunicorn worker's first submits
@@ -139,7 +140,7 @@ def open_loop(port: int, key: str, rate: float, seconds: float, threads: int = 6
                 return
             scheduled = start + i / rate
             time.sleep(max(0.0, scheduled - time.perf_counter()))
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)  # gunicorn's sync workers close it
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)  # a new client's connection each time
             try:
                 conn.request("POST", "/v1/jobs", json.dumps({**BODY, "seed": i}), headers)
                 response = conn.getresponse()
