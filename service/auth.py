@@ -84,7 +84,7 @@ def authenticate(session: Session, header: str | None) -> Caller:
         raise unauthorized("send an API key as 'Authorization: Bearer <key>'")
     plain = header[len("Bearer "):].strip()
     digest = _digest(plain)
-    where = (session.get_bind().url, digest)  # a process may serve several databases (tests do)
+    where = (session.get_bind().engine.url, digest)  # a process may serve several databases (tests do)
     caller = _verified.get(where)
     if caller is not None:
         return caller

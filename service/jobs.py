@@ -9,9 +9,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Insert, Integer, Select, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Insert, Integer, Select, Table, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -94,7 +94,7 @@ def create(session: Session, tenant_id: str, request: dict[str, Any], revision: 
 
 @cache
 def _insert_job() -> Insert:
-    return insert(Job.__table__)
+    return insert(cast(Table, Job.__table__))
 
 
 def mark_enqueued(db: Database, job_id: str) -> None:
