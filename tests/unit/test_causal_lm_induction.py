@@ -9,10 +9,10 @@ control the test would not be evidence: on a model that did not copy, the tied i
 top attribution on R[j]'s own position (its embedding is the input most aligned with the output row E[R[j]]; on the
 previous llama-rt IG did so in 0.83 of controls).
 
-Measured on the shipped llama-rt (copy accuracy 0.993), these 40 + 40 prompts (seed 0), top-attribution rate on
-copy / control prompts: gradient 0.725 / 0.0, grad_x_input 0.675 / 0.15, integrated gradients (16 steps) 0.6 / 0.325;
-chance 1 / (P − 1) = 0.068; mean p(R[j]) 0.78 / 0.0008. The asserted margins are about half the measured gaps
-(above chance: 0.66, 0.61, 0.53; above control: 0.73, 0.53, 0.28). The previous llama-rt, which did not copy
+Measured on the shipped llama-rt (copy accuracy 1.0), these 40 + 40 prompts (seed 0), top-attribution rate on
+copy / control prompts: gradient 0.55 / 0.0, grad_x_input 0.8 / 0.1, integrated gradients (16 steps) 0.7 / 0.25;
+chance 1 / (P − 1) = 0.068; mean p(R[j]) 0.88 / 0.0005. The asserted margins are about half the measured gaps
+(above chance: 0.48, 0.73, 0.63; above control: 0.55, 0.7, 0.45). The previous llama-rt, which did not copy
 (p(R[j]) 0.0004 on both), fails them: its rates were 0.05 / 0.125, 0.2 / 0.25 and 0.775 / 0.825.
 """
 from __future__ import annotations
@@ -27,8 +27,8 @@ PROMPTS = 40
 LENGTH = 10  # |R|
 METHODS = ("gradient", "grad_x_input", "integrated_gradients")
 # each method's copy rate must be at least chance + ABOVE_CHANCE and control rate + ABOVE_CONTROL
-ABOVE_CHANCE = {"gradient": 0.3, "grad_x_input": 0.3, "integrated_gradients": 0.25}
-ABOVE_CONTROL = {"gradient": 0.35, "grad_x_input": 0.25, "integrated_gradients": 0.12}
+ABOVE_CHANCE = {"gradient": 0.25, "grad_x_input": 0.35, "integrated_gradients": 0.3}
+ABOVE_CONTROL = {"gradient": 0.25, "grad_x_input": 0.35, "integrated_gradients": 0.2}
 
 
 def word_tokens(adapter) -> list[str]:
