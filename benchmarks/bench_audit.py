@@ -1,7 +1,8 @@
 """Audit throughput (items/s) on the production shape: PostgreSQL + Redis + Celery worker processes, measured from
 the first item claimed to the finaliser's end, side by side in one run:
 - micro-batches of 16 items per worker pass vs one item per task (the same engine, the same workers);
-- two worker processes vs one (on this 2-core machine), for `gradient` and for `sigma` (one layer).
+- two worker processes vs one (on this 2-core machine), for `gradient` and for `sigma` (one layer);
+- faithfulness `basic` (no normalised-AOPC bound search) vs the default `full`, one worker.
 Worker start-up (model loading) happens before the audit is submitted and is not counted."""
 from __future__ import annotations
 
@@ -88,6 +89,9 @@ def run(quick: bool = False) -> list[Row]:
         single = ips(1, {**gradient, "batch_size": 1})
         rows.append(Row(f"audit gradient, {n_grad} items, 1 worker: batches of 16", "items/s", batched, single,
                         "one item per task"))
+        basic = ips(1, {**gradient, "batch_size": 16, "faithfulness": "basic"})
+        rows.append(Row(f"audit gradient, {n_grad} items, 1 worker, batches of 16: faithfulness basic", "items/s",
+                        basic, batched, "faithfulness full"))
         two = ips(2, {**gradient, "batch_size": 16})
         rows.append(Row(f"audit gradient, {n_grad} items, batches of 16: 2 workers", "items/s", two, batched,
                         "1 worker"))
