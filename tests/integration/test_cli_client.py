@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from service.cli import FAILED, NOT_FOUND, UNREACHABLE, USAGE, Failure, resolve
+from service.client import Client
 from tests.helpers import LANTERN, embedded_stack, free_port
 
 TEXT = "A gripping, beautifully acted film."
@@ -175,3 +176,39 @@ def test_an_audit_followed_listed_and_downloaded(stack, tmp_path):
                         env=stack.env)
         assert saved.returncode == 0 and json.loads((tmp_path / "r" / "summary.json").read_text())["id"] == doc["id"]
     assert "409" in one_line_error(lantern("audits", "cancel", doc["id"], env=stack.env), FAILED)
+
+
+# --- the faithfulness level (docs/api.md): --faithfulness of submit and audit, the client's faithfulness= ---
+
+def test_an_unknown_faithfulness_level_is_a_usage_error_before_any_request():
+    run = lantern("--url", "http://127.0.0.1:9", "submit", "--model", "minilm-rt", "--text", TEXT, "--method",
+                  "gradient", "--faithfulness", "most")
+    assert run.returncode == 2 and "'most' is not one of 'full', 'basic', 'none'" in run.stderr  # click's usage exit
+    assert "unreachable" not in run.stderr.lower()
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_submit_and_audit_take_the_faithfulness_level(stack, tmp_path):
+    run = lantern("submit", "--model", "minilm-rt", "--text", TEXT, "--method", "gradient", "--faithfulness", "none",
+                  "--wait", "--json", env=stack.env)
+    assert run.returncode == 0, run.stderr
+    job = json.loads(run.stdout)
+    assert job["request"]["faithfulness"] == "none" and "faithfulness" not in job["result"]["methods"]["gradient"]
+
+    client = Client(stack.url, stack.key)
+    basic = client.wait(client.submit({"model": "minilm-rt", "inputs": {"text": TEXT}, "methods": ["gradient"]},
+                                      faithfulness="basic"), timeout=240)
+    faith = basic.result["methods"]["gradient"]["faithfulness"]
+    assert basic.request["faithfulness"] == "basic" and faith["normalized"] is None and "lift" in faith
+
+    corpus = tmp_path / "reviews.jsonl"
+    corpus.write_text("\n".join(json.dumps({"text": t}) for t in (TEXT, "Dull and far too long.")) + "\n")
+    run = lantern("audit", str(corpus), "--model", "minilm-rt", "--method", "gradient", "--faithfulness", "none",
+                  "--follow", "--json", env=stack.env)
+    doc = json.loads(run.stdout)
+    assert doc["status"] == "succeeded" and doc["request"]["faithfulness"] == "none", run.stderr
+    assert "faithfulness" not in doc["aggregates"]["models"]["minilm-rt"]["methods"]["gradient"]
+    started = client.audit({"model": "minilm-rt", "methods": ["gradient"], "corpus": {"items": [{"text": TEXT}]}},
+                           faithfulness="basic")
+    assert started.request["faithfulness"] == "basic"
