@@ -287,6 +287,14 @@ def test_audit_view_and_attributions_lines():
     top = aggregates["models"]["minilm-rt"]["methods"]["gradient"]["top_words"][0]
     assert any(a.get("data-row") == top["word"] + (" (stop word)" if top["stop_word"] else "")
                and a["data-v"] == fmt(top["total_share"]) for t, a in page.elements if t == "rect")
+    said = 'No faithfulness: the audit asked for faithfulness "none".'
+    assert said not in "".join(page.text)
+    # an audit at faithfulness "none": no spreads or chart, and the page says it was asked for
+    bare = copy.deepcopy(aggregates)
+    for part in bare["models"]["minilm-rt"]["methods"].values():
+        part.pop("faithfulness", None)
+    text = "".join(Page(audit_view({**doc, "aggregates": bare, "request": {"faithfulness": "none"}}, lines)).text)
+    assert said in text and "mean faithfulness per method" not in text
 
 
 def long_result(tokens: int = 512, methods: int = 6) -> dict:

@@ -83,6 +83,8 @@ def audit(document: dict[str, Any], items: list[dict[str, Any]], artifact_url: v
             "methods": methods, "counts": counts, "progress": fmt(document.get("progress")),
             "rate": fmt(document.get("items_per_second")), "eta": fmt(document.get("eta_seconds")),
             "error": document.get("error"),
+            # said on the page where faithfulness would be, so its absence reads as asked for, not as missing
+            "faithfulness_level": (document.get("request") or {}).get("faithfulness", "full"),
             "per_model": [_model(n, a) for n, a in (aggregates.get("models") or {}).items()],
             "model_agreement": [{"pair": k, "rho": fmt(v)} for k, v in (aggregates.get("model_agreement") or {}).items()],
             "first": first, "rows": [_item(i, first) for i in items[:SHOWN_ITEMS]], "total_items": len(items),
