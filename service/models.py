@@ -32,14 +32,14 @@ class ModelRef:
 
 def resolve(session: Session, tenant_id: str, name: str) -> ModelRef:
     """The newest revision of `name` visible to the tenant; 404 for anything else (other tenants' included)."""
-    from worker.models import zoo_names, zoo_revision
+    from worker.models import is_zoo, zoo_revision
 
     row = session.scalars(
         select(Model).where(Model.tenant_id == tenant_id, Model.name == name).order_by(Model.created_at.desc())
     ).first()
     if row is not None:
         return ModelRef(row.name, row.revision, False, row.storage_key)
-    if name in zoo_names():
+    if is_zoo(name):
         return ModelRef(name, zoo_revision(name), True)
     raise not_found(f"model {name!r}")
 

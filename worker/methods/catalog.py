@@ -7,14 +7,34 @@ import importlib
 
 from worker.capabilities import GENERATION_METHODS, METHODS, Capability, applicable
 from worker.methods.base import Method
+from worker.methods.sanity_results import PATH as SANITY_FILE
 from worker.methods.sanity_results import load as load_sanity
 from worker.models.base import Adapter
 
 HEAD_WORDS = "head (a model with an output head)"
 
 
+# (METHODS' names, sanity.json's mtime) -> the registry: a submit validates against it, and building it re-read
+# sanity.json every time; a method added to METHODS (tests/unit/test_extending.py) or a new sanity.json rebuilds it
+_built: dict[tuple[tuple[str, ...], int], dict[str, Method]] = {}
+
+
 def registry() -> dict[str, Method]:
     """Every method of `worker.capabilities.METHODS`, in its order: `METHOD` of `worker.methods.<name>`."""
+    try:
+        stamp = SANITY_FILE.stat().st_mtime_ns
+    except OSError:
+        stamp = 0
+    key = (tuple(METHODS), stamp)
+    built = _built.get(key)
+    if built is None:  # replaced whole, so a thread reading the old entry never sees it half-made
+        built = _build()
+        _built.clear()
+        _built[key] = built
+    return dict(built)  # a dict of its own: a caller may add to it
+
+
+def _build() -> dict[str, Method]:
     sanity = load_sanity()  # the model-randomisation check's stored result, per method (worker/methods/sanity.py)
     methods = {}
     for name in METHODS:

@@ -47,7 +47,12 @@ def zoo_names() -> list[str]:
     """The built-in models that can be loaded now (a zoo directory with a config.json)."""
     if not ZOO_DIR.is_dir():
         return []
-    return sorted(p.name for p in ZOO_DIR.iterdir() if (p / "config.json").is_file() and _NAME.match(p.name))
+    return sorted(p.name for p in ZOO_DIR.iterdir() if is_zoo(p.name))
+
+
+def is_zoo(name: str) -> bool:
+    """Whether `name` is one of `zoo_names()`: one stat, not a walk of the zoo (a submit asks it every time)."""
+    return bool(_NAME.match(name)) and (ZOO_DIR / name / "config.json").is_file()
 
 
 def bundle_dir(name: str) -> Path:
@@ -75,7 +80,7 @@ def zoo_revision(name: str) -> str:
 
 def _resolve(name_or_path: str | os.PathLike[str]) -> Path:
     text = os.fspath(name_or_path)
-    if isinstance(text, str) and _NAME.match(text) and (ZOO_DIR / text / "config.json").is_file():
+    if isinstance(text, str) and is_zoo(text):
         return ZOO_DIR / text
     path = Path(text)
     if path.is_dir():
