@@ -247,6 +247,8 @@ def full_row(table: type[Base], **given: Any) -> dict[str, Any]:
     for column in table.__table__.columns:
         if column.key in given:
             row[column.key] = given[column.key]
+        elif column.server_default is not None:  # the database's value would differ from the row handed back
+            raise TypeError(f"full_row: {table.__name__}.{column.key} has a server default")
         elif column.default is not None and column.default.is_scalar:
             row[column.key] = column.default.arg
         elif column.default is not None and column.default.is_callable:

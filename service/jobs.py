@@ -86,7 +86,9 @@ def create(session: Session, tenant_id: str, request: dict[str, Any], revision: 
                       request=request, request_hash=digest, idempotency_key=idempotency_key, queue=queue,
                       enqueued_at=enqueued_at)
     try:
-        session.execute(_insert_job(), values)
+        # None is left out, not sent: a JSON column would store the JSON text 'null' for it, where an unset
+        # column (as the ORM wrote it) is SQL NULL
+        session.execute(_insert_job(), {k: v for k, v in values.items() if v is not None})
     except IntegrityError as e:  # a concurrent request with the same Idempotency-Key won the race
         raise conflict("a request with this Idempotency-Key is being processed; retry to replay it") from e
     return Job(**values)

@@ -43,3 +43,15 @@ def test_the_submit_answer_is_the_stored_job(api):
     assert {k: v for k, v in stored.items() if k != "result"} == {k: v for k, v in sent.items() if k != "result"}
     replay = api.post("/v1/jobs", json={**BODY, "seed": 7}, headers={"Idempotency-Key": "stored-1"})
     assert replay.get_json() == {**sent, "result": replay.get_json()["result"]}
+
+
+def test_unset_columns_of_the_inserted_job_are_sql_null(api, runtime):
+    """The Core INSERT leaves what a new job does not have yet (result, error, …) as SQL NULL, as the ORM did: a
+    JSON column given None would hold the JSON text 'null', and `result IS NULL` would miss it."""
+    from sqlalchemy import text
+
+    job_id = api.post("/v1/jobs", json={**BODY, "seed": 3}).get_json()["id"]
+    with runtime.db.engine.connect() as conn:
+        row = conn.execute(text("SELECT result IS NULL, error IS NULL, idempotency_key IS NULL FROM jobs "
+                                "WHERE id = :id"), {"id": job_id}).one()
+    assert tuple(row) == (True, True, True)
