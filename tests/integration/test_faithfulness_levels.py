@@ -108,6 +108,7 @@ def test_each_level_of_a_job(api, runtime):
         assert "Faithfulness (ERASER AOPC)" in page
     assert "normalised comp." in full_page and "No normalised AOPC" not in full_page
     assert "normalised comp." not in basic_page and "No normalised AOPC" in basic_page  # not a column of dashes
+    assert 'the job asked for faithfulness "basic"' in basic_page  # the request's level, not a guess from nulls
     assert "Faithfulness (ERASER AOPC)" not in none_page
 
 

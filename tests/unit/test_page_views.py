@@ -153,6 +153,19 @@ def test_faithfulness_chart_bars_carry_the_documents_numbers():
             assert bars[(m, "lift")] == fmt(f["lift"])
 
 
+def test_a_result_without_normalised_aopc_says_why_only_when_the_request_did():
+    """No normalised columns without bounds; the note names "basic" only when the job's request asked for it (a
+    result stored before normalised AOPC existed has none either)."""
+    result = copy.deepcopy(load("minilm-rt"))
+    for part in result["methods"].values():
+        if isinstance(part.get("faithfulness"), dict):
+            part["faithfulness"].pop("normalized", None)
+    asked = "".join(Page(job_view({"result": result, "request": {"faithfulness": "basic"}})).text)
+    old = "".join(Page(job_view({"result": result})).text)
+    assert 'the job asked for faithfulness "basic"' in asked and "normalised comp." not in asked
+    assert "No normalised AOPC in this result." in old and "asked for" not in old
+
+
 def test_sigma_attention_and_esim_views_are_drawn():
     minilm = Page(job_view({"result": load("minilm-rt")}))
     sigma = load("minilm-rt")["methods"]["sigma"]

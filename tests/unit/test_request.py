@@ -179,3 +179,12 @@ def test_explain_request_equals_explain(minilm_rt):
 def test_check_methods_is_validate_options(minilm_rt):
     assert check_methods(minilm_rt, registry(), ["smoothgrad"], "logit", {}) == \
         validate_options(minilm_rt, ExplainOptions(methods=["smoothgrad"])).plain_params()
+
+
+def test_the_faithfulness_levels_are_the_same_everywhere():
+    """The engine's levels, the API's OneOf and the light client's Literal (which must not import the engine)."""
+    from service.api.schemas import FAITHFULNESS
+    from service.client import FAITHFULNESS_LEVELS
+    from worker.methods.faithfulness import LEVELS
+
+    assert LEVELS == FAITHFULNESS == FAITHFULNESS_LEVELS and LEVELS[0] == "full"

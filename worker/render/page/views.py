@@ -317,7 +317,8 @@ def results_of(document: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dic
 def job(document: dict[str, Any], artifact_url: ArtifactUrl | None) -> dict[str, Any]:
     """The job document's view: its result (single, batch or generation), the compared models, its artifacts."""
     own, compare = results_of(document)
-    views = [{**single(r), "index": n} for n, r in enumerate(own + compare)]
+    level = (document.get("request") or {}).get("faithfulness", "full")  # what the note on faithfulness says
+    views = [{**single(r), "index": n, "faithfulness_level": level} for n, r in enumerate(own + compare)]
     inputs = (document.get("request") or {}).get("inputs") or {}
     if isinstance(inputs, list):  # a batch: each item's own input beside it, none in the header
         for view, one in zip(views, inputs, strict=False):
