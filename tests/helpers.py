@@ -216,3 +216,22 @@ def embedded_stack(tmp: Path) -> Iterator[Any]:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def run_here(api, runtime, body: dict) -> tuple[dict, set[str], str]:
+    """Submit `body` through the API client `api`, run the job on this process's worker: the result document, the
+    artifact names and the job's result.html."""
+    from service.db import Job
+    from service.jobs import artifacts_of
+    from worker.runner import run_job
+
+    resp = api.post("/v1/jobs", json=body)
+    assert resp.status_code == 202, resp.get_json()
+    job_id = resp.get_json()["id"]
+    status = run_job(runtime, job_id, "w1")
+    with runtime.db.session() as s:
+        job = s.get(Job, job_id)
+        assert status == "succeeded", job.error
+        result, names = job.result["result"], {a.name for a in artifacts_of(s, job_id)}
+    page = api.get(f"/v1/jobs/{job_id}/artifacts/result.html").data.decode()
+    return result, names, page

@@ -10,8 +10,7 @@ import io
 import pytest
 from sqlalchemy import select
 
-from service.db import Job
-from service.jobs import artifacts_of
+from tests.helpers import run_here
 from tests.integration.test_api import count_jobs, is_problem, queued_messages
 from tests.integration.test_audits import ITEMS, run_all
 from tests.integration.test_batch_jobs import close
@@ -71,29 +70,13 @@ def test_full_said_or_not_is_one_request(api, runtime):
     assert count_jobs(runtime, api) == 2
 
 
-def run(api, runtime, body: dict) -> tuple[dict, set[str], str]:
-    """Submit, run on this process's worker: the result document, the artifact names and the job page."""
-    from worker.runner import run_job
-
-    resp = api.post("/v1/jobs", json=body)
-    assert resp.status_code == 202, resp.get_json()
-    job_id = resp.get_json()["id"]
-    status = run_job(runtime, job_id, "w1")
-    with runtime.db.session() as s:
-        job = s.get(Job, job_id)
-        assert status == "succeeded", job.error
-        result, names = job.result["result"], {a.name for a in artifacts_of(s, job_id)}
-    page = api.get(f"/v1/jobs/{job_id}/artifacts/result.html").data.decode()
-    return result, names, page
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # the embedded default's stores: the engine's work
 def test_each_level_of_a_job(api, runtime):
     # "basic" and "none" first: the full job's bound search must not be what makes basic's numbers equal
-    basic, basic_names, basic_page = run(api, runtime, job_request(faithfulness="basic"))
-    none, none_names, none_page = run(api, runtime, job_request(faithfulness="none"))
-    full, full_names, full_page = run(api, runtime, job_request())
+    basic, basic_names, basic_page = run_here(api, runtime, job_request(faithfulness="basic"))
+    none, none_names, none_page = run_here(api, runtime, job_request(faithfulness="none"))
+    full, full_names, full_page = run_here(api, runtime, job_request())
     assert basic_names == none_names == full_names  # every figure and file, whatever the level
     for name in ("gradient", "occlusion"):
         want = full["methods"][name]["faithfulness"]
@@ -150,9 +133,9 @@ def test_an_audit_at_a_lower_level_succeeds(api, runtime, level):
 def test_a_generation_job_at_each_level(api, runtime):
     body = {"model": "gpt2-rt", "inputs": {"prompt": "the film is a charming and", "continuation": " funny story"},
             "methods": ["gradient"], "seed": 3}
-    basic = run(api, runtime, {**body, "faithfulness": "basic"})[0]["methods"]["gradient"]
-    none = run(api, runtime, {**body, "faithfulness": "none"})[0]["methods"]["gradient"]
-    full = run(api, runtime, body)[0]["methods"]["gradient"]
+    basic = run_here(api, runtime, {**body, "faithfulness": "basic"})[0]["methods"]["gradient"]
+    none = run_here(api, runtime, {**body, "faithfulness": "none"})[0]["methods"]["gradient"]
+    full = run_here(api, runtime, body)[0]["methods"]["gradient"]
     assert len(basic["faithfulness"]) == len(full["faithfulness"]) == len(full["scores"]) > 1  # one per step
     for got, want in zip(basic["faithfulness"], full["faithfulness"], strict=True):
         assert got["normalized"] is None and want["normalized"] is not None

@@ -9,6 +9,7 @@ import pytest
 
 from service.db import Job
 from service.jobs import artifacts_of
+from tests.helpers import run_here
 from tests.integration.test_api import count_jobs, is_problem, queued_messages
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -48,17 +49,9 @@ NEW_METHODS = ["lime", "attention", "attention_rollout", "sigma", "activations"]
 
 def test_a_job_with_the_other_methods_end_to_end(api, runtime):
     """lime, attention, attention_rollout per step; sigma, activations per layer × token (docs/api.md)."""
-    from worker.runner import run_job
-
-    resp = api.post("/v1/jobs", json=body(methods=NEW_METHODS, generate={"max_new_tokens": 3}, layers=["layer.4"],
-                                         params={"lime": {"samples": 30}, "sigma": {"max_steps": 10}}))
-    assert resp.status_code == 202, resp.get_json()
-    job_id = resp.get_json()["id"]
-    status = run_job(runtime, job_id, "w1")
-    with runtime.db.session() as s:
-        job = s.get(Job, job_id)
-        assert status == "succeeded", job.error
-        result, names = job.result["result"], {a.name for a in artifacts_of(s, job_id)}
+    result, names, _ = run_here(api, runtime, body(methods=NEW_METHODS, generate={"max_new_tokens": 3},
+                                                    layers=["layer.4"],
+                                                    params={"lime": {"samples": 30}, "sigma": {"max_steps": 10}}))
     S, P = len(result["generation"]["token_ids"]), result["prompt_length"]
     methods = result["methods"]
     for name in ("lime", "attention", "attention_rollout"):
