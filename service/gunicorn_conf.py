@@ -11,14 +11,12 @@ import logging
 
 preload_app = True
 
-# Threads in each worker process (gunicorn's gthread): a submit waits on PostgreSQL (its commit) and Redis for a few
-# ms of its ~10; a sync worker sits idle through those waits, a threaded one serves another request. Measured open
-# loop on 2 busy cores (benchmarks/bench_api.py), 100 req/s, 2 workers: sync p50 510-580 ms, p99 0.9-4.7 s;
-# gthread with 4 threads p50 27-29 ms, p99 0.1-0.9 s, at the same API CPU. The app is thread-safe: the embedded
-# default already serves it from threads (service/cli.py), and each process's database pool (5 + 5 overflow)
-# outnumbers its threads.
-worker_class = "gthread"
-threads = 4
+# Worker class: sync (gunicorn's default), which answers every request with `Connection: close`. Threaded workers
+# (gthread, 4 threads) served 100 req/s on 2 busy cores at p50 27-29 ms where sync took 510-580 ms
+# (benchmarks/bench_api.py), but they keep connections alive for 2 s, and a client that reuses a pooled connection
+# just as gunicorn closes it gets "Remote end closed connection without response" (seen once in the 50-job
+# production-stack test). Opt in where the client retries, or behind a proxy that holds the keep-alive:
+# GUNICORN_CMD_ARGS="--worker-class gthread --threads 4".
 
 
 def on_starting(server) -> None:  # gunicorn calls it after the preload, before it binds the port
