@@ -86,3 +86,26 @@ def test_a_long_title_widens_the_figure():
     short = size(token_scores_png(TOKENS, SPECIAL, WORDS, [0.1] * 6, title="g"))
     long = size(token_scores_png(TOKENS, SPECIAL, WORDS, [0.1] * 6, title="integrated gradients " * 4))
     assert long[0] > short[0] + 300 and long[1] == short[1]
+
+
+def test_png_bytes_keep_every_pixel():
+    """The figure's own PNG writer (no filters, worker/render/raster.py): a standard decoder reads back the exact
+    pixels of a canvas with text, flat colours and noise, and its size."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from worker.render.raster import TEXT, font, png_bytes
+
+    noise = np.random.default_rng(0).integers(0, 256, size=(37, 53, 3), dtype=np.uint8)
+    canvas = Image.new("RGB", (211, 97), "white")
+    canvas.paste(Image.fromarray(noise), (150, 40))
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle([5, 5, 60, 30], fill=(12, 200, 99))
+    draw.text((10, 50), "gradient ∂S/∂x", font=font(TEXT), fill="#1f2937")
+    png = png_bytes(canvas)
+    decoded = Image.open(io.BytesIO(png))
+    decoded.load()  # checks the chunks' CRCs and the zlib stream
+    assert png.startswith(PNG) and decoded.mode == "RGB" and decoded.size == (211, 97)
+    assert decoded.tobytes() == canvas.tobytes()
+    with pytest.raises(ValueError):
+        png_bytes(Image.new("RGBA", (4, 4)))

@@ -8,11 +8,13 @@ The other figures (maps, sigma, ESIM) stay matplotlib: they are drawn once per j
 """
 from __future__ import annotations
 
-import io
 import math
+import struct
+import zlib
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 # sizes in pixels at the style's 150 dpi: 10 pt text = 21 px
@@ -49,10 +51,27 @@ def rotated_text(canvas: Image.Image, text: str, anchor: tuple[float, float], fa
 
 
 def png_bytes(canvas: Image.Image) -> bytes:
-    """PNG with no metadata; zlib level 3: flat colours compress nearly as well as at 6, in half the time."""
-    buffer = io.BytesIO()
-    canvas.save(buffer, format="PNG", compress_level=3)
-    return buffer.getvalue()
+    """An RGB canvas as PNG (no metadata): every scanline unfiltered, zlib level 3.
+
+    Written here rather than by Pillow because Pillow picks a filter per scanline by trying all five, and on this
+    figure (1,381 x 584 px) that search cost more than the compression: 13 ms per figure at level 3 (10 ms even
+    at level 0), against 5.5 ms here for 57 KiB either way (flat colours on white need no filter). The pixels are
+    the canvas's exactly: PNG is lossless whatever the filter (tests/unit/test_render.py decodes and compares)."""
+    if canvas.mode != "RGB":  # the only kind the figures paint; another would need its own colour type here
+        raise ValueError(f"png_bytes writes RGB canvases, not {canvas.mode}")
+    width, height = canvas.size
+    lines = np.zeros((height, 1 + 3 * width), dtype=np.uint8)  # column 0: each scanline's filter type, 0 = none
+    lines[:, 1:] = np.asarray(canvas).reshape(height, 3 * width)
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8 bits per channel, truecolour, no interlace
+    return (PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(lines.tobytes(), 3))
+            + _chunk(b"IEND", b""))
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def tick_labels(values: list[float]) -> list[str]:
