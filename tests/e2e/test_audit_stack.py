@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
+from datetime import UTC
 
 import pytest
 from sqlalchemy import func, select
 
-from service.db import AuditItem, Job
+from service.db import AuditItem, Job, utcnow
 from tests.helpers import production_stack, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis, pytest.mark.s3]
@@ -33,10 +34,19 @@ def test_an_audit_survives_a_killed_worker(stack, tmp_path):
                 AuditItem.audit_id == audit_id, AuditItem.status == "done"))
 
     wait_for(lambda: done_items() >= 40, 300, "40 items done", every=0.2)
-    with stack.db.session() as s:
-        owners = s.scalars(select(Job.lease_owner).where(Job.audit_id == audit_id, Job.status == "running")).all()
-    victim = next(w for w in stack.workers if any(f":{pid}:" in (o or "") for o in owners
-                                                  for pid in _family(w.pid)))
+
+    def fresh_batch_owner() -> str | None:
+        """The lease owner of a batch that started under a second ago: its 8 items (seconds of work, written
+        together at the end) are still running when the kill lands (an older batch could end first: a flake)."""
+        with stack.db.session() as s:
+            running = s.execute(select(Job.lease_owner, Job.started_at).where(
+                Job.audit_id == audit_id, Job.kind == "audit_batch", Job.status == "running")).all()
+        now = utcnow()
+        return next((owner for owner, started in running if owner and started and
+                     (now - started.replace(tzinfo=started.tzinfo or UTC)).total_seconds() < 1.0), None)
+
+    owner = wait_for(fresh_batch_owner, 120, "a batch that just started", every=0.05)
+    victim = next(w for w in stack.workers if any(f":{pid}:" in owner for pid in _family(w.pid)))
     done_before = {p for (p,) in _done_positions(stack, audit_id)}
     os.killpg(victim.pid, signal.SIGKILL)
     victim.wait(10)
