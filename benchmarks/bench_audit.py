@@ -75,7 +75,9 @@ def run(quick: bool = False) -> list[Row]:
     if not services_up():
         print("bench_audit: PostgreSQL and Redis on 127.0.0.1 are needed; skipped")
         return []
-    n_grad, n_sigma = (32, 4) if quick else (128, 12)
+    # the 256 sentences; --quick 64 (4 batches of 16: 32 items were 2 batches, one per worker, so the
+    # 2-worker row measured the slower batch, not throughput)
+    n_grad, n_sigma = (64, 4) if quick else (256, 12)
     base = {"model": "minilm-rt", "corpus": {"name": "rt-test"}, "seed": 0}
     gradient = {**base, "methods": ["gradient"], "sample": n_grad}
     sigma = {**base, "methods": ["sigma"], "layers": ["layer.3"], "sample": n_sigma, "batch_size": 1}  # spread out
