@@ -148,3 +148,31 @@ def test_passes_are_packed_by_rows_and_tokens(monkeypatch):
     monkeypatch.setattr(masked_rows, "TOKENS_PER_PASS", 100)
     monkeypatch.setattr(masked_rows, "BATCH", 4)
     assert packed([10, 10, 10, 10, 10, 20, 20, 30, 200]) == [[0, 1, 2, 3], [4, 5, 6], [7], [8]]
+
+
+def test_a_known_unmasked_probability_is_not_run_again(minilm_rt, fresh_cache, monkeypatch):
+    """`explain` hands its prediction's p(x) over (`probability`): the unmasked row is not run a second time, every
+    number stays what the rows alone give (to float rounding), and p(x) is the prediction's own."""
+    from worker.methods import masked_rows
+
+    enc = minilm_rt.encode([{"text": TEXTS[1]}, {"text": TEXTS[3]}])
+    with torch.no_grad():
+        logits = minilm_rt.forward(minilm_rt.embed(enc), enc).logits
+    index = logits.argmax(-1)
+    known = logits.softmax(-1).gather(1, index.view(-1, 1)).squeeze(1).double()
+    scores = [torch.linspace(-1.0, 2.0, len(t)).tolist() for t in enc.tokens]
+    rows: list[int] = []
+    run = masked_rows._run
+    monkeypatch.setattr(masked_rows, "_run", lambda a, e, i, items, drops: rows.append(len(drops)) or run(
+        a, e, i, items, drops))
+    want = faithfulness_batch(minilm_rt, enc, scores, index, seed=5)
+    ran_alone, rows[:] = sum(rows), []
+    monkeypatch.setattr(faith_module, "CACHE", BoundsCache())  # the bound searches run again too
+    got = faithfulness_batch(minilm_rt, enc, scores, index, seed=5, probability=known)
+    assert sum(rows) == ran_alone - 2  # one unmasked row per item
+    for i in range(2):
+        assert got[i]["probability"] == float(known[i])
+        flat_got, flat_want = _flat(got[i]), _flat(want[i])
+        assert flat_got.keys() == flat_want.keys()
+        for key, value in flat_want.items():
+            assert flat_got[key] == (pytest.approx(value, abs=1e-6) if isinstance(value, float) else value), key

@@ -59,6 +59,13 @@ def resolve_target(adapter: Adapter, logits: torch.Tensor | None, target: str) -
     return torch.full((logits.shape[0],), labels.index(target), dtype=torch.long)
 
 
+def target_probability(logits: torch.Tensor | None, index: torch.Tensor | None) -> torch.Tensor | None:
+    """p(target) of each item from the prediction's logits (B): the faithfulness variants' unmasked row, known."""
+    if logits is None or index is None:
+        return None
+    return logits.softmax(-1).gather(1, index.view(-1, 1).to(logits.device)).squeeze(1).double().cpu()
+
+
 Progress = Callable[[float], None]
 
 
@@ -159,7 +166,8 @@ def _run(adapter: Adapter, options: ExplainOptions, inputs: Sequence[Mapping[str
                 seconds.append(time.perf_counter() - started)
         # the faithfulness of all items at once: their masked variants and bound searches share passes
         faith = faithfulness_batch(adapter, encoding, [out.json.get("scores") if method.token_scores else None
-                                                       for out in outs], index, seed, level=options.faithfulness)
+                                                       for out in outs], index, seed, level=options.faithfulness,
+                                   probability=target_probability(logits, index))
         for i, out in enumerate(outs):
             attach(explanations[i], adapter, items[i], name, method, out, chosen, faith[i], figures)
             part = explanations[i].result["methods"][name]

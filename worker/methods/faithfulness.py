@@ -74,12 +74,13 @@ def faithfulness(
 
 def faithfulness_batch(
     adapter: Adapter, encoding: Encoding, scores: Sequence[Sequence[float] | None], index: torch.Tensor | None,
-    seed: int = 0, bins: Sequence[float] = BINS, level: str = FULL,
+    seed: int = 0, bins: Sequence[float] = BINS, level: str = FULL, probability: torch.Tensor | None = None,
 ) -> list[dict[str, Any] | None]:
     """`faithfulness` of every item i of `encoding` (ranking scores[i], target index[i]; None scores: skipped), its
     masked variants and the bound searches of all items in shared passes (worker/methods/masked_rows.py); each
     document equals the item's own `faithfulness` up to float rounding. `level` (``LEVELS``): ``basic`` runs no
-    bound search (``normalized`` null), ``none`` nothing (every document None)."""
+    bound search (``normalized`` null), ``none`` nothing (every document None). `probability`: p(x) of each item's
+    target from a pass the caller ran already (`explain`'s prediction), so that row 0 is not run again."""
     if level not in LEVELS:  # the request was validated; a wrong level here is a caller's bug, not less work
         raise ValueError(f"faithfulness level {level!r}: one of {LEVELS}")
     out: list[dict[str, Any] | None] = [None] * len(encoding)
@@ -90,8 +91,9 @@ def faithfulness_batch(
     searched = level == FULL  # basic leaves even cached bounds out: a document must not depend on earlier jobs
     keys = {i: CACHE.key(adapter, plan.one, index[i : i + 1], plan.ks) for i, plan in plans.items()}
     cached = {i: CACHE.lookup(keys[i]) if searched else None for i in plans}
+    unmasked = None if probability is None else {i: float(probability[i]) for i in plans}
     done = drive(adapter, encoding, index, {i: plan.steps(searched and cached[i] is None)
-                                            for i, plan in plans.items()})
+                                            for i, plan in plans.items()}, unmasked)
     for i, plan in plans.items():
         p, found = done[i]
         if searched:  # one search per input, for all methods

@@ -11,7 +11,7 @@ the point: on a CPU a small pass of MiniLM costs several rows' worth of fixed ov
 """
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -53,12 +53,17 @@ def together(steps: Sequence[Rounds]) -> Rounds:
     return results
 
 
-def drive(adapter: Adapter, encoding: Encoding, index: torch.Tensor, steps: dict[int, Rounds]) -> dict[int, Any]:
+def drive(adapter: Adapter, encoding: Encoding, index: torch.Tensor, steps: dict[int, Rounds],
+          unmasked: Mapping[int, float] | None = None) -> dict[int, Any]:
     """Run each item's step generator (item i of `encoding`, target `index[i]`) to its end; returns their results.
-    Each round evaluates the rows of all items still running in shared passes (module docstring)."""
+    Each round evaluates the rows of all items still running in shared passes (module docstring). `unmasked`: p(y)
+    of items with nothing masked, known already (the prediction's pass): that row is not run again."""
     results: dict[int, Any] = {}
     pending: dict[int, torch.Tensor] = {}
     memo: dict[int, dict[bytes, float]] = {i: {} for i in steps}
+    for i, p in (unmasked or {}).items():
+        if i in memo:
+            memo[i][_key(torch.zeros(len(encoding.tokens[i]), dtype=torch.bool))] = float(p)
     for i, gen in steps.items():
         try:
             pending[i] = next(gen)
@@ -78,7 +83,7 @@ def drive(adapter: Adapter, encoding: Encoding, index: torch.Tensor, steps: dict
 def probabilities(adapter: Adapter, encoding: Encoding, index: torch.Tensor, rows: dict[int, torch.Tensor],
                   memo: dict[int, dict[bytes, float]]) -> dict[int, torch.Tensor]:
     """p(y) of every row of every item (float64), running only the rows not in `memo` (which gains them)."""
-    keys = {i: [bytes(r.numpy()) for r in drop.cpu()] for i, drop in rows.items()}
+    keys = {i: [_key(r) for r in drop.cpu()] for i, drop in rows.items()}
     new: dict[tuple[int, bytes], torch.Tensor] = {}
     for i, drop in rows.items():
         for key, row in zip(keys[i], drop, strict=True):
@@ -91,6 +96,11 @@ def probabilities(adapter: Adapter, encoding: Encoding, index: torch.Tensor, row
         for (i, key), value in zip(chosen, values.tolist(), strict=True):
             memo[i][key] = value
     return {i: torch.tensor([memo[i][key] for key in keys[i]], dtype=torch.float64) for i in rows}
+
+
+def _key(row: torch.Tensor) -> bytes:
+    """A CPU bool row as the memo's key."""
+    return bytes(row.numpy())
 
 
 def packed(lengths: list[int]) -> list[list[int]]:
