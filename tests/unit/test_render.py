@@ -109,3 +109,16 @@ def test_png_bytes_keep_every_pixel():
     assert decoded.tobytes() == canvas.tobytes()
     with pytest.raises(ValueError):
         png_bytes(Image.new("RGBA", (4, 4)))
+
+
+def test_cached_word_labels_draw_the_same_figure():
+    """The turned word labels are cached across figures (worker/render/raster.py): a figure drawn with every label
+    cached is byte for byte the one drawn with none."""
+    from worker.render import raster
+
+    scores = [0.1, -0.2, 0.5, 0.3, 0.4, 0.05]
+    raster._turned.cache_clear()
+    cold = token_scores_png(TOKENS, SPECIAL, WORDS, scores, title="gradient", show_special=True)
+    assert raster._turned.cache_info().misses > 0
+    warm = token_scores_png(TOKENS, SPECIAL, WORDS, scores, title="gradient", show_special=True)
+    assert raster._turned.cache_info().hits > 0 and warm == cold

@@ -38,6 +38,14 @@ def rotated_text(canvas: Image.Image, text: str, anchor: tuple[float, float], fa
                  colour: str, degrees: float) -> None:
     """Text turned `degrees` counter-clockwise whose top-right corner (in the text's own frame) sits at `anchor`:
     matplotlib's ``rotation_mode="anchor", ha="right", va="top"`` tick labels."""
+    turned, (x, y) = _turned(text, face, degrees)
+    canvas.paste(Image.new("RGB", turned.size, colour), (round(anchor[0] - x), round(anchor[1] - y)), turned)
+
+
+@lru_cache(maxsize=1024)
+def _turned(text: str, face: ImageFont.FreeTypeFont, degrees: float) -> tuple[Image.Image, tuple[float, float]]:
+    """The turned text's mask and the position of its anchor corner in it. Cached: every job's figure writes its
+    words this way, and words recur across jobs (rendering and turning one took ~0.25 ms; the mask is only read)."""
     left, top, right, bottom = face.getbbox(text)
     w, h = int(right - left) + 2, int(bottom - top) + 2
     mask = Image.new("L", (w, h), 0)
@@ -47,7 +55,7 @@ def rotated_text(canvas: Image.Image, text: str, anchor: tuple[float, float], fa
     dx, dy = w / 2, -h / 2  # the top-right corner from the text's centre, y down
     x = turned.width / 2 + dx * math.cos(a) + dy * math.sin(a)
     y = turned.height / 2 - dx * math.sin(a) + dy * math.cos(a)
-    canvas.paste(Image.new("RGB", turned.size, colour), (round(anchor[0] - x), round(anchor[1] - y)), turned)
+    return turned, (x, y)
 
 
 def png_bytes(canvas: Image.Image) -> bytes:
