@@ -14,6 +14,7 @@ import builtins
 import html
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any, Literal, TypeVar
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ProtocolError
 from urllib3.util.retry import Retry
 
 from service.domain import FINISHED
@@ -235,7 +237,14 @@ class Client:
         self.timeout = timeout
 
     def _call(self, method: str, path: str, **kw: Any) -> requests.Response:
-        resp = self.session.request(method, f"{self.url}{path}", timeout=self.timeout, **kw)
+        try:
+            resp = self.session.request(method, f"{self.url}{path}", timeout=self.timeout, **kw)
+        except requests.ConnectionError as e:
+            if not (_dropped(e) and _replayable(method, kw.get("headers"))):
+                raise
+            # once: the server closed a kept-alive connection as the request went out on it (its keep-alive
+            # timeout), so the request was lost unanswered; sent again on a new connection
+            resp = self.session.request(method, f"{self.url}{path}", timeout=self.timeout, **kw)
         if resp.status_code >= 400:
             try:
                 problem = resp.json()
@@ -251,8 +260,9 @@ class Client:
     def submit(self, request: dict[str, Any], idempotency_key: str | None = None, *,
                faithfulness: Faithfulness | None = None) -> Job:
         """Queue a job; `faithfulness` sets the request's option (None: as `request` says, else the server's
-        default, "full")."""
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        default, "full"). Without an `idempotency_key` the client makes one up, so that a submit lost to a dropped
+        connection can be sent again without making a second job."""
+        headers = {"Idempotency-Key": idempotency_key or f"lantern-client-{uuid.uuid4().hex}"}
         return self._job(self._call("POST", "/v1/jobs", json=_with_level(request, faithfulness), headers=headers))
 
     def get(self, job_id: str | Job) -> Job:
@@ -361,6 +371,21 @@ class Client:
                 status = doc["status"] if doc else "unknown"
                 raise TimeoutError(f"{path.rsplit('/', 1)[-1]} still {status} after {timeout}s")
             time.sleep(pause)
+
+
+REPLAYABLE = frozenset({"GET", "HEAD", "OPTIONS"})  # safe methods; anything else only with an Idempotency-Key
+
+
+def _replayable(method: str, headers: Mapping[str, str] | None) -> bool:
+    return method.upper() in REPLAYABLE or any(k.lower() == "idempotency-key" for k in headers or {})
+
+
+def _dropped(error: requests.ConnectionError) -> bool:
+    """The connection broke after the request was sent (the server closed it, or reset it) and before any answer.
+    A connection refused or timed out is not this: the adapter's Retry already retried those."""
+    cause = error.args[0] if error.args else None
+    cause = getattr(cause, "reason", cause)  # urllib3's MaxRetryError carries the failure as its reason
+    return isinstance(cause, (ProtocolError, ConnectionResetError, BrokenPipeError))
 
 
 def _with_level(request: dict[str, Any], faithfulness: Faithfulness | None) -> dict[str, Any]:

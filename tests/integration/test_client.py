@@ -197,6 +197,73 @@ def test_connection_refused_is_retried_then_raised():
     assert time.monotonic() - t0 >= 0.2  # backed off between the tries
 
 
+class _Dropping(http.server.BaseHTTPRequestHandler):
+    """Reads each request; the first `drop` of them get no answer, their connection closed (as gunicorn closes a
+    kept-alive connection whose timeout ran out as a request arrived on it); then 200 with a job-like body."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, as gunicorn's gthread workers
+    seen: list[tuple[str, str | None]] = []
+    drop = 1
+
+    def _answer(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.seen.append((self.command, self.headers.get("Idempotency-Key")))
+        if len(self.seen) <= self.drop:
+            self.close_connection = True
+            return
+        body = json.dumps({"id": "j1", "status": "queued", "methods": [], "models": []}).encode()
+        self.send_response(202 if self.command == "POST" else 200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def dropping():
+    _Dropping.seen, _Dropping.drop = [], 1
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Dropping)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield Client(f"http://127.0.0.1:{server.server_port}", "k")
+    server.shutdown()
+
+
+def test_a_get_lost_to_a_closed_connection_is_sent_again_once(dropping):
+    assert dropping.methods() == []
+    assert [m for m, _ in _Dropping.seen] == ["GET", "GET"]
+
+
+def test_a_submit_carries_an_idempotency_key_and_is_sent_again_with_it(dropping):
+    job = dropping.submit({"model": "minilm-rt", "inputs": {"text": TEXT}, "methods": ["gradient"]})
+    assert job.id == "j1"
+    (first, key), (again, key_again) = _Dropping.seen
+    assert first == again == "POST" and key and key_again == key  # the replay makes no second job
+    dropping.submit({"model": "minilm-rt", "inputs": {"text": TEXT}, "methods": ["gradient"]}, "mine")
+    assert _Dropping.seen[-1] == ("POST", "mine")  # a caller's own key is sent as given
+
+
+def test_a_post_without_idempotency_key_is_not_sent_again(dropping):
+    import requests
+
+    with pytest.raises(requests.ConnectionError):
+        dropping.audit({"model": "minilm-rt", "methods": ["gradient"], "corpus": {"items": [{"text": TEXT}]}})
+    assert _Dropping.seen == [("POST", None)]  # it may have been carried out: not sent twice
+
+
+def test_a_connection_that_drops_again_is_an_error_after_two_tries(dropping):
+    import requests
+
+    _Dropping.drop = 10
+    with pytest.raises(requests.ConnectionError):
+        dropping.methods()
+    assert len(_Dropping.seen) == 2
+
+
 # --- the typed job's views of a result (a real result document: tests/fixtures/page) ------------------------
 
 def _fixture_result() -> dict:
