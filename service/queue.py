@@ -4,16 +4,22 @@ Redis in production, kombu's server-less SQLAlchemy transport in the embedded de
 """
 from __future__ import annotations
 
+import base64
 import json
+import os
+import uuid
+from typing import Any
 
 from celery import Celery
 from kombu import Exchange, Queue
 from kombu.transport import sqlalchemy as kombu_sqlalchemy
+from kombu.utils import json as kombu_json
 
 from service.config import Settings
 
 RUN_JOB = "lantern.run_job"
 SQLA = "sqla+"  # the scheme prefix of kombu's SQLAlchemy transport
+REDIS_TRANSPORT = "service.redis_broker:Transport"
 
 
 class PolledSQLTransport(kombu_sqlalchemy.Transport):
@@ -29,7 +35,7 @@ def make_celery(settings: Settings) -> Celery:
     if broker.startswith(SQLA):
         broker, transport = broker.removeprefix(SQLA), f"{__name__}:PolledSQLTransport"
     elif broker.startswith("redis://"):  # (rediss:// keeps kombu's own: its TLS settings come with the scheme)
-        transport = "service.redis_broker:Transport"  # kombu's, one command client per channel
+        transport = REDIS_TRANSPORT  # kombu's, one command client per channel
     app = Celery("lantern", broker=broker, set_as_current=False)
     app.conf.update(
         broker_transport=transport,
@@ -64,8 +70,42 @@ def _queue(name: str) -> Queue:
 
 def send_job(app: Celery, job_id: str, queue: str) -> None:
     """The message carries the job id only (as its argument, and as the task id, so the broker can be asked
-    which jobs it holds)."""
-    app.send_task(RUN_JOB, args=[job_id], queue=queue, task_id=job_id)
+    which jobs it holds). On Redis it is pushed straight onto the queue's list (see `_push`); elsewhere Celery
+    sends it."""
+    if app.conf.broker_transport == REDIS_TRANSPORT:
+        _push(app, job_id, queue)
+    else:
+        app.send_task(RUN_JOB, args=[job_id], queue=queue, task_id=job_id)
+
+
+def _push(app: Celery, job_id: str, queue: str) -> None:
+    """The message Celery's send_task would send (headers and properties by Celery's own as_task_v2, the envelope
+    as kombu's Redis transport writes it: tests/integration/test_submit_broker.py compares the two), pushed with one
+    LPUSH on a client this process keeps. send_task's producer pool, retry wrapper and queue declaration cost ~0.3 ms
+    of a submit's ~3 ms CPU; a queue is declared by the workers that consume it, and a failed push leaves the job
+    to the reaper (the caller marks it unsent), as a failed send_task did."""
+    headers, properties, body, _ = app.amqp.as_task_v2(job_id, RUN_JOB, args=[job_id], kwargs={},
+                                                       reply_to=app.thread_oid, ignore_result=None)
+    message = {
+        "body": base64.b64encode(kombu_json.dumps(body).encode()).decode(), "content-encoding": "utf-8",
+        "content-type": "application/json", "headers": headers,
+        "properties": {"priority": 0, **properties, "delivery_mode": 2, "body_encoding": "base64",
+                       "delivery_info": {"exchange": "", "routing_key": queue}, "delivery_tag": str(uuid.uuid4())},
+    }
+    _command_client(app).lpush(queue, kombu_json.dumps(message))
+
+
+def _command_client(app: Celery) -> Any:
+    """The Redis client of a broker connection the app holds for this process (made after a fork, never
+    inherited): kombu's channel client, so the broker URL's and transport options' connection settings apply."""
+    held = getattr(app, "_lantern_push", None)
+    if held is None or held[0] != os.getpid():
+        connection = app.connection_for_write()
+        # with send_task's retries (under a second), not kombu's default for a channel (6 s, then forever)
+        connection.ensure_connection(**app.conf.task_publish_retry_policy)
+        held = (os.getpid(), connection, connection.default_channel._command_client)
+        app._lantern_push = held  # goes with the app
+    return held[2]
 
 
 def held_job_ids(app: Celery, queues: list[str]) -> set[str] | None:
