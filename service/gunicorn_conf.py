@@ -11,12 +11,22 @@ import logging
 
 preload_app = True
 
-# Worker class: sync (gunicorn's default), which answers every request with `Connection: close`. Threaded workers
-# (gthread, 4 threads) served 100 req/s on 2 busy cores at p50 27-29 ms where sync took 510-580 ms
-# (benchmarks/bench_api.py), but they keep connections alive for 2 s, and a client that reuses a pooled connection
-# just as gunicorn closes it gets "Remote end closed connection without response" (seen once in the 50-job
-# production-stack test). Opt in where the client retries, or behind a proxy that holds the keep-alive:
-# GUNICORN_CMD_ARGS="--worker-class gthread --threads 4".
+# Threads in each worker process (gunicorn's gthread): a submit waits on PostgreSQL (its commit) and Redis for part
+# of its time; a sync worker sits idle through those waits, a threaded one serves another request. The app is
+# thread-safe: the embedded default already serves it from threads (service/cli.py), and each process's database
+# pool (5 + 5 overflow) outnumbers its threads. Measured open loop (benchmarks/bench_api.py) in the commit that made
+# this the default. GUNICORN_CMD_ARGS="--worker-class sync --threads 1" goes back to one request at a time per process
+# (gunicorn runs gthread for "sync" while threads > 1).
+worker_class = "gthread"
+threads = 4
+
+# Keep-alive: an idle connection is closed after this many seconds. A client that reuses a pooled connection just as
+# the server closes it loses that request unanswered ("Remote end closed connection without response"); with 2 s
+# (gunicorn's default) a client polling at the API's Retry-After (1 s) on a busy machine met that edge. 5 s keeps
+# a polling client's connection well inside it, and the light client (service/client.py) sends a request lost that
+# way again once: safe methods, and submits (it gives each an Idempotency-Key). Idle keep-alive connections wait in
+# each worker's poller, not in a thread; a proxy in front should time out its idle upstream connections sooner.
+keepalive = 5
 
 
 def on_starting(server) -> None:  # gunicorn calls it after the preload, before it binds the port
