@@ -155,6 +155,25 @@ def test_too_long_input(minilm):
         minilm.encode({"text": text})
 
 
+@pytest.mark.parametrize("inputs", [
+    {"text": SENTENCE}, {"text": "short"}, {"premise": "A man sleeps.", "hypothesis": "Someone rests."},
+    {"text": "\u200b\u200b"}, {"text": "word " * 600}, {"text": "word " * 510}, {"text": "word " * 511},
+    {"text": "  "}, {"premise": "A man sleeps."}, {"text": "x", "premise": "y", "hypothesis": "z"},
+])
+def test_input_length_is_encode_s_count_and_refusals(minilm_rt, inputs):
+    """The API checks a submit with input_length (no encoding built); encode, which the run uses, is the
+    reference: the same count, or the same refusal."""
+    try:
+        expected: int | str = len(minilm_rt.encode(inputs).tokens[0])
+    except InputError as e:
+        expected = str(e)
+    try:
+        got: int | str = minilm_rt.input_length(inputs)
+    except InputError as e:
+        got = str(e)
+    assert got == expected
+
+
 def test_encode_and_describe_do_not_read_weights():
     path = load_model("minilm-rt").spec.path
     adapter = HFAdapter(validate_bundle(path), bundle_revision(path))  # a fresh object, not the cached one

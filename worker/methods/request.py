@@ -270,9 +270,10 @@ def validate_options(adapter: Adapter, options: Options, limits: Limits = NO_LIM
 
 def check_input(adapter: Adapter, inputs: Mapping[str, str], limits: Limits = NO_LIMITS) -> None:
     """The adapter's own encode (tokenizer and vocabulary, no weights) is the judge, so texts that are empty once
-    tokenised (e.g. only zero-width characters) are refused as the run would refuse them; then the token limit."""
+    tokenised (e.g. only zero-width characters) are refused as the run would refuse them; then the token limit.
+    (`input_length` applies encode's refusals; the HF adapter's skips building the encoding.)"""
     try:
-        n_tokens = len(adapter.encode(dict(inputs)).tokens[0])
+        n_tokens = adapter.input_length(dict(inputs))
     except InputError as e:
         raise RequestError(str(e), "inputs") from None
     if limits.max_tokens is not None and n_tokens > limits.max_tokens:

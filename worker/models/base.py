@@ -188,6 +188,10 @@ class Adapter(ABC):
     def count_tokens(self, inputs: dict[str, str]) -> int:
         return len(self.encode(inputs).tokens[0])
 
+    def input_length(self, inputs: dict[str, str]) -> int:
+        """Tokens of one input, refused (InputError) as `encode` refuses it; an adapter may count without encoding."""
+        return len(self.encode(inputs).tokens[0])
+
     def embedding_std(self) -> float | None:
         """Std of the input embedding matrix (sigma's default bound is 10× it), or None when the adapter has no
         embedding matrix to measure."""

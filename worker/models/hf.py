@@ -231,6 +231,20 @@ class HFAdapter(Adapter):
         first, second = self._normalise(inputs)
         return len(self.tokenizer(first, second, add_special_tokens=True)["input_ids"])
 
+    def input_length(self, inputs: dict[str, str]) -> int:
+        """`encode`'s refusals and token count for one input, without building the encoding (no offsets, words or
+        tensors): the API's check of a submit."""
+        first, second = self._normalise(inputs)
+        enc = self.tokenizer(first, second, add_special_tokens=True)
+        self._refuse_unusable(enc["input_ids"], enc.sequence_ids())
+        return len(enc["input_ids"])
+
+    def _refuse_unusable(self, ids: list[int], sequence_ids: list[int | None]) -> None:
+        if len(ids) > self.max_tokens:
+            raise InputError(f"the input has {len(ids)} tokens; {self.name} takes at most {self.max_tokens}")
+        if all(s is None for s in sequence_ids):
+            raise InputError("the input has no tokens once tokenised")
+
     def encode(self, inputs: dict[str, str] | Iterable[dict[str, str]]) -> Encoding:
         items = [inputs] if isinstance(inputs, dict) else list(inputs)
         if not items:
@@ -241,13 +255,10 @@ class HFAdapter(Adapter):
             first, second = self._normalise(item)
             enc = self.tokenizer(first, second, add_special_tokens=True, return_offsets_mapping=True)
             ids = enc["input_ids"]
-            if len(ids) > self.max_tokens:
-                raise InputError(f"the input has {len(ids)} tokens; {self.name} takes at most {self.max_tokens}")
             sequence_ids = enc.sequence_ids()
+            self._refuse_unusable(ids, sequence_ids)
             word_ids = enc.word_ids()
             special = [s is None for s in sequence_ids]
-            if all(special):
-                raise InputError("the input has no tokens once tokenised")
             # segment: the text's sequence id; a special token belongs to the segment before it ([CLS] to 0)
             segments, current = [], 0
             for s in sequence_ids:
