@@ -8,6 +8,7 @@ import os
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlparse
@@ -120,6 +121,9 @@ class LocalStore(Store):
         return self._path(key)
 
 
+PUT_THREADS = 8  # S3 writes of one put_all in flight at once (botocore's connection pool holds 10)
+
+
 class S3Store(Store):
     def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None,
                  region: str = "us-east-1", public_url: str | None = None) -> None:
@@ -142,6 +146,24 @@ class S3Store(Store):
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type)
+
+    def put_all(self, files: dict[str, tuple[bytes, str]]) -> None:
+        """Store.put_all's all or none, the writes side by side: each is a round trip to S3, and a job's time waits
+        for them all (a gradient job's 4 files against moto: 41 ms one after another, 24 ms side by side, the same CPU)."""
+        if len(files) < 2:
+            return super().put_all(files)
+        # a pool per call, not per store: a worker process forks after the store may exist, and threads do not fork
+        with ThreadPoolExecutor(max_workers=min(len(files), PUT_THREADS)) as pool:
+            writes = {key: pool.submit(self.put, key, data, content_type)
+                      for key, (data, content_type) in files.items()}
+        errors = [e for w in writes.values() if (e := w.exception()) is not None]
+        if errors:
+            for key, w in writes.items():
+                if w.exception() is None:
+                    with contextlib.suppress(Exception):
+                        self.delete(key)
+            raise errors[0]
+        return None
 
     def _get(self, key: str) -> Any:  # botocore's StreamingBody
         try:

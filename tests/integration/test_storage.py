@@ -123,3 +123,23 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path):
     assert out.stdout.startswith("refused"), out.stderr
     left = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
     assert left == ["jobs/j/small.json"]
+
+
+@pytest.mark.s3
+def test_s3_put_all_writes_every_file_or_none(s3_store, monkeypatch):
+    """S3Store.put_all writes side by side, still all or none: a write that fails takes the others back out."""
+    files = {f"jobs/j/{n}.bin": (bytes([n]) * 1000, "application/octet-stream") for n in range(6)}
+    s3_store.put_all(files)
+    assert s3_store.list("jobs/j") == sorted(files)
+    assert all(s3_store.get(key) == data for key, (data, _) in files.items())
+    put = s3_store.put
+
+    def full_at_three(key: str, data: bytes, content_type: str) -> None:
+        if key.endswith("3.bin"):
+            raise OSError(28, "No space left on device")
+        put(key, data, content_type)
+
+    monkeypatch.setattr(s3_store, "put", full_at_three)
+    with pytest.raises(OSError):
+        s3_store.put_all({key.replace("jobs/j/", "jobs/k/"): file for key, file in files.items()})
+    assert s3_store.list("jobs/k") == []
