@@ -7,6 +7,7 @@ stalling its first submits 2-4 s while it imports a tokenizer library, hashes a 
 driver and the broker's transport (the "2 s stall" of an open-loop run on a fresh API). Each worker then drops the
 database connections the master may have opened while loading: a pool must not cross a fork.
 """
+import gc
 import logging
 
 preload_app = True
@@ -63,6 +64,15 @@ def warm_clients(runtime) -> list[object]:
     with runtime.celery.connection_for_write() as conn:
         loaded.append(conn.transport)  # imports the transport module; it connects on first use
     return [*loaded, runtime.celery.amqp.router, runtime.celery.backend]  # Celery's message, routing, result code
+
+
+def pre_fork(server, worker) -> None:  # gunicorn calls it in the master before each worker's fork
+    """Move every object the master has made (the app, torch, the tokenizers: ~330k objects) to the collector's
+    permanent generation. A full collection in a worker otherwise walks them all, ~135 ms with the GIL held, so
+    every thread of that worker stalls; after the freeze it walks only the worker's own objects (~0.3 ms). The
+    frozen objects are never freed, as a preloaded app's are not anyway, and a worker no longer writes to their
+    pages (copy-on-write)."""
+    gc.freeze()
 
 
 def post_fork(server, worker) -> None:  # gunicorn calls it with these two
