@@ -216,7 +216,8 @@ class Audit(Document):
 def retrying_session(retries: int, backoff: float) -> requests.Session:
     """429 and 503 are retried after their Retry-After (else with exponential backoff), for every method: the
     server refused before doing anything. Connection failures are retried too; a request that was sent and then
-    lost (a read error) is not, since it may have been carried out."""
+    lost (a read error) is not here, since it may have been carried out: `Client._call` sends it once more only
+    where that is safe (idempotent methods, POSTs with an Idempotency-Key)."""
     retry = Retry(total=retries, connect=retries, read=0, status=retries, other=0, backoff_factor=backoff,
                   status_forcelist=(429, 503), allowed_methods=None, respect_retry_after_header=True,
                   raise_on_status=False)
@@ -245,6 +246,10 @@ class Client:
             # once: the server closed a kept-alive connection as the request went out on it (its keep-alive
             # timeout), so the request was lost unanswered; sent again on a new connection
             resp = self.session.request(method, f"{self.url}{path}", timeout=self.timeout, **kw)
+            if resp.status_code == 409 and "Retry-After" in resp.headers:
+                # the lost copy did arrive and is still being committed: its replay is a moment away
+                time.sleep(min(float(resp.headers["Retry-After"]), 5.0))
+                resp = self.session.request(method, f"{self.url}{path}", timeout=self.timeout, **kw)
         if resp.status_code >= 400:
             try:
                 problem = resp.json()

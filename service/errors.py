@@ -92,8 +92,9 @@ def not_found(what: str) -> Problem:
     return Problem(404, "Not found", f"{what} not found")
 
 
-def conflict(detail: str) -> Problem:
-    return Problem(409, "Conflict", detail)
+def conflict(detail: str, retry_after: int | None = None) -> Problem:
+    """409; with `retry_after` where the conflict passes by itself (a concurrent copy still being committed)."""
+    return Problem(409, "Conflict", detail, headers={"Retry-After": str(retry_after)} if retry_after else None)
 
 
 def too_many(detail: str, retry_after: int) -> Problem:

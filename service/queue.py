@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import threading
 import uuid
 from typing import Any
 
@@ -83,7 +84,9 @@ def _push(app: Celery, job_id: str, queue: str) -> None:
     as kombu's Redis transport writes it: tests/integration/test_submit_broker.py compares the two), pushed with one
     LPUSH on a client this process keeps. send_task's producer pool, retry wrapper and queue declaration cost ~0.3 ms
     of a submit's ~3 ms CPU; a queue is declared by the workers that consume it, and a failed push leaves the job
-    to the reaper (the caller marks it unsent), as a failed send_task did."""
+    to the reaper (the caller marks it unsent), as a failed send_task did. Sent from inside a task (the finaliser
+    release in worker/runner.py), send_task would add the task's parent_id and root_id; this message has none,
+    which nothing reads (results are ignored)."""
     headers, properties, body, _ = app.amqp.as_task_v2(job_id, RUN_JOB, args=[job_id], kwargs={},
                                                        reply_to=app.thread_oid, ignore_result=None)
     message = {
@@ -100,12 +103,18 @@ def _command_client(app: Celery) -> Any:
     inherited): kombu's channel client, so the broker URL's and transport options' connection settings apply."""
     held = getattr(app, "_lantern_push", None)
     if held is None or held[0] != os.getpid():
-        connection = app.connection_for_write()
-        # with send_task's retries (under a second), not kombu's default for a channel (6 s, then forever)
-        connection.ensure_connection(**app.conf.task_publish_retry_policy)
-        held = (os.getpid(), connection, connection.default_channel._command_client)
-        app._lantern_push = held  # goes with the app
+        with _CONNECTING:  # a gthread worker's first burst of submits: one connection, not one per thread
+            held = getattr(app, "_lantern_push", None)
+            if held is None or held[0] != os.getpid():
+                connection = app.connection_for_write()
+                # with send_task's retries (under a second), not kombu's default for a channel (6 s, then forever)
+                connection.ensure_connection(**app.conf.task_publish_retry_policy)
+                held = (os.getpid(), connection, connection.default_channel._command_client)
+                app._lantern_push = held  # goes with the app
     return held[2]
+
+
+_CONNECTING = threading.Lock()
 
 
 def held_job_ids(app: Celery, queues: list[str]) -> set[str] | None:

@@ -8,7 +8,8 @@ import os
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlparse
@@ -152,18 +153,31 @@ class S3Store(Store):
         for them all (a gradient job's 4 files against moto: 41 ms one after another, 24 ms side by side, the same CPU)."""
         if len(files) < 2:
             return super().put_all(files)
-        # a pool per call, not per store: a worker process forks after the store may exist, and threads do not fork
-        with ThreadPoolExecutor(max_workers=min(len(files), PUT_THREADS)) as pool:
-            writes = {key: pool.submit(self.put, key, data, content_type)
-                      for key, (data, content_type) in files.items()}
+        writes: dict[str, Future[None]] = {}
+        try:
+            # a pool per call, not per store: a worker process forks after the store may exist, and threads do not
+            # fork
+            with ThreadPoolExecutor(max_workers=min(len(files), PUT_THREADS)) as pool:
+                for key, (data, content_type) in files.items():
+                    writes[key] = pool.submit(self.put, key, data, content_type)
+        except BaseException:  # interrupted while the writes ran (a task's soft time limit): none of them stays
+            self._take_back(writes)
+            raise
         errors = [e for w in writes.values() if (e := w.exception()) is not None]
         if errors:
-            for key, w in writes.items():
-                if w.exception() is None:
-                    with contextlib.suppress(Exception):
-                        self.delete(key)
+            self._take_back(writes)
             raise errors[0]
         return None
+
+    def _take_back(self, writes: dict[str, Future[None]]) -> None:
+        """Delete what the writes stored, once each has ended (a write not yet started is cancelled)."""
+        for w in writes.values():
+            w.cancel()
+        futures_wait(list(writes.values()))
+        for key, w in writes.items():
+            if not w.cancelled() and w.exception() is None:
+                with contextlib.suppress(Exception):
+                    self.delete(key)
 
     def _get(self, key: str) -> Any:  # botocore's StreamingBody
         try:

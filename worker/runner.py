@@ -30,6 +30,7 @@ class DatabaseUnavailable(Exception):
 
 
 # how long a finished job's worker waits for the database to come back to record the outcome
+CANCEL_CHECK_SECONDS = 0.5  # how often a running job asks whether its cancel was requested
 RECORD_PATIENCE_SECONDS = 300.0
 
 
@@ -84,8 +85,8 @@ def run_job(rt: Runtime, job_id: str, worker: str) -> str:
     job = claim.job
     log.info("job %s attempt %d on %s", job_id, claim.attempt, rt.device)
     beat = Heartbeat(rt, job_id, worker)
-    # the claim refused a job whose cancel was asked for, so the first look is due 0.5 s in, not at the first step:
-    # a job shorter than that (a gradient: ~0.1 s) is spared a database round trip
+    # the claim refused a job whose cancel was asked for, so the first look is due CANCEL_CHECK_SECONDS in, not at
+    # the first step: a job shorter than that (a gradient: ~0.1 s) is spared a database round trip
     last_check = [time.monotonic()]
 
     def progress(fraction: float) -> None:
@@ -93,7 +94,7 @@ def run_job(rt: Runtime, job_id: str, worker: str) -> str:
         if not beat.owned:
             raise LeaseLost(job_id)
         now = time.monotonic()
-        if now - last_check[0] >= 0.5:
+        if now - last_check[0] >= CANCEL_CHECK_SECONDS:
             last_check[0] = now
             if _cancel_requested(rt, job_id):
                 raise Cancelled(job_id)

@@ -204,12 +204,21 @@ class _Dropping(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as gunicorn's gthread workers
     seen: list[tuple[str, str | None]] = []
     drop = 1
+    busy = 0  # then this many 409s with Retry-After: the dropped copy still being committed
 
     def _answer(self):
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.seen.append((self.command, self.headers.get("Idempotency-Key")))
         if len(self.seen) <= self.drop:
             self.close_connection = True
+            return
+        if len(self.seen) <= self.drop + self.busy:
+            body = b'{"title": "Conflict", "status": 409}'
+            self.send_response(409)
+            self.send_header("Retry-After", "0")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
             return
         body = json.dumps({"id": "j1", "status": "queued", "methods": [], "models": []}).encode()
         self.send_response(202 if self.command == "POST" else 200)
@@ -226,7 +235,7 @@ class _Dropping(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def dropping():
-    _Dropping.seen, _Dropping.drop = [], 1
+    _Dropping.seen, _Dropping.drop, _Dropping.busy = [], 1, 0
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Dropping)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield Client(f"http://127.0.0.1:{server.server_port}", "k")
@@ -245,6 +254,16 @@ def test_a_submit_carries_an_idempotency_key_and_is_sent_again_with_it(dropping)
     assert first == again == "POST" and key and key_again == key  # the replay makes no second job
     dropping.submit({"model": "minilm-rt", "inputs": {"text": TEXT}, "methods": ["gradient"]}, "mine")
     assert _Dropping.seen[-1] == ("POST", "mine")  # a caller's own key is sent as given
+
+
+def test_a_resent_submit_that_finds_its_first_copy_being_committed_replays_after_retry_after(dropping):
+    _Dropping.busy = 1
+    assert dropping.submit({"model": "minilm-rt", "inputs": {"text": TEXT}, "methods": ["gradient"]}).id == "j1"
+    assert [m for m, _ in _Dropping.seen] == ["POST"] * 3 and len({k for _, k in _Dropping.seen}) == 1
+    _Dropping.seen, _Dropping.busy = [], 2
+    with pytest.raises(ApiError) as e:  # once, not forever
+        dropping.submit({"model": "minilm-rt", "inputs": {"text": TEXT}, "methods": ["gradient"]})
+    assert e.value.status == 409 and len(_Dropping.seen) == 3
 
 
 def test_a_post_without_idempotency_key_is_not_sent_again(dropping):

@@ -1,6 +1,8 @@
 """Object storage: the local directory store, and the S3 store over HTTP against a local S3 server (moto)."""
 from __future__ import annotations
 
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -143,3 +145,32 @@ def test_s3_put_all_writes_every_file_or_none(s3_store, monkeypatch):
     with pytest.raises(OSError):
         s3_store.put_all({key.replace("jobs/j/", "jobs/k/"): file for key, file in files.items()})
     assert s3_store.list("jobs/k") == []
+
+
+class _Interrupted(BaseException):
+    """What a task's soft time limit raises in the main thread (Celery's SoftTimeLimitExceeded is one)."""
+
+
+@pytest.mark.s3
+def test_s3_put_all_interrupted_while_writing_leaves_nothing(s3_store, monkeypatch):
+    files = {f"jobs/m/{n}.bin": (bytes([n]) * 1000, "application/octet-stream") for n in range(4)}
+    put = s3_store.put
+
+    def slow(key: str, data: bytes, content_type: str) -> None:
+        time.sleep(0.3)
+        put(key, data, content_type)
+
+    def interrupt(signum, frame):
+        raise _Interrupted()
+
+    monkeypatch.setattr(s3_store, "put", slow)
+    before = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)  # while put_all waits for its writes
+        with pytest.raises(_Interrupted):
+            s3_store.put_all(files)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
+    time.sleep(0.5)  # past the writes' end: a write that outlived the interruption would be listed now
+    assert s3_store.list("jobs/m") == []
