@@ -23,8 +23,8 @@ attribution = (x − x') ⊙ ∫₀¹ ∂S(y)/∂x |_{x' + α(x − x')} dα   (
 Several items (``run_batch``, used by batch jobs and audits): the items, sorted by length, run in groups of
 ``internal_batch_size`` that share passes of at most that many rows, padded to the pass's longest item (sorted, the
 padding is small: 3% of the rows' tokens on 256 RT sentences; a pass per item per adaptive round of 2 points cost more
-than the padding on a CPU, and groups of as many items as 16×512 tokens, whose passes are fuller, were no faster on 64
-of them); each item's gradients are kept at its own length, so the results equal ``run``'s per item up to float
+than the padding on a CPU; groups of as many items as 16×512 tokens, whose passes are fuller, and passes of 32 rows
+were no faster on 64 of them: what a fuller pass saves, its wider padding costs); each item's gradients are kept at its own length, so the results equal ``run``'s per item up to float
 rounding.
 
 ``delta`` = Σ attribution − (S(x) − S(x')): the completeness gap of the quadrature (small with enough steps).
