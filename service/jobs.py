@@ -217,30 +217,33 @@ def claim(db: Database, job_id: str, worker: str, settings: Settings, device: st
     A job whose attempts are spent is dead-lettered to `failed` instead, but only once no worker holds a live
     lease on it: a duplicate delivery of a running job's message must not fail the attempt that is running."""
     now = utcnow()
+    claimable = or_(Job.status == JobStatus.QUEUED, and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now))
     with db.session() as s:
-        job = s.get(Job, job_id)
-        if job is None:
-            return None
-        claimable = or_(Job.status == JobStatus.QUEUED,
-                        and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now))
-        spent = changed(s, update(Job).where(Job.id == job_id, claimable, Job.attempts >= settings.max_attempts)
-                          .values(status=JobStatus.FAILED, finished_at=now, lease_owner=None, lease_expires_at=None,
-                                  error=dead_letter(job.attempts)))
-        if spent:
-            _close_attempt(s, job_id, "lease expired", now)
-            return None
-        won = changed(s, update(Job).where(Job.id == job_id, claimable, Job.cancel_requested.is_(False)).values(
+        # the usual case, one statement: the row taken and read back (was a read, the update, and a re-read)
+        job = s.scalars(update(Job).where(Job.id == job_id, claimable, Job.cancel_requested.is_(False),
+                                          Job.attempts < settings.max_attempts).values(
             status=JobStatus.RUNNING, attempts=Job.attempts + 1, lease_owner=worker, device=device,
             lease_expires_at=now + timedelta(seconds=settings.lease_seconds), progress=0.0,
-            started_at=now))
-        if not won:
+            started_at=now).returning(Job)).one_or_none()
+        if job is None:
+            _dead_letter_if_spent(s, job_id, claimable, settings, now)
             return None
-        s.flush()
-        s.refresh(job)
         history = _closed(job.attempt_history, "lease expired", now)  # the attempt before, if its worker died
         job.attempt_history = [*history, {"attempt": job.attempts, "worker": worker, "device": device,
                                           "started_at": now.isoformat(), "ended_at": None, "outcome": None}]
         return Claim(job, job.attempts)
+
+
+def _dead_letter_if_spent(s: Session, job_id: str, claimable: Any, settings: Settings, now: datetime) -> None:
+    """A claimable job whose attempts are spent fails, dead-lettered (claim's docstring)."""
+    attempts = s.scalar(select(Job.attempts).where(Job.id == job_id))
+    if attempts is None or attempts < settings.max_attempts:
+        return
+    spent = changed(s, update(Job).where(Job.id == job_id, claimable, Job.attempts >= settings.max_attempts)
+                      .values(status=JobStatus.FAILED, finished_at=now, lease_owner=None, lease_expires_at=None,
+                              error=dead_letter(attempts)))
+    if spent:
+        _close_attempt(s, job_id, "lease expired", now)
 
 
 def _closed(history: list[dict[str, Any]] | None, outcome: str, at: datetime) -> list[dict[str, Any]]:
@@ -251,9 +254,12 @@ def _closed(history: list[dict[str, Any]] | None, outcome: str, at: datetime) ->
     return history
 
 
-def _close_attempt(session: Session, job_id: str, outcome: str, at: datetime) -> None:
-    """End the open attempt in the row's history; call in the transaction that made the transition."""
-    history = session.scalar(select(Job.attempt_history).where(Job.id == job_id))
+def _close_attempt(session: Session, job_id: str, outcome: str, at: datetime,
+                   history: list[dict[str, Any]] | None = None) -> None:
+    """End the open attempt in the row's history (read here unless given); call in the transaction that made the
+    transition."""
+    if history is None:
+        history = session.scalar(select(Job.attempt_history).where(Job.id == job_id))
     session.execute(update(Job).where(Job.id == job_id).values(attempt_history=_closed(history, outcome, at)))
 
 
@@ -277,12 +283,13 @@ def finish(db: Database, job_id: str, worker: str, status: str, *, result: dict 
            error: dict | None = None, artifacts: Sequence[Artifact] = ()) -> bool:
     """Record the outcome, fenced by the lease: a worker that lost its job cannot overwrite it."""
     with db.session() as s:
-        won = changed(s, update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.lease_owner == worker)
+        # the history comes back with the fenced update (was a read of its own)
+        won = s.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.lease_owner == worker)
                         .values(status=status, result=result, error=error, finished_at=utcnow(),
                                 progress=1.0 if status == JobStatus.SUCCEEDED else Job.progress,
-                                lease_owner=None, lease_expires_at=None))
+                                lease_owner=None, lease_expires_at=None).returning(Job.attempt_history)).first()
         if won:
-            _close_attempt(s, job_id, status, utcnow())
+            _close_attempt(s, job_id, status, utcnow(), won.attempt_history)
             for old in s.scalars(select(Artifact).where(Artifact.job_id == job_id)):
                 s.delete(old)
             s.flush()

@@ -1,5 +1,6 @@
 """The worker's database work for one short job (worker/runner.py): a gradient job that ends within its first
-half second never asks whether it was cancelled (the claim refused a job whose cancel was asked for)."""
+half second never asks whether it was cancelled (the claim refused a job whose cancel was asked for), and reads
+its row only through the claim's and the finish's UPDATE … RETURNING."""
 from __future__ import annotations
 
 from sqlalchemy import event
@@ -33,3 +34,5 @@ def test_a_short_job_does_not_look_for_a_cancel(api, runtime, monkeypatch):
     finally:
         event.remove(runtime.db.engine, "before_cursor_execute", count)
     assert seen and not [s for s in seen if s.startswith("SELECT jobs.cancel_requested FROM")], seen
+    # the claim and the finish read the job's row back from their UPDATEs (RETURNING): no SELECT of jobs at all
+    assert not [s for s in seen if s.startswith("SELECT") and " FROM jobs" in s], seen
