@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.bench_latency import LEVELS, job
+from benchmarks.profile_submit import stage_times
 
 STAGES: list[tuple[str, str, str]] = [
     ("run_job (whole job)", "worker/runner.py", "run_job"),
@@ -144,13 +145,8 @@ def profile(run: Callable[[dict], str], level: str, n: int, top: int, save: str 
     if save:
         stats.dump_stats(f"{save}.{level}")
     print(f"\n=== level {level}: cProfile on, {cpu:.1f} ms CPU per job; stages (inclusive ms per job):")
-    table = stats.stats  # type: ignore[attr-defined]
-    for label, fragment, name in STAGES:
-        found = [(ct, nc) for (file, _, fn), (_, nc, _, ct, _) in table.items()
-                 if fn == name and file.replace(os.sep, "/").endswith(fragment)]
-        if found:
-            ct, nc = max(found)
-            print(f"  {label:<40} {ct * 1e3 / n:8.2f} ms   ({nc / n:g} calls/job)")
+    for label, ms, calls in stage_times(stats, n, STAGES):
+        print(f"  {label:<40} {ms:8.2f} ms   ({calls:g} calls/job)")
     if top:
         for key in ("cumulative", "tottime"):
             print(f"\ntop {top} by {key} ({level}):")

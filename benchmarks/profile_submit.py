@@ -154,12 +154,13 @@ def profile(post: Callable[[int], Any], n: int, top: int, save: str | None = Non
         stats.sort_stats(key).print_stats(top)
 
 
-def stage_times(stats: pstats.Stats, n: int) -> list[tuple[str, float, float]]:
-    """(label, inclusive ms per submit, calls per submit) of each stage; the largest matching entry when a name
-    matches several functions of that file."""
+def stage_times(stats: pstats.Stats, n: int, stages: list[tuple[str, str, str]] = STAGES,
+                ) -> list[tuple[str, float, float]]:
+    """(label, inclusive ms per run, calls per run) of each stage (label, file suffix, function) over n runs; the
+    largest matching entry when a name matches several functions of that file."""
     table: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
     out = []
-    for label, fragment, name in STAGES:
+    for label, fragment, name in stages:
         found = [(ct, nc) for (file, _, fn), (_, nc, _, ct, _) in table.items()
                  if fn == name and file.replace(os.sep, "/").endswith(fragment)]
         if found:
