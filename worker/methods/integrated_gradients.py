@@ -96,23 +96,26 @@ def integrated_gradients(
 ) -> torch.Tensor:
     """B×T×K attributions of the B items of `encoding` (x, baseline: B×T×K; target: B classes).
 
-    Each pass runs ``internal_batch_size`` path points (rows), i.e. max(1, internal_batch_size // B) values of α for
-    all B items at once, so memory is bounded by it and not by ``steps``."""
+    The B·steps rows (item, α) run item after item, ``internal_batch_size`` per pass, so memory is bounded by it and
+    not by ``steps``, and a pass is padded only to its own rows' longest item, not the group's (the items come sorted
+    by length; all B items per pass, as before, padded every row to the longest of all)."""
     alphas, weights = quadrature(steps, method)
     alphas, weights = alphas.to(x.dtype).to(x.device), weights.to(x.dtype).to(x.device)
-    B = x.shape[0]
     diff = x - baseline
     total = torch.zeros_like(x)
-    per_pass = max(1, internal_batch_size // B)
-    batches = math.ceil(steps / per_pass)
-    for b in range(batches):
-        part = slice(b * per_pass, (b + 1) * per_pass)
-        a, w = alphas[part], weights[part]
-        n = a.shape[0]
-        points = (baseline.unsqueeze(0) + a.view(-1, 1, 1, 1) * diff.unsqueeze(0)).flatten(0, 1)  # (n·B)×T×K
-        grad = input_gradient(adapter, points, encoding.repeat(n), Target(target.index.repeat(n), target.score))
-        total += (w.view(-1, 1, 1, 1) * grad.detach().view(n, *x.shape)).sum(0)
-        progress((b + 1) / batches)
+    rows = [(j, k) for j in range(x.shape[0]) for k in range(steps)]
+    passes = math.ceil(len(rows) / internal_batch_size)
+    for b in range(passes):
+        chunk = rows[b * internal_batch_size : (b + 1) * internal_batch_size]
+        items = torch.tensor([j for j, _ in chunk], device=x.device)
+        k = torch.tensor([k for _, k in chunk], device=x.device)
+        part = encoding.subset(items.tolist())
+        width = part.input_ids.shape[1]
+        points = (baseline[items] + alphas[k].view(-1, 1, 1) * diff[items])[:, :width]
+        index = target.index[items.to(target.index.device)]
+        grad = input_gradient(adapter, points, part, Target(index, target.score)).detach()
+        total[:, :width].index_add_(0, items, weights[k].view(-1, 1, 1) * grad)
+        progress((b + 1) / passes)
     return diff * total
 
 
