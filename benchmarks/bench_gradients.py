@@ -1,6 +1,7 @@
 """Gradient saliency and integrated gradients (32 steps) on Rotten Tomatoes test sentences with minilm-rt: Lantern's
-engine (gradient: items padded into batches; IG: the method's ``run_batch`` as audits call it — items of one token
-count share passes of ``internal_batch_size`` rows, and each result carries its completeness gap) vs Captum called the
+engine (gradient: items padded into batches; IG: the method's ``run_batch`` as audits call it — the items, sorted by
+length, run item after item in passes of ``internal_batch_size`` rows, each padded to its own rows' longest item, and
+each result carries its completeness gap) vs Captum called the
 usual way (one sentence per ``attribute`` call; IG with ``n_steps=32`` and no internal batch size). Throughput in sentences
 per second, the median of alternating repeats; the note gives the largest relative difference between the two
 sides' token scores (the numbers must be the same) and the rows per pass (what bounds memory).
