@@ -150,7 +150,8 @@ class S3Store(Store):
 
     def put_all(self, files: dict[str, tuple[bytes, str]]) -> None:
         """Store.put_all's all or none, the writes side by side: each is a round trip to S3, and a job's time waits
-        for them all (a gradient job's 4 files against moto: 41 ms one after another, 24 ms side by side, the same CPU)."""
+        for them all (a gradient job's 4 files against moto: 41 ms one after another, 24 ms side by side, the same
+        CPU)."""
         if len(files) < 2:
             return super().put_all(files)
         writes: dict[str, Future[None]] = {}

@@ -24,8 +24,8 @@ Several items (``run_batch``, used by batch jobs and audits): the items, sorted 
 ``internal_batch_size`` that share passes of at most that many rows, padded to the pass's longest item (sorted, the
 padding is small: 3% of the rows' tokens on 256 RT sentences; a pass per item per adaptive round of 2 points cost more
 than the padding on a CPU; groups of as many items as 16×512 tokens, whose passes are fuller, and passes of 32 rows
-were no faster on 64 of them: what a fuller pass saves, its wider padding costs); each item's gradients are kept at its own length, so the results equal ``run``'s per item up to float
-rounding.
+were no faster on 64 of them: what a fuller pass saves, its wider padding costs); each item's gradients are kept at
+its own length, so the results equal ``run``'s per item up to float rounding.
 
 ``delta`` = Σ attribution − (S(x) − S(x')): the completeness gap of the quadrature (small with enough steps).
 
@@ -172,6 +172,8 @@ class _Path:
     def total(self) -> torch.Tensor:
         """Σ over panels of Simpson's weights × gradients (T×K)."""
         return sum(w * self.grads[alpha] for panel in self.panels for alpha, w in _nodes(panel))
+
+
 def _evaluate(adapter: Adapter, encoding: Encoding, x: torch.Tensor, baseline: torch.Tensor, target: Target,
               paths: list[_Path], rows: int) -> None:
     """Evaluate the nodes that the pending panels of all items lack, ``rows`` per pass. The items are sorted by

@@ -273,7 +273,8 @@ class HFAdapter(Adapter):
                 else:
                     words.append([t])
                 previous = key
-            offsets = [(0, 0) if sp else (int(a), int(b)) for sp, (a, b) in zip(special, enc["offset_mapping"], strict=True)]
+            offsets = [(0, 0) if sp else (int(a), int(b))
+                       for sp, (a, b) in zip(special, enc["offset_mapping"], strict=True)]
             rows.append({
                 "ids": ids, "tokens": self.tokenizer.convert_ids_to_tokens(ids), "special": special,
                 "words": words, "offsets": offsets, "segments": segments,
