@@ -29,8 +29,8 @@ class DatabaseUnavailable(Exception):
     """The database cannot be reached: nothing can be recorded, so the task puts the job back and retries later."""
 
 
-# how long a finished job's worker waits for the database to come back to record the outcome
 CANCEL_CHECK_SECONDS = 0.5  # how often a running job asks whether its cancel was requested
+# how long a finished job's worker waits for the database to come back to record the outcome
 RECORD_PATIENCE_SECONDS = 300.0
 
 
