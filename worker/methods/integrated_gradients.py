@@ -107,16 +107,24 @@ def integrated_gradients(
     passes = math.ceil(len(rows) / internal_batch_size)
     for b in range(passes):
         chunk = rows[b * internal_batch_size : (b + 1) * internal_batch_size]
-        items = torch.tensor([j for j, _ in chunk], device=x.device)
+        items = [j for j, _ in chunk]
         k = torch.tensor([k for _, k in chunk], device=x.device)
-        part = encoding.subset(items.tolist())
-        width = part.input_ids.shape[1]
-        points = (baseline[items] + alphas[k].view(-1, 1, 1) * diff[items])[:, :width]
-        index = target.index[items.to(target.index.device)]
-        grad = input_gradient(adapter, points, part, Target(index, target.score)).detach()
-        total[:, :width].index_add_(0, items, weights[k].view(-1, 1, 1) * grad)
+        part, points, rows_target = _path_pass(encoding, x, baseline, target, items, alphas[k])
+        grad = input_gradient(adapter, points, part, rows_target).detach()
+        at = torch.tensor(items, device=x.device)
+        total[:, : points.shape[1]].index_add_(0, at, weights[k].view(-1, 1, 1) * grad)
         progress((b + 1) / passes)
     return diff * total
+
+
+def _path_pass(encoding: Encoding, x: torch.Tensor, baseline: torch.Tensor, target: Target, items: list[int],
+               alphas: torch.Tensor) -> tuple[Encoding, torch.Tensor, Target]:
+    """One pass of path rows, row r = item items[r] at α = alphas[r]: the rows' encoding (padded to their longest
+    item only), the points x' + α(x − x') cut to that width, and the rows' targets."""
+    part = encoding.subset(items)
+    points = (baseline[items] + alphas.view(-1, 1, 1) * (x - baseline)[items])[:, : part.input_ids.shape[1]]
+    index = target.index[torch.tensor(items, device=target.index.device)]
+    return part, points, Target(index, target.score)
 
 
 def _gradients_and_scores(adapter: Adapter, points: torch.Tensor, encoding: Encoding,
@@ -184,12 +192,9 @@ def _evaluate(adapter: Adapter, encoding: Encoding, x: torch.Tensor, baseline: t
         chunk = need[start : start + rows]
         items = [j for j, _ in chunk]
         at = torch.tensor([alpha for _, alpha in chunk], dtype=x.dtype, device=x.device)
-        part = encoding.subset(items)  # padded to these rows' longest item
-        width = part.input_ids.shape[1]
-        points = (baseline[items] + at.view(-1, 1, 1) * diff[items])[:, :width]
-        index = target.index[torch.tensor(items, device=target.index.device)]
-        grad, score = _gradients_and_scores(adapter, points, part, Target(index, target.score))
-        f = (grad * diff[items, :width]).sum((1, 2))  # diff is 0 at the padding
+        part, points, rows_target = _path_pass(encoding, x, baseline, target, items, at)
+        grad, score = _gradients_and_scores(adapter, points, part, rows_target)
+        f = (grad * diff[items, : points.shape[1]]).sum((1, 2))  # diff is 0 at the padding
         for (j, alpha), g, fj, sj in zip(chunk, grad, f.tolist(), score.tolist(), strict=True):
             path = paths[j]
             path.grads[alpha], path.f[alpha], path.s[alpha] = g[: len(encoding.tokens[j])], fj, sj
