@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from worker.capabilities import Capability
-from worker.methods.base import Method, MethodResult, Target, word_scores
+from worker.methods.base import Method, MethodResult, PredictionPass, Target, word_scores
 from worker.methods.catalog import HEAD_WORDS, applicable_methods, refusal, registry, some_labels
 from worker.methods.faithfulness import FULL, faithfulness_batch
 from worker.methods.request import (
@@ -134,8 +134,8 @@ def _run(adapter: Adapter, options: ExplainOptions, inputs: Sequence[Mapping[str
     table, params, seed, score = registry(), options.plain_params(), options.seed, options.score
     plain = [dict(one) for one in inputs]
     encoding = adapter.encode(plain if len(plain) > 1 else plain[0]).to(adapter.device)
-    with torch.no_grad():
-        logits = adapter.forward(adapter.embed(encoding), encoding).logits
+    kept = [n for n in options.methods if table[n].gradient_at_input] if adapter.has_head else []
+    logits, prediction = predict(adapter, encoding, keep_graph=bool(kept))
     index = resolve_target(adapter, logits, options.target)
     items = [encoding.item(i) for i in range(len(plain))] if len(plain) > 1 else [encoding]
     heads = [None if index is None else index[i:i + 1] for i in range(len(items))]
@@ -149,12 +149,12 @@ def _run(adapter: Adapter, options: ExplainOptions, inputs: Sequence[Mapping[str
         def step(fraction: float, n: int = n) -> None:
             progress((n + min(max(fraction, 0.0), 1.0)) / len(methods))
 
-        targets = [Target(heads[i], score) if index is not None else None for i in range(len(items))]
+        targets = [Target(heads[i], score, prediction) if index is not None else None for i in range(len(items))]
         if method.run_batch is not None and len(items) > 1:
             started = time.perf_counter()
             torch.manual_seed(seed)
-            outs = method.run_batch(adapter, encoding, Target(index, score) if index is not None else None, chosen,
-                                    layers=layers, progress=step, seed=seed)
+            outs = method.run_batch(adapter, encoding, Target(index, score, prediction) if index is not None else None,
+                                    chosen, layers=layers, progress=step, seed=seed)
             seconds = [(time.perf_counter() - started) / len(items)] * len(items)  # the batch's time, shared
         else:
             outs, seconds = [], []
@@ -175,8 +175,26 @@ def _run(adapter: Adapter, options: ExplainOptions, inputs: Sequence[Mapping[str
             if chosen.get("stability") and "scores" in part:
                 part["stability"] = stability(method, adapter, items[i], targets[i], chosen, layers, seed,
                                               part["scores"])
+        if kept and name == kept[-1]:
+            prediction = None  # no later method wants the prediction's graph: free its activations now
         step(1.0)
     return explanations
+
+
+def predict(adapter: Adapter, encoding: Encoding, keep_graph: bool) -> tuple[torch.Tensor | None,
+                                                                              PredictionPass | None]:
+    """The prediction's logits (None for a headless model) and, with `keep_graph`, that pass kept with its graph
+    for the methods that want ∂S/∂x at the input (`Method.gradient_at_input`): their forward is this one."""
+    x = adapter.embed(encoding)
+    if not keep_graph:
+        with torch.no_grad():
+            return adapter.forward(x, encoding).logits, None
+    x.requires_grad_(True)
+    with torch.enable_grad():
+        logits = adapter.forward(x, encoding).logits
+    if logits is None:
+        return None, None
+    return logits.detach(), PredictionPass(encoding, x, logits)
 
 
 def check_methods(adapter: Adapter, table: dict[str, Method], methods: list[str], score: str,

@@ -20,6 +20,9 @@ class Target:
 
     index: torch.Tensor  # B long: class per item
     score: str = "logit"
+    # the prediction's forward over the input, kept with its graph when a requested method wants ∂S/∂x at the
+    # input itself (`Method.gradient_at_input`): that method needs no forward of its own (worker/methods/gradient.py)
+    prediction: PredictionPass | None = None
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         """S(y) per item (B) from B×C logits."""
@@ -30,6 +33,39 @@ class Target:
         else:
             values = logits
         return values.gather(-1, self.index.view(-1, 1).to(values.device)).squeeze(-1)
+
+
+class PredictionPass:
+    """`explain`'s prediction pass kept with its autograd graph: the input embeddings x (requires grad) and the
+    logits computed from them. ∂S(y)/∂x at x is then one backward away, shared by every method that asks for the
+    same target; the first backward frees the graph, so a later, different target is refused (None) and its method
+    runs its own forward."""
+
+    def __init__(self, encoding: Encoding, x: torch.Tensor, logits: torch.Tensor):
+        self.encoding, self.x, self.logits = encoding, x, logits
+        self._gradients: dict[tuple[tuple[int, ...], str], torch.Tensor] = {}
+
+    def covers(self, encoding: Encoding) -> bool:
+        """Whether `encoding` is the input this pass ran on (the same tokens, mask and segments)."""
+        mine = self.encoding
+        return (mine.input_ids.shape == encoding.input_ids.shape and torch.equal(mine.input_ids, encoding.input_ids)
+                and torch.equal(mine.attention_mask, encoding.attention_mask)
+                and _same(mine.token_type_ids, encoding.token_type_ids))
+
+    def gradient(self, target: Target) -> torch.Tensor | None:
+        """∂S(y)/∂x (B×T×K) for `target` (its index and score), or None once the graph went to another target."""
+        key = (tuple(target.index.tolist()), target.score)
+        if key not in self._gradients:
+            if self._gradients or self.logits is None:
+                return None
+            with torch.enable_grad():
+                (grad,) = torch.autograd.grad(target(self.logits).sum(), self.x)
+            self._gradients[key], self.logits = grad.detach(), None  # the graph is freed: let it go
+        return self._gradients[key]
+
+
+def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
 
 
 class Params(ma.Schema):
@@ -94,6 +130,9 @@ class Method:
     # checks of the loaded params against the model that need no weights (layer names, patterns): raises
     # InputError. The API calls it at submit and the worker before any work, so both refuse the same requests.
     check: Callable[[Any, dict[str, Any]], None] | None = None
+    # whether it needs ∂S/∂x at the input's own embeddings: `explain` then keeps its prediction pass's graph for it
+    # (Target.prediction), so the method runs a backward only
+    gradient_at_input: bool = False
 
     @property
     def requires(self) -> Requires:

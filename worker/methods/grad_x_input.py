@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from worker.methods.base import Method, MethodResult, Params, Target, token_result
-from worker.methods.gradient import input_gradient
+from worker.methods.gradient import gradient_at_input
 from worker.models.base import Adapter, Encoding
 
 
@@ -30,8 +30,8 @@ def run(
 ) -> MethodResult:
     progress(0.0)
     one = encoding.item(0)
-    x = adapter.embed(one)
-    attribution = (x * input_gradient(adapter, x, one, target))[0].detach()
+    x, grad = gradient_at_input(adapter, one, target)
+    attribution = (x * grad)[0].detach()
     scores = attribution.sum(-1)
     progress(1.0)
     return token_result(adapter, one, target, scores, "gradient × input (sum over embedding dims)",
@@ -44,4 +44,5 @@ METHOD = Method(
     params=GradXInputParams,
     run=run,
     tensors=("attribution", "scores"),
+    gradient_at_input=True,
 )

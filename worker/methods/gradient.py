@@ -35,6 +35,19 @@ def input_gradient(adapter: Adapter, x: torch.Tensor, encoding: Encoding, target
     return grad
 
 
+def gradient_at_input(adapter: Adapter, encoding: Encoding, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input embeddings x of `encoding` and ∂S(y)/∂x at x: from `explain`'s prediction pass when it kept one for
+    this input (Target.prediction: a backward only), else a forward and backward of its own. Equal either way: the
+    same operations on the same x."""
+    kept = target.prediction
+    if kept is not None and kept.covers(encoding):
+        grad = kept.gradient(target)
+        if grad is not None:
+            return kept.x.detach(), grad
+    x = adapter.embed(encoding)
+    return x, input_gradient(adapter, x, encoding, target)
+
+
 def aggregate(grad: torch.Tensor, how: str = "mean_abs") -> torch.Tensor:
     """…×T×K gradient -> …×T token scores."""
     if how == "l2":
@@ -54,7 +67,8 @@ def run_batch(
     """One forward + backward pass for the whole padded batch; items are independent, so each item's gradient is
     its own (padding is masked)."""
     progress(0.0)
-    grads = input_gradient(adapter, adapter.embed(encoding), encoding, target).detach()
+    _, grads = gradient_at_input(adapter, encoding, target)
+    grads = grads.detach()
     out = []
     for i in range(len(encoding)):
         one, grad = encoding.item(i), grads[i, : len(encoding.tokens[i])]
@@ -75,4 +89,5 @@ METHOD = Method(
     run=run,
     run_batch=run_batch,
     tensors=("gradient", "scores"),
+    gradient_at_input=True,
 )

@@ -1,0 +1,86 @@
+"""`explain` keeps its prediction pass's graph for the methods that want ∂S/∂x at the input (gradient,
+grad_x_input): they run no forward of their own, share one backward, and give what their own pass gives."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from worker.methods import explain, explain_batch, registry
+from worker.methods.base import PredictionPass, Target
+
+SENTENCE = "an utterly charming , unpretentious little film that never overstays its welcome ."
+OTHER = "a dull , lifeless remake ."
+
+
+class Counted:
+    """Counts the adapter's forward passes and autograd backwards during a block (the adapter itself unchanged)."""
+
+    def __init__(self, adapter, monkeypatch):
+        self.forwards = self.backwards = 0
+        forward, grad = adapter.forward, torch.autograd.grad
+
+        def counted_forward(*args, **kwargs):
+            self.forwards += 1
+            return forward(*args, **kwargs)
+
+        def counted_grad(*args, **kwargs):
+            self.backwards += 1
+            return grad(*args, **kwargs)
+
+        monkeypatch.setattr(adapter, "forward", counted_forward)
+        monkeypatch.setattr(torch.autograd, "grad", counted_grad)
+
+
+def own_pass(adapter, method, text, score="logit"):
+    """The method run as a caller without a kept pass runs it: its own forward and backward."""
+    entry = registry()[method]
+    enc = adapter.encode({"text": text})
+    with torch.no_grad():
+        index = adapter.forward(adapter.embed(enc), enc).logits.argmax(-1)
+    return entry.run(adapter, enc, Target(index, score), entry.params().load({}))
+
+
+@pytest.mark.parametrize("score", ["logit", "probability"])
+def test_gradient_methods_equal_their_own_pass(minilm_rt, score):
+    ex = explain(minilm_rt, {"text": SENTENCE}, ["gradient", "grad_x_input"], score=score, faithfulness="none")
+    for method, tensor in (("gradient", "gradient"), ("grad_x_input", "attribution")):
+        alone = own_pass(minilm_rt, method, SENTENCE, score)
+        assert ex.result["methods"][method]["scores"] == pytest.approx(alone.json["scores"], rel=1e-6, abs=1e-9)
+        torch.testing.assert_close(ex.tensors[method][tensor], alone.tensors[tensor], rtol=1e-6, atol=1e-9)
+
+
+def test_one_forward_and_one_backward_for_both(minilm_rt, monkeypatch):
+    explain(minilm_rt, {"text": SENTENCE}, ["gradient"], faithfulness="none")  # warm: lazy loading out of the count
+    counted = Counted(minilm_rt, monkeypatch)
+    explain(minilm_rt, {"text": SENTENCE}, ["gradient", "grad_x_input"], faithfulness="none")
+    assert (counted.forwards, counted.backwards) == (1, 1)  # was 3 forwards (prediction, each method) and 2 backwards
+
+
+def test_batch_shares_the_prediction_pass(minilm_rt, monkeypatch):
+    texts = [{"text": SENTENCE}, {"text": OTHER}]
+    alone = [explain(minilm_rt, t, ["gradient"], faithfulness="none") for t in texts]
+    counted = Counted(minilm_rt, monkeypatch)
+    batch = explain_batch(minilm_rt, texts, ["gradient"], faithfulness="none")
+    assert (counted.forwards, counted.backwards) == (1, 1)
+    for one, many in zip(alone, batch, strict=True):
+        assert many.result["methods"]["gradient"]["scores"] == pytest.approx(
+            one.result["methods"]["gradient"]["scores"], rel=1e-5, abs=1e-8)  # padded batch vs alone
+
+
+def test_other_methods_leave_the_graph_alone(minilm_rt, monkeypatch):
+    counted = Counted(minilm_rt, monkeypatch)
+    explain(minilm_rt, {"text": SENTENCE}, ["occlusion"], faithfulness="none")
+    assert counted.backwards == 0
+
+
+def test_a_pass_serves_only_its_input_and_its_first_target(minilm_rt):
+    enc = minilm_rt.encode({"text": SENTENCE})
+    x = minilm_rt.embed(enc).requires_grad_(True)
+    with torch.enable_grad():
+        logits = minilm_rt.forward(x, enc).logits
+    kept = PredictionPass(enc, x, logits)
+    assert kept.covers(minilm_rt.encode({"text": SENTENCE}))
+    assert not kept.covers(minilm_rt.encode({"text": OTHER}))
+    first = kept.gradient(Target(torch.tensor([0])))
+    assert first is not None and kept.gradient(Target(torch.tensor([0]))) is first  # the same target: shared
+    assert kept.gradient(Target(torch.tensor([1]))) is None  # the graph went to target 0: the method runs its own
