@@ -35,12 +35,12 @@ STAGES: list[tuple[str, str, str]] = [
     ("webargs: body + headers load (marshmallow)", "webargs/core.py", "parse"),
     ("submit() in the view", "service/api/jobs.py", "submit"),
     ("  request hash (idempotency digest)", "service/jobs.py", "request_hash"),
-    ("  model resolve (SELECT models)", "service/api/jobs.py", "model_field"),
+    ("  model + tenant limits (one SELECT)", "service/jobs.py", "model_and_limits"),
     ("    zoo_names (a directory listing)", "worker/models/__init__.py", "zoo_names"),
     ("  validation (tokenizer, limits)", "service/validation.py", "validated"),
     ("    tokenizer encode", "worker/models/hf.py", "encode"),
     ("    method registry (catalog)", "worker/methods/catalog.py", "registry"),
-    ("  tenant limits (SELECT)", "service/jobs.py", "check_limits"),
+    ("  tenant limits (judged)", "service/jobs.py", "check"),
     ("  job INSERT (jobs.create)", "service/jobs.py", "create"),
     ("  job document", "service/jobs.py", "document"),
     ("  session commit", "sqlalchemy/orm/session.py", "commit"),
@@ -56,7 +56,7 @@ STAGES: list[tuple[str, str, str]] = [
     ("SQL: ORM flush", "sqlalchemy/orm/session.py", "flush"),
     ("SQL: ORM row loading", "sqlalchemy/orm/loading.py", "instances"),
     ("SQL: driver execute (psycopg)", "psycopg/cursor.py", "execute"),
-    ("SQL: pool checkout (incl. pre-ping)", "sqlalchemy/pool/base.py", "_checkout"),
+    ("SQL: pool checkout (incl. idle ping)", "sqlalchemy/pool/base.py", "_checkout"),
     ("logging", "logging/__init__.py", "_log"),
 ]
 

@@ -11,7 +11,20 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Insert, Integer, Select, Table, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import (
+    Insert,
+    Integer,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -59,19 +72,41 @@ def _keyed_job() -> Select:
         .where(jobs.tenant_id == bindparam("tenant_id"), jobs.idempotency_key == bindparam("key")).limit(1)
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What the tenant limits are judged on, read in one round trip that reads a bounded amount whatever the
+    limits: the in-flight jobs counted up to their limit, and of the last minute's jobs only the one that would be
+    the limit's oldest (it exists: the limit is reached; the window frees a place when it leaves)."""
+
+    in_flight: int
+    limit_reached_at: datetime | None
+
+    def check(self, settings: Settings) -> None:
+        """429 over the tenant's in-flight or per-minute limit."""
+        if self.in_flight >= settings.max_in_flight:
+            raise too_many(f"{self.in_flight} jobs in flight; the limit is {settings.max_in_flight}",
+                           settings.retry_after * 5)
+        if self.limit_reached_at is not None:
+            wait = 60 - (utcnow() - self.limit_reached_at).total_seconds()
+            raise too_many(f"more than {settings.rate_per_minute} jobs a minute", int(wait) + 1)
+
+
 def check_limits(session: Session, tenant_id: str, settings: Settings) -> None:
-    """429 over the tenant's in-flight or per-minute limit. Counted from the jobs table: exact across replicas.
-    One round trip that reads a bounded amount whatever the limits: the in-flight jobs counted up to their limit,
-    and of the last minute's jobs only the one that would be the limit's oldest (it exists: the limit is reached;
-    the window frees a place when it leaves)."""
-    counted, oldest = session.execute(_limits_statement(), {
-        "tenant_id": tenant_id, "max_in_flight": settings.max_in_flight, "since": utcnow() - timedelta(minutes=1),
-        "skip": settings.rate_per_minute - 1}).one()
-    if counted >= settings.max_in_flight:
-        raise too_many(f"{counted} jobs in flight; the limit is {settings.max_in_flight}", settings.retry_after * 5)
-    if oldest is not None:
-        wait = 60 - (utcnow() - oldest).total_seconds()
-        raise too_many(f"more than {settings.rate_per_minute} jobs a minute", int(wait) + 1)
+    """429 over the tenant's in-flight or per-minute limit. Counted from the jobs table: exact across replicas."""
+    Limits(*session.execute(_limits_statement(), _limits_params(tenant_id, settings)).one()).check(settings)
+
+
+def model_and_limits(session: Session, tenant_id: str, name: str, settings: Settings) -> tuple[Any | None, Limits]:
+    """What a submit reads before its INSERT, in one round trip (was two): the newest registered revision of model
+    `name` (a row for service.models.ref_of, None when the tenant registered none) and the tenant's Limits. The
+    caller judges them in its own order: an unknown model (400) before the limits (429)."""
+    row = session.execute(_model_and_limits(), {**_limits_params(tenant_id, settings), "name": name}).one()
+    return (row if row.revision is not None else None), Limits(row.in_flight, row.limit_reached_at)
+
+
+def _limits_params(tenant_id: str, settings: Settings) -> dict[str, Any]:
+    return {"tenant_id": tenant_id, "max_in_flight": settings.max_in_flight,
+            "since": utcnow() - timedelta(minutes=1), "skip": settings.rate_per_minute - 1}
 
 
 @cache
@@ -84,7 +119,19 @@ def _limits_statement() -> Select:
         .limit(bindparam("max_in_flight", type_=Integer)).subquery()
     limit_reached_at = select(jobs.created_at).where(mine, jobs.created_at >= bindparam("since")) \
         .order_by(jobs.created_at.desc()).offset(bindparam("skip", type_=Integer)).limit(1)
-    return select(select(func.count()).select_from(in_flight).scalar_subquery(), limit_reached_at.scalar_subquery())
+    return select(select(func.count()).select_from(in_flight).scalar_subquery().label("in_flight"),
+                  limit_reached_at.scalar_subquery().label("limit_reached_at"))
+
+
+@cache
+def _model_and_limits() -> Select:
+    """The limits' one row, outer-joined to the model's newest revision (at most one row, no lateral reference:
+    SQLite runs it too); the shared "tenant_id" parameter feeds both."""
+    from service.models import newest_revision
+
+    limits, model = _limits_statement().subquery("limits"), newest_revision().subquery("model")
+    return select(model.c.name, model.c.revision, model.c.storage_key, limits.c.in_flight,
+                  limits.c.limit_reached_at).select_from(limits.outerjoin(model, true()))
 
 
 def create(session: Session, tenant_id: str, request: dict[str, Any], revision: str, queue: str,

@@ -33,9 +33,19 @@ class ModelRef:
 
 def resolve(session: Session, tenant_id: str, name: str) -> ModelRef:
     """The newest revision of `name` visible to the tenant; 404 for anything else (other tenants' included)."""
+    return ref_of(name, newest_row(session, tenant_id, name))
+
+
+def newest_row(session: Session, tenant_id: str, name: str) -> Any | None:
+    """The row (name, revision, storage_key) of the newest revision of `name` the tenant registered, or None."""
+    return session.execute(newest_revision(), {"tenant_id": tenant_id, "name": name}).first()
+
+
+def ref_of(name: str, row: Any | None) -> ModelRef:
+    """resolve's answer from a row of `newest_revision()` (None: the tenant registered no `name`), for a caller
+    that read that row in a statement of its own (a submit reads it with the tenant limits: service/jobs.py)."""
     from worker.models import is_zoo, zoo_revision
 
-    row = session.execute(_newest_revision(), {"tenant_id": tenant_id, "name": name}).first()
     if row is not None:
         return ModelRef(row.name, row.revision, False, row.storage_key)
     if is_zoo(name):
@@ -44,7 +54,7 @@ def resolve(session: Session, tenant_id: str, name: str) -> ModelRef:
 
 
 @cache
-def _newest_revision() -> Select:
+def newest_revision() -> Select:
     """resolve's query, built once with its values as parameters, on the table's columns: the ORM query built per
     submit (its cache key, its entity loading) cost more of a submit's CPU than PostgreSQL spends on it."""
     models = Model.__table__.c

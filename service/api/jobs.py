@@ -67,7 +67,8 @@ def submit(body: dict, key: str | None) -> dict:
         replay = jobs.find_idempotent(s, caller.tenant_id, key, digest)
         if replay is not None:
             return jobs.document(replay, jobs.artifacts_of(s, replay.id))
-        ref = model_field(s, caller.tenant_id, body["model"], "model")
+        found, limits = jobs.model_and_limits(s, caller.tenant_id, body["model"], rt.settings)
+        ref = field_ref(body["model"], "model", found)
         asked = request_of(body)
         checked: ExplainRequest | BatchRequest
         if isinstance(asked, ExplainRequest):
@@ -80,7 +81,7 @@ def submit(body: dict, key: str | None) -> dict:
             other_ref = model_field(s, caller.tenant_id, other, "compare_with")
             validated(rt.adapters.get(other_ref), ExplainRequest.from_document(body), rt.settings)
             compare[other] = other_ref.revision
-        jobs.check_limits(s, caller.tenant_id, rt.settings)
+        limits.check(rt.settings)  # read with the model, judged after it and the request: a 400 before a 429
         row = {**body, **checked.document(), "compare_revisions": compare}  # the body's keys, params filled
         # enqueued_at stamped before the commit: a send in progress never looks unsent
         job = jobs.create(s, caller.tenant_id, row, ref.revision, rt.settings.job_queue, key, digest, utcnow())
@@ -106,9 +107,15 @@ def refuse_single_fields(inputs, body: dict) -> None:
 
 
 def model_field(session, tenant_id: str, name: str, field: str) -> models.ModelRef:
-    """In a request body an unknown (or another tenant's) model is a field error, not a missing resource."""
+    """The model `name` of a request body's `field`, read now (see field_ref)."""
+    return field_ref(name, field, models.newest_row(session, tenant_id, name))
+
+
+def field_ref(name: str, field: str, row) -> models.ModelRef:
+    """In a request body an unknown (or another tenant's) model is a field error, not a missing resource. `row`:
+    the model's newest registered revision as read (service.models.ref_of)."""
     try:
-        return models.resolve(session, tenant_id, name)
+        return models.ref_of(name, row)
     except Problem as e:
         raise invalid(f"unknown model {name!r}; see GET /v1/models", field) from e
 

@@ -123,9 +123,9 @@ def test_the_embedded_broker_is_polled_often_and_still_carries_messages(tmp_path
 
 
 @pytest.mark.parametrize("backend", ["postgres"])
-def test_a_submit_is_four_statements(api, runtime, monkeypatch):
-    """POST /v1/jobs on PostgreSQL: the key with its tenant (one query), the tenant's models, the tenant limits,
-    the INSERT — and nothing per submit for a zoo model's revision (re-stamped at most once a second). Counted at
+def test_a_submit_is_three_statements(api, runtime, monkeypatch):
+    """POST /v1/jobs on PostgreSQL: the key with its tenant (one query), the tenant's model with the tenant limits
+    (one query), the INSERT — and nothing per submit for a zoo model's revision (re-stamped at most once a second). Counted at
     the driver, BEGIN/COMMIT and the pool's pre-ping aside; a new statement on this path should be a decision.
     The key is looked up each time here (a proven key skips it for a second: tests/integration/test_submit_auth.py)."""
     from sqlalchemy import event
@@ -147,4 +147,4 @@ def test_a_submit_is_four_statements(api, runtime, monkeypatch):
         assert api.post("/v1/jobs", json={**body, "seed": 1}).status_code == 202
     finally:
         event.remove(runtime.db.engine, "before_cursor_execute", count)
-    assert seen == ["SELECT", "SELECT", "SELECT", "INSERT"], seen
+    assert seen == ["SELECT", "SELECT", "INSERT"], seen
