@@ -63,7 +63,7 @@ def submit(body: dict, key: str | None) -> dict:
     `body` is a loaded JobRequestSchema; `key` an Idempotency-Key (its replay gives the earlier job)."""
     rt, caller = runtime(), g.caller
     digest = jobs.request_hash(body)
-    with rt.db.session() as s:
+    with rt.db.session(autocommit=True) as s:  # its one write, the INSERT, is its last statement
         replay = jobs.find_idempotent(s, caller.tenant_id, key, digest)
         if replay is not None:
             return jobs.document(replay, jobs.artifacts_of(s, replay.id))
