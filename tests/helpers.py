@@ -133,18 +133,19 @@ class Stack:
 
 @contextlib.contextmanager
 def production_stack(pg_url: str, redis_url: str, tmp: Path, *, api_workers: int = 2, workers: int = 2,
-                     env: dict[str, str] | None = None, worker_env=None) -> Iterator[Stack]:
+                     env: dict[str, str] | None = None, worker_env=None, concurrency: int = 1,
+                     s3_process: bool = False) -> Iterator[Stack]:
     """gunicorn API + Celery worker processes + PostgreSQL + Redis + an S3 server (moto): the production shape.
-    Queue names and the bucket are unique per stack; `worker_env(n)` adds settings for worker n."""
+    Queue names and the bucket are unique per stack; `worker_env(n)` adds settings for worker n; `concurrency`:
+    each worker's processes (Celery --concurrency). The S3 server runs in this process, or with `s3_process` in
+    its own (a benchmark's: then it does not share this process's GIL with the load generator's threads)."""
     import boto3
-    from moto.server import ThreadedMotoServer
 
     from service.client import Client
     from service.db import Database
 
     s3_port = free_port()
-    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port, verbose=False)
-    s3.start()
+    s3 = _s3_server(s3_port, s3_process)
     tag = uuid.uuid4().hex[:8]
     full_env = dict(os.environ, LANTERN_DATABASE_URL=pg_url, LANTERN_BROKER_URL=redis_url,
                     LANTERN_STORAGE_URL=f"s3://lantern-{tag}/objects",
@@ -159,8 +160,8 @@ def production_stack(pg_url: str, redis_url: str, tmp: Path, *, api_workers: int
     st = Stack(full_env, tmp)
     try:
         st.spawn("serve", "--bind", f"127.0.0.1:{st.port}", "--workers", str(api_workers), name="api")
-        st.workers = [st.spawn("worker", name=f"worker{n}", env=worker_env(n) if worker_env else None)
-                      for n in range(workers)]
+        st.workers = [st.spawn("worker", "--concurrency", str(concurrency), name=f"worker{n}",
+                               env=worker_env(n) if worker_env else None) for n in range(workers)]
         wait_for(lambda: api_ready(st.url), 60, "the API to be ready")
         st.client = Client(st.url, st.key("e2e"))
         st.db = Database(pg_url)
@@ -171,6 +172,39 @@ def production_stack(pg_url: str, redis_url: str, tmp: Path, *, api_workers: int
     finally:
         st.stop()
         s3.stop()
+
+
+class _S3Process:
+    """moto's S3 server as a process of its own (started and stopped by PID, like the stack's other processes)."""
+
+    def __init__(self, port: int):
+        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        wait_for(lambda: _port_open(port), 30, "the S3 server to listen")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _s3_server(port: int, own_process: bool) -> Any:
+    """A started moto S3 server on `port` (anything with stop())."""
+    if own_process:
+        return _S3Process(port)
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    return server
 
 
 @contextlib.contextmanager
