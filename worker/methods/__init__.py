@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from worker.capabilities import Capability
-from worker.methods.base import Method, MethodResult, PredictionPass, Target, word_scores
+from worker.methods.base import KnownGradient, Method, MethodResult, Target, word_scores
 from worker.methods.catalog import HEAD_WORDS, applicable_methods, refusal, registry, some_labels
 from worker.methods.faithfulness import FULL, faithfulness_batch
 from worker.methods.request import (
@@ -134,9 +134,11 @@ def _run(adapter: Adapter, options: ExplainOptions, inputs: Sequence[Mapping[str
     table, params, seed, score = registry(), options.plain_params(), options.seed, options.score
     plain = [dict(one) for one in inputs]
     encoding = adapter.encode(plain if len(plain) > 1 else plain[0]).to(adapter.device)
-    kept = [n for n in options.methods if table[n].gradient_at_input] if adapter.has_head else []
-    logits, prediction = predict(adapter, encoding, keep_graph=bool(kept))
+    # on a GPU, BiLSTM/ESIM pick their LSTM kernel by grad mode (cuDNN without): the prediction stays a no-grad pass
+    keep = adapter.device.type == "cpu" and any(table[n].gradient_at_input for n in options.methods)
+    logits, graph = predict(adapter, encoding, keep_graph=keep)
     index = resolve_target(adapter, logits, options.target)
+    known = None if graph is None or index is None else KnownGradient(encoding, *graph, Target(index, score))
     items = [encoding.item(i) for i in range(len(plain))] if len(plain) > 1 else [encoding]
     heads = [None if index is None else index[i:i + 1] for i in range(len(items))]
     explanations = [Explanation(document(adapter, items[i], None if logits is None else logits[i:i + 1],
@@ -149,11 +151,11 @@ def _run(adapter: Adapter, options: ExplainOptions, inputs: Sequence[Mapping[str
         def step(fraction: float, n: int = n) -> None:
             progress((n + min(max(fraction, 0.0), 1.0)) / len(methods))
 
-        targets = [Target(heads[i], score, prediction) if index is not None else None for i in range(len(items))]
+        targets = [Target(heads[i], score, known) if index is not None else None for i in range(len(items))]
         if method.run_batch is not None and len(items) > 1:
             started = time.perf_counter()
             torch.manual_seed(seed)
-            outs = method.run_batch(adapter, encoding, Target(index, score, prediction) if index is not None else None,
+            outs = method.run_batch(adapter, encoding, Target(index, score, known) if index is not None else None,
                                     chosen, layers=layers, progress=step, seed=seed)
             seconds = [(time.perf_counter() - started) / len(items)] * len(items)  # the batch's time, shared
         else:
@@ -175,16 +177,14 @@ def _run(adapter: Adapter, options: ExplainOptions, inputs: Sequence[Mapping[str
             if chosen.get("stability") and "scores" in part:
                 part["stability"] = stability(method, adapter, items[i], targets[i], chosen, layers, seed,
                                               part["scores"])
-        if kept and name == kept[-1]:
-            prediction = None  # no later method wants the prediction's graph: free its activations now
         step(1.0)
     return explanations
 
 
-def predict(adapter: Adapter, encoding: Encoding, keep_graph: bool) -> tuple[torch.Tensor | None,
-                                                                              PredictionPass | None]:
-    """The prediction's logits (None for a headless model) and, with `keep_graph`, that pass kept with its graph
-    for the methods that want ∂S/∂x at the input (`Method.gradient_at_input`): their forward is this one."""
+def predict(adapter: Adapter, encoding: Encoding,
+            keep_graph: bool) -> tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None]:
+    """The prediction's logits (None for a headless model) and, with `keep_graph`, the pass itself: the input
+    embeddings x (requiring grad) and the logits with their graph, from which `KnownGradient` takes ∂S/∂x."""
     x = adapter.embed(encoding)
     if not keep_graph:
         with torch.no_grad():
@@ -192,9 +192,7 @@ def predict(adapter: Adapter, encoding: Encoding, keep_graph: bool) -> tuple[tor
     x.requires_grad_(True)
     with torch.enable_grad():
         logits = adapter.forward(x, encoding).logits
-    if logits is None:
-        return None, None
-    return logits.detach(), PredictionPass(encoding, x, logits)
+    return (None, None) if logits is None else (logits.detach(), (x, logits))
 
 
 def check_methods(adapter: Adapter, table: dict[str, Method], methods: list[str], score: str,

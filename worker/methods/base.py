@@ -20,9 +20,9 @@ class Target:
 
     index: torch.Tensor  # B long: class per item
     score: str = "logit"
-    # the prediction's forward over the input, kept with its graph when a requested method wants ∂S/∂x at the
-    # input itself (`Method.gradient_at_input`): that method needs no forward of its own (worker/methods/gradient.py)
-    prediction: PredictionPass | None = None
+    # ∂S/∂x at the input itself from `explain`'s prediction pass, when a requested method wants it
+    # (`Method.gradient_at_input`): that method then needs no pass of its own (worker/methods/gradient.py)
+    known: KnownGradient | None = None
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         """S(y) per item (B) from B×C logits."""
@@ -35,33 +35,26 @@ class Target:
         return values.gather(-1, self.index.view(-1, 1).to(values.device)).squeeze(-1)
 
 
-class PredictionPass:
-    """`explain`'s prediction pass kept with its autograd graph: the input embeddings x (requires grad) and the
-    logits computed from them. ∂S(y)/∂x at x is then one backward away, shared by every method that asks for the
-    same target; the first backward frees the graph, so a later, different target is refused (None) and its method
-    runs its own forward."""
+class KnownGradient:
+    """∂S(y)/∂x at the input's own embeddings x for one target, computed by `explain` from its prediction pass (a
+    backward only, and the graph freed at once) for the methods that want it (`Method.gradient_at_input`): they run
+    no forward or backward of their own. It serves only the input and the target it was computed for."""
 
-    def __init__(self, encoding: Encoding, x: torch.Tensor, logits: torch.Tensor):
-        self.encoding, self.x, self.logits = encoding, x, logits
-        self._gradients: dict[tuple[tuple[int, ...], str], torch.Tensor] = {}
+    def __init__(self, encoding: Encoding, x: torch.Tensor, logits: torch.Tensor, target: Target):
+        """`x` requires grad and `logits` were computed from it (the graph is consumed here)."""
+        with torch.enable_grad():
+            (gradient,) = torch.autograd.grad(target(logits).sum(), x)
+        self.encoding, self.x, self.gradient = encoding, x.detach(), gradient.detach()
+        self.index, self.score = target.index, target.score
 
-    def covers(self, encoding: Encoding) -> bool:
-        """Whether `encoding` is the input this pass ran on (the same tokens, mask and segments)."""
+    def serves(self, encoding: Encoding, target: Target) -> bool:
+        """Whether `encoding` is the input this was computed on (the same tokens, mask and segments) and `target`
+        the same classes and score."""
         mine = self.encoding
-        return (mine.input_ids.shape == encoding.input_ids.shape and torch.equal(mine.input_ids, encoding.input_ids)
+        return (target.score == self.score and torch.equal(target.index.cpu(), self.index.cpu())
+                and mine.input_ids.shape == encoding.input_ids.shape and torch.equal(mine.input_ids, encoding.input_ids)
                 and torch.equal(mine.attention_mask, encoding.attention_mask)
                 and _same(mine.token_type_ids, encoding.token_type_ids))
-
-    def gradient(self, target: Target) -> torch.Tensor | None:
-        """∂S(y)/∂x (B×T×K) for `target` (its index and score), or None once the graph went to another target."""
-        key = (tuple(target.index.tolist()), target.score)
-        if key not in self._gradients:
-            if self._gradients or self.logits is None:
-                return None
-            with torch.enable_grad():
-                (grad,) = torch.autograd.grad(target(self.logits).sum(), self.x)
-            self._gradients[key], self.logits = grad.detach(), None  # the graph is freed: let it go
-        return self._gradients[key]
 
 
 def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
@@ -130,8 +123,8 @@ class Method:
     # checks of the loaded params against the model that need no weights (layer names, patterns): raises
     # InputError. The API calls it at submit and the worker before any work, so both refuse the same requests.
     check: Callable[[Any, dict[str, Any]], None] | None = None
-    # whether it needs ∂S/∂x at the input's own embeddings: `explain` then keeps its prediction pass's graph for it
-    # (Target.prediction), so the method runs a backward only
+    # whether it needs ∂S/∂x at the input's own embeddings (and has `run_batch`): `explain` then computes it from
+    # its prediction pass (Target.known), so the method runs no forward or backward of its own
     gradient_at_input: bool = False
 
     @property

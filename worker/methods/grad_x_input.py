@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from worker.methods.base import Method, MethodResult, Params, Target, token_result
+from worker.methods.base import Method, MethodResult, Params, Target, first_item, token_result
 from worker.methods.gradient import gradient_at_input
 from worker.models.base import Adapter, Encoding
 
@@ -19,7 +19,7 @@ class GradXInputParams(Params):
     """No parameters."""
 
 
-def run(
+def run_batch(
     adapter: Adapter,
     encoding: Encoding,
     target: Target,
@@ -27,15 +27,22 @@ def run(
     layers: list[str] | None = None,
     progress: Callable[[float], None] = lambda fraction: None,
     seed: int = 0,
-) -> MethodResult:
+) -> list[MethodResult]:
+    """One gradient for the whole padded batch (items are independent; padding is masked)."""
     progress(0.0)
-    one = encoding.item(0)
-    x, grad = gradient_at_input(adapter, one, target)
-    attribution = (x * grad)[0].detach()
-    scores = attribution.sum(-1)
+    x, grad = gradient_at_input(adapter, encoding, target)
+    attributions = (x * grad).detach()
+    out = []
+    for i in range(len(encoding)):
+        attribution = attributions[i, : len(encoding.tokens[i])]
+        out.append(token_result(adapter, encoding.item(i), Target(target.index[i : i + 1], target.score),
+                                attribution.sum(-1), "gradient × input (sum over embedding dims)",
+                                {"attribution": attribution}))
     progress(1.0)
-    return token_result(adapter, one, target, scores, "gradient × input (sum over embedding dims)",
-                        {"attribution": attribution})
+    return out
+
+
+run = first_item(run_batch)
 
 
 METHOD = Method(
@@ -43,6 +50,7 @@ METHOD = Method(
     summary="Gradient × input: x ⊙ ∂S(y)/∂x summed over embedding dimensions per token (signed).",
     params=GradXInputParams,
     run=run,
+    run_batch=run_batch,
     tensors=("attribution", "scores"),
     gradient_at_input=True,
 )

@@ -36,14 +36,12 @@ def input_gradient(adapter: Adapter, x: torch.Tensor, encoding: Encoding, target
 
 
 def gradient_at_input(adapter: Adapter, encoding: Encoding, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
-    """The input embeddings x of `encoding` and ∂S(y)/∂x at x: from `explain`'s prediction pass when it kept one for
-    this input (Target.prediction: a backward only), else a forward and backward of its own. Equal either way: the
-    same operations on the same x."""
-    kept = target.prediction
-    if kept is not None and kept.covers(encoding):
-        grad = kept.gradient(target)
-        if grad is not None:
-            return kept.x.detach(), grad
+    """The input embeddings x of `encoding` and ∂S(y)/∂x at x: `explain`'s when it computed them for this input and
+    target from its prediction pass (Target.known), else from a forward and backward of its own. Equal either
+    way: the same operations on the same x."""
+    known = target.known
+    if known is not None and known.serves(encoding, target):
+        return known.x, known.gradient
     x = adapter.embed(encoding)
     return x, input_gradient(adapter, x, encoding, target)
 
@@ -68,7 +66,6 @@ def run_batch(
     its own (padding is masked)."""
     progress(0.0)
     _, grads = gradient_at_input(adapter, encoding, target)
-    grads = grads.detach()
     out = []
     for i in range(len(encoding)):
         one, grad = encoding.item(i), grads[i, : len(encoding.tokens[i])]
