@@ -139,13 +139,21 @@ def production_stack(pg_url: str, redis_url: str, tmp: Path, *, api_workers: int
     Queue names and the bucket are unique per stack; `worker_env(n)` adds settings for worker n; `concurrency`:
     each worker's processes (Celery --concurrency). The S3 server runs in this process, or with `s3_process` in
     its own (a benchmark's: then it does not share this process's GIL with the load generator's threads)."""
+    s3_port = free_port()
+    with contextlib.ExitStack() as cleanup:  # whatever fails after a process started, that process is stopped
+        s3 = _s3_server(s3_port, s3_process)
+        cleanup.callback(s3.stop)
+        yield from _stack_on(s3_port, pg_url, redis_url, tmp, api_workers, workers, env, worker_env, concurrency)
+
+
+def _stack_on(s3_port: int, pg_url: str, redis_url: str, tmp: Path, api_workers: int, workers: int,
+              env: dict[str, str] | None, worker_env, concurrency: int) -> Iterator[Stack]:
+    """`production_stack`'s part after its S3 server started: the bucket, the API and the workers."""
     import boto3
 
     from service.client import Client
     from service.db import Database
 
-    s3_port = free_port()
-    s3 = _s3_server(s3_port, s3_process)
     tag = uuid.uuid4().hex[:8]
     full_env = dict(os.environ, LANTERN_DATABASE_URL=pg_url, LANTERN_BROKER_URL=redis_url,
                     LANTERN_STORAGE_URL=f"s3://lantern-{tag}/objects",
@@ -171,7 +179,6 @@ def production_stack(pg_url: str, redis_url: str, tmp: Path, *, api_workers: int
         raise
     finally:
         st.stop()
-        s3.stop()
 
 
 class _S3Process:
@@ -180,9 +187,20 @@ class _S3Process:
     def __init__(self, port: int):
         self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        wait_for(lambda: _port_open(port), 30, "the S3 server to listen")
+        try:
+            wait_for(lambda: self._listening(port), 30, "the S3 server to listen")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _listening(self, port: int) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"the S3 server exited at once (status {self.proc.returncode})")
+        return _port_open(port)
 
     def stop(self) -> None:
+        if self.proc.poll() is not None:
+            return
         self.proc.terminate()
         try:
             self.proc.wait(10)
