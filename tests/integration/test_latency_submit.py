@@ -93,6 +93,26 @@ def test_rate_limit_waits_until_the_window_frees_a_place(runtime):
         jobs.check_limits(s, tenant.id, replace(settings, rate_per_minute=4))
 
 
+def test_over_the_limits_a_bad_request_is_still_a_422(runtime, new_key):
+    """A submit reads the tenant limits with its model (jobs.model_and_limits) but judges them last, as when they
+    were read last: an unknown model, a request the model refuses and an unknown compare_with model are 422s for
+    a tenant at its limit, and only a good request is the 429."""
+    from dataclasses import replace
+
+    from service.app import create_app
+    from tests.helpers import Api
+
+    runtime.settings = replace(runtime.settings, max_in_flight=1)
+    api = Api(create_app(runtime=runtime), new_key("full"))
+    body = {"model": "minilm-rt", "inputs": {"text": "A gripping film."}, "methods": ["gradient"]}
+    assert api.post("/v1/jobs", json=body).status_code == 202
+    for bad, field in (({"model": "gpt-17"}, "model"), ({"inputs": {"text": "good " * 600}}, "inputs"),
+                       ({"compare_with": ["gpt-17"]}, "compare_with")):
+        resp = api.post("/v1/jobs", json={**body, **bad})
+        assert resp.status_code == 422 and field in json.dumps(resp.get_json().get("errors")), resp.get_json()
+    assert api.post("/v1/jobs", json={**body, "seed": 1}).status_code == 429
+
+
 def test_create_stamps_enqueued_at_in_the_insert(runtime):
     from service import jobs
     from service.auth import ensure_tenant
