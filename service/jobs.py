@@ -92,7 +92,8 @@ class Limits:
 
 
 def check_limits(session: Session, tenant_id: str, settings: Settings) -> None:
-    """429 over the tenant's in-flight or per-minute limit. Counted from the jobs table: exact across replicas."""
+    """429 over the tenant's in-flight or per-minute limit. Counted from the jobs table, so it holds across
+    replicas; concurrent submits of one tenant each read the count before the others insert (docs/architecture.md)."""
     Limits(*session.execute(_limits_statement(), _limits_params(tenant_id, settings)).one()).check(settings)
 
 
