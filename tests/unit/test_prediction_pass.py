@@ -103,3 +103,38 @@ def own_pass_gradient(adapter, enc, label):
     from worker.methods.gradient import input_gradient
 
     return input_gradient(adapter, adapter.embed(enc), enc, Target(torch.tensor([label])))[0]
+
+
+def test_it_tells_apart_inputs_that_differ_only_in_segments():
+    """ESIM's premise/hypothesis split lives in `segments` alone: the same token ids split elsewhere are another
+    input."""
+    from worker.models import load_model
+
+    esim = load_model("esim-50")
+    one = esim.encode({"premise": "A man plays", "hypothesis": "a guitar ."})
+    other = esim.encode({"premise": "A man plays a", "hypothesis": "guitar ."})
+    x = esim.embed(one).requires_grad_(True)
+    with torch.enable_grad():
+        logits = esim.forward(x, one).logits
+    known = KnownGradient(one, x, logits, Target(torch.tensor([0])))
+    assert known.serves(one, Target(torch.tensor([0])))
+    assert not known.serves(other, Target(torch.tensor([0])))
+
+
+def test_seconds_count_the_shared_pass(minilm_rt, monkeypatch):
+    """A served method's `seconds` include the forward and backward it took from the prediction pass."""
+    enc = minilm_rt.encode({"text": SENTENCE})
+    x = minilm_rt.embed(enc).requires_grad_(True)
+    with torch.enable_grad():
+        logits = minilm_rt.forward(x, enc).logits
+    assert KnownGradient(enc, x, logits, Target(torch.tensor([0])), forward_seconds=7.0).seconds >= 7.0
+
+    class Slow(KnownGradient):  # a pass that took 7 s, as far as the clock of the result is concerned
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.seconds = 7.0
+
+    monkeypatch.setattr(engine, "KnownGradient", Slow)
+    ex = explain(minilm_rt, {"text": SENTENCE}, ["gradient", "grad_x_input", "occlusion"], faithfulness="none")
+    seconds = {name: part["seconds"] for name, part in ex.result["methods"].items()}
+    assert seconds["gradient"] >= 7.0 and seconds["grad_x_input"] >= 7.0 and seconds["occlusion"] < 7.0

@@ -138,7 +138,11 @@ def _run(adapter: Adapter, options: ExplainOptions, inputs: Sequence[Mapping[str
     keep = adapter.device.type == "cpu" and any(table[n].gradient_at_input for n in options.methods)
     logits, graph = predict(adapter, encoding, keep_graph=keep)
     index = resolve_target(adapter, logits, options.target)
-    known = None if graph is None or index is None else KnownGradient(encoding, *graph, Target(index, score))
+    known = None
+    if graph is not None and index is not None:
+        x, with_graph, forward_seconds = graph
+        known = KnownGradient(encoding, x, with_graph, Target(index, score), forward_seconds)
+    last_served = max((n for n, name in enumerate(options.methods) if table[name].gradient_at_input), default=-1)
     items = [encoding.item(i) for i in range(len(plain))] if len(plain) > 1 else [encoding]
     heads = [None if index is None else index[i:i + 1] for i in range(len(items))]
     explanations = [Explanation(document(adapter, items[i], None if logits is None else logits[i:i + 1],
@@ -170,6 +174,10 @@ def _run(adapter: Adapter, options: ExplainOptions, inputs: Sequence[Mapping[str
         faith = faithfulness_batch(adapter, encoding, [out.json.get("scores") if method.token_scores else None
                                                        for out in outs], index, seed, level=options.faithfulness,
                                    probability=target_probability(logits, index))
+        if known is not None and method.gradient_at_input:  # its forward and backward ran as the prediction's
+            seconds = [s + known.seconds / len(items) for s in seconds]
+        if n == last_served:
+            known = None  # no later method takes it: let x and the gradient go
         for i, out in enumerate(outs):
             attach(explanations[i], adapter, items[i], name, method, out, chosen, faith[i], figures)
             part = explanations[i].result["methods"][name]
@@ -182,17 +190,19 @@ def _run(adapter: Adapter, options: ExplainOptions, inputs: Sequence[Mapping[str
 
 
 def predict(adapter: Adapter, encoding: Encoding,
-            keep_graph: bool) -> tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None]:
+            keep_graph: bool) -> tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor, float] | None]:
     """The prediction's logits (None for a headless model) and, with `keep_graph`, the pass itself: the input
-    embeddings x (requiring grad) and the logits with their graph, from which `KnownGradient` takes ∂S/∂x."""
+    embeddings x (requiring grad), the logits with their graph and the pass's seconds, from which `KnownGradient`
+    takes ∂S/∂x."""
     x = adapter.embed(encoding)
     if not keep_graph:
         with torch.no_grad():
             return adapter.forward(x, encoding).logits, None
+    started = time.perf_counter()
     x.requires_grad_(True)
     with torch.enable_grad():
         logits = adapter.forward(x, encoding).logits
-    return (None, None) if logits is None else (logits.detach(), (x, logits))
+    return (None, None) if logits is None else (logits.detach(), (x, logits, time.perf_counter() - started))
 
 
 def check_methods(adapter: Adapter, table: dict[str, Method], methods: list[str], score: str,

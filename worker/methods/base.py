@@ -1,6 +1,7 @@
 """What every method shares: the target score, the result shape, the registry entry (docs/extending.md)."""
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,10 +41,14 @@ class KnownGradient:
     backward only, and the graph freed at once) for the methods that want it (`Method.gradient_at_input`): they run
     no forward or backward of their own. It serves only the input and the target it was computed for."""
 
-    def __init__(self, encoding: Encoding, x: torch.Tensor, logits: torch.Tensor, target: Target):
-        """`x` requires grad and `logits` were computed from it (the graph is consumed here)."""
+    def __init__(self, encoding: Encoding, x: torch.Tensor, logits: torch.Tensor, target: Target,
+                 forward_seconds: float = 0.0):
+        """`x` requires grad and `logits` were computed from it, in `forward_seconds` (the graph is consumed here).
+        `seconds`: that forward and this backward, the pass the methods served would have run themselves."""
+        started = time.perf_counter()
         with torch.enable_grad():
             (gradient,) = torch.autograd.grad(target(logits).sum(), x)
+        self.seconds = forward_seconds + time.perf_counter() - started
         self.encoding, self.x, self.gradient = encoding, x.detach(), gradient.detach()
         self.index, self.score = target.index, target.score
 
@@ -54,7 +59,7 @@ class KnownGradient:
         return (target.score == self.score and torch.equal(target.index.cpu(), self.index.cpu())
                 and mine.input_ids.shape == encoding.input_ids.shape and torch.equal(mine.input_ids, encoding.input_ids)
                 and torch.equal(mine.attention_mask, encoding.attention_mask)
-                and _same(mine.token_type_ids, encoding.token_type_ids))
+                and _same(mine.token_type_ids, encoding.token_type_ids) and mine.segments == encoding.segments)
 
 
 def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
