@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
@@ -16,8 +17,10 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    Select,
     String,
     UniqueConstraint,
+    bindparam,
     create_engine,
     event,
     select,
@@ -101,6 +104,19 @@ class Model(Base):
     storage_key: Mapped[str] = mapped_column(String(500))  # where the bundle's files live in object storage
     card: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # describe(): labels, layers, methods
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+@cache
+def newest_model_revision() -> Select:
+    """The row (name, revision, storage_key) of the newest revision of model "name" that tenant "tenant_id"
+    registered, built once with bound parameters on the table's columns: the ORM query built per submit (its cache
+    key, its entity loading) cost more of a submit's CPU than PostgreSQL spends on it. Here beside its table so
+    that the job lifecycle (service/jobs.py, which reads it with the tenant limits) need not import service.models
+    and, through it, the engine."""
+    models = Model.__table__.c
+    return select(models.name, models.revision, models.storage_key) \
+        .where(models.tenant_id == bindparam("tenant_id"), models.name == bindparam("name")) \
+        .order_by(models.created_at.desc()).limit(1)
 
 
 class Lease(Base):

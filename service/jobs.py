@@ -39,6 +39,7 @@ from service.db import (
     changed,
     full_row,
     is_id,
+    newest_model_revision,
     tenant_row,
     utcnow,
 )
@@ -128,9 +129,7 @@ def _limits_statement() -> Select:
 def _model_and_limits() -> Select:
     """The limits' one row, outer-joined to the model's newest revision (at most one row, no lateral reference:
     SQLite runs it too); the shared "tenant_id" parameter feeds both."""
-    from service.models import newest_revision
-
-    limits, model = _limits_statement().subquery("limits"), newest_revision().subquery("model")
+    limits, model = _limits_statement().subquery("limits"), newest_model_revision().subquery("model")
     return select(model.c.name, model.c.revision, model.c.storage_key, limits.c.in_flight,
                   limits.c.limit_reached_at).select_from(limits.outerjoin(model, true()))
 

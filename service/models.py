@@ -8,14 +8,13 @@ from __future__ import annotations
 import shutil
 import tempfile
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Select, bindparam, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.db import Model
+from service.db import Model, newest_model_revision
 from service.errors import conflict, not_found
 from service.storage import Store
 
@@ -38,12 +37,13 @@ def resolve(session: Session, tenant_id: str, name: str) -> ModelRef:
 
 def newest_row(session: Session, tenant_id: str, name: str) -> Any | None:
     """The row (name, revision, storage_key) of the newest revision of `name` the tenant registered, or None."""
-    return session.execute(newest_revision(), {"tenant_id": tenant_id, "name": name}).first()
+    return session.execute(newest_model_revision(), {"tenant_id": tenant_id, "name": name}).first()
 
 
 def ref_of(name: str, row: Any | None) -> ModelRef:
-    """resolve's answer from a row of `newest_revision()` (None: the tenant registered no `name`), for a caller
-    that read that row in a statement of its own (a submit reads it with the tenant limits: service/jobs.py)."""
+    """resolve's answer from a row of `service.db.newest_model_revision()` (None: the tenant registered no `name`),
+    for a caller that read that row in a statement of its own (a submit reads it with the tenant limits:
+    service/jobs.py)."""
     from worker.models import is_zoo, zoo_revision
 
     if row is not None:
@@ -51,16 +51,6 @@ def ref_of(name: str, row: Any | None) -> ModelRef:
     if is_zoo(name):
         return ModelRef(name, zoo_revision(name), True)
     raise not_found(f"model {name!r}")
-
-
-@cache
-def newest_revision() -> Select:
-    """resolve's query, built once with its values as parameters, on the table's columns: the ORM query built per
-    submit (its cache key, its entity loading) cost more of a submit's CPU than PostgreSQL spends on it."""
-    models = Model.__table__.c
-    return select(models.name, models.revision, models.storage_key) \
-        .where(models.tenant_id == bindparam("tenant_id"), models.name == bindparam("name")) \
-        .order_by(models.created_at.desc()).limit(1)
 
 
 def listing(session: Session, tenant_id: str) -> list[dict[str, Any]]:
