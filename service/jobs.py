@@ -92,12 +92,6 @@ class Limits:
             raise too_many(f"more than {settings.rate_per_minute} jobs a minute", int(wait) + 1)
 
 
-def check_limits(session: Session, tenant_id: str, settings: Settings) -> None:
-    """429 over the tenant's in-flight or per-minute limit. Counted from the jobs table, so it holds across
-    replicas; concurrent submits of one tenant each read the count before the others insert (docs/architecture.md)."""
-    Limits(*session.execute(_limits_statement(), _limits_params(tenant_id, settings)).one()).check(settings)
-
-
 def model_and_limits(session: Session, tenant_id: str, name: str, settings: Settings) -> tuple[Any | None, Limits]:
     """What a submit reads before its INSERT, in one round trip (was two): the newest registered revision of model
     `name` (a row for service.models.ref_of, None when the tenant registered none) and the tenant's Limits. The
@@ -113,8 +107,8 @@ def _limits_params(tenant_id: str, settings: Settings) -> dict[str, Any]:
 
 @cache
 def _limits_statement() -> Select:
-    """check_limits' query, built once with its values as parameters: building it per submit (and its cache key)
-    cost more CPU than PostgreSQL spends running it."""
+    """The tenant limits' query (Limits), built once with its values as parameters: building it per submit (and its
+    cache key) cost more CPU than PostgreSQL spends running it."""
     jobs = Job.__table__.c
     mine = jobs.tenant_id == bindparam("tenant_id")
     in_flight = select(jobs.id).where(mine, jobs.status.in_(IN_FLIGHT), jobs.audit_id.is_(None)) \

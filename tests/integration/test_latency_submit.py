@@ -59,7 +59,7 @@ def test_in_flight_limit_counts_up_to_the_limit(runtime):
         for i in range(5):
             jobs.create(s, tenant.id, {"model": "minilm-rt", "seed": i}, "r", "q", None, f"d{i}")
     with runtime.db.session() as s, pytest.raises(Problem) as refused:
-        jobs.check_limits(s, tenant.id, settings)
+        check_limits(s, tenant.id, settings)
     assert refused.value.status == 429
     assert "2 jobs in flight; the limit is 2" in refused.value.detail
 
@@ -86,11 +86,11 @@ def test_rate_limit_waits_until_the_window_frees_a_place(runtime):
             job = jobs.create(s, tenant.id, {"model": "minilm-rt", "seed": age}, "r", "q", None, f"d{age}")
             s.execute(update(Job).where(Job.id == job.id).values(created_at=now - timedelta(seconds=age)))
     with runtime.db.session() as s, pytest.raises(Problem) as refused:
-        jobs.check_limits(s, tenant.id, settings)
+        check_limits(s, tenant.id, settings)
     assert "more than 2 jobs a minute" in refused.value.detail
     assert 29 <= int(refused.value.headers["Retry-After"]) <= 32
     with runtime.db.session() as s:  # under the limit: no refusal
-        jobs.check_limits(s, tenant.id, replace(settings, rate_per_minute=4))
+        check_limits(s, tenant.id, replace(settings, rate_per_minute=4))
 
 
 def test_over_the_limits_a_bad_request_is_still_a_422(runtime, new_key):
@@ -168,3 +168,10 @@ def test_a_submit_is_three_statements(api, runtime, monkeypatch):
     finally:
         event.remove(runtime.db.engine, "before_cursor_execute", count)
     assert seen == ["SELECT", "SELECT", "INSERT"], seen
+
+
+def check_limits(session, tenant_id: str, settings) -> None:
+    """The tenant limits as a submit reads and judges them (with its model: service.jobs.model_and_limits)."""
+    from service import jobs
+
+    jobs.model_and_limits(session, tenant_id, "minilm-rt", settings)[1].check(settings)
