@@ -103,7 +103,7 @@ def production_client(db_url: str, tmp: str) -> tuple[Callable[[int], Any], Call
     queues = (f"profile-gpu-{tag}", f"profile-cpu-{tag}")
     settings = Settings.from_env(env={}, data_dir=tmp, database_url=db_url, broker_url=REDIS,
                                  job_queue=queues[0], cpu_queue=queues[1],
-                                 rate_per_minute=10**9, max_in_flight=10**9, log_level="WARNING")
+                                 rate_per_minute=0, max_in_flight=0, log_level="WARNING")
     setup_logging(settings)
     rt = Runtime(settings)
     with rt.db.session() as s:

@@ -74,8 +74,8 @@ class Settings:
     max_new_tokens: int = 64
     max_body_bytes: int = 1_000_000
     max_methods: int = 8
-    max_in_flight: int = 20  # queued + running jobs per tenant
-    rate_per_minute: int = 120  # job submissions per tenant per minute
+    max_in_flight: int = 20  # queued + running jobs per tenant (0: no limit)
+    rate_per_minute: int = 120  # job submissions per tenant per minute (0: no limit)
     max_upload_bytes: int = 200_000_000
     max_audit_items: int = 10_000
     max_batch_inputs: int = 64  # inputs of one batch job (a list of inputs; docs/api.md)

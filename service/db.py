@@ -24,6 +24,7 @@ from sqlalchemy import (
     create_engine,
     event,
     select,
+    text,
 )
 from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.exc import InvalidatePoolError
@@ -128,12 +129,20 @@ class Lease(Base):
     expires_at: Mapped[datetime]
 
 
+# the rows of ix_jobs_tenant_in_flight (a partial index's condition is SQL text: the columns do not exist yet here)
+IN_FLIGHT_ROWS = text("status IN (" + ", ".join(f"'{status.value}'" for status in IN_FLIGHT) + ") AND audit_id IS NULL")
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key"),
         Index("ix_jobs_tenant_created", "tenant_id", "created_at"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
+        # a tenant's jobs in flight, what every submit counts for its limit (service.jobs.Limits): only the rows
+        # that are in flight, so the count reads the tenant's few entries, not its history or the other tenants'
+        # backlog (without it PostgreSQL scanned every queued job of every tenant, or the whole table)
+        Index("ix_jobs_tenant_in_flight", "tenant_id", postgresql_where=IN_FLIGHT_ROWS, sqlite_where=IN_FLIGHT_ROWS),
     )
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))

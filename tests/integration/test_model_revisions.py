@@ -214,3 +214,22 @@ def test_an_audit_of_a_registered_model_runs_in_a_fresh_worker(api, runtime, tmp
         assert statuses == ["done", "done"]
     finally:
         worker.close()
+
+
+def test_the_migrations_build_the_schema_the_code_declares(fresh_db):
+    """`lantern migrate` and service.db's tables agree (columns, types, indexes, constraints): a table, column or
+    index declared without its migration (or the other way round) is a difference here, on SQLite and PostgreSQL."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlalchemy import create_engine
+
+    from service.db import Base
+    from service.migrate import upgrade
+
+    upgrade(fresh_db)
+    engine = create_engine(fresh_db)
+    try:
+        with engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    finally:
+        engine.dispose()
