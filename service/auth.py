@@ -89,7 +89,7 @@ def authenticate(session: Session, header: str | None) -> Caller:
     if caller is not None:
         return caller
     parts = plain[len(PREFIX):].split("_", 1) if plain.startswith(PREFIX) else []
-    found = _key_and_tenant(session, parts[0]) if len(parts) == 2 else None
+    found = key_and_tenant(session, parts[0]) if len(parts) == 2 else None
     if found is None or not hmac.compare_digest(found[0].secret_hash, digest):
         raise unauthorized("unknown API key")
     caller = _caller(*found)
@@ -100,13 +100,13 @@ def authenticate(session: Session, header: str | None) -> Caller:
 def authenticate_key_id(session: Session, key_id: str) -> Caller:
     """The caller of a key already proven once (the web UI's session holds its id, never the key): 401 when the
     key is gone, expired or revoked since."""
-    found = _key_and_tenant(session, key_id)
+    found = key_and_tenant(session, key_id)
     if found is None:
         raise unauthorized("unknown API key")
     return _caller(*found)
 
 
-def _key_and_tenant(session: Session, key_id: str) -> tuple[ApiKey, Tenant] | None:
+def key_and_tenant(session: Session, key_id: str) -> tuple[ApiKey, Tenant] | None:
     """The key's row and its tenant's in one round trip (every request authenticates)."""
     row = session.execute(select(ApiKey, Tenant).join(Tenant, Tenant.id == ApiKey.tenant_id)
                           .where(ApiKey.id == key_id)).first()

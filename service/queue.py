@@ -117,6 +117,13 @@ def _command_client(app: Celery) -> Any:
 _CONNECTING = threading.Lock()
 
 
+def connect_publisher(app: Celery) -> None:
+    """Connect this process's publishing client now (an API worker warming up: service/gunicorn_conf.py), not at
+    its first submit; on a broker other than Redis, Celery connects at its first send."""
+    if app.conf.broker_transport == REDIS_TRANSPORT:
+        _command_client(app).ping()
+
+
 def held_job_ids(app: Celery, queues: list[str]) -> set[str] | None:
     """The ids of the jobs whose message the broker holds now: waiting in one of the queues, or (Redis) delivered
     to a worker and not yet acknowledged. None where the broker cannot be asked this."""
