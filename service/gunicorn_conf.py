@@ -94,8 +94,11 @@ def post_worker_init(worker) -> None:  # gunicorn calls it in each worker before
     no request, so until then the other workers take them."""
     from service.wsgi import app
 
-    warm = threading.Thread(target=warm_worker, args=(app.extensions["lantern"], threads), name="lantern-warm",
-                            daemon=True)
+    runtime = app.extensions["lantern"]
+    # a connection for each thread that takes requests (1 with sync workers), at most what the pool keeps open
+    pool = runtime.db.engine.pool
+    connections = min(worker.cfg.threads, pool.size() if hasattr(pool, "size") else 1)
+    warm = threading.Thread(target=warm_worker, args=(runtime, connections), name="lantern-warm", daemon=True)
     warm.start()
     warm.join(WARM_SECONDS)
 
@@ -116,9 +119,13 @@ def warm_worker(runtime, connections: int) -> None:
                 auth.key_and_tenant(s, "warm-up")
                 jobs.find_idempotent(s, "", "warm-up", "")
                 jobs.model_and_limits(s, "", "", runtime.settings)
+    except Exception as e:
+        logging.getLogger("lantern.api").warning("could not warm this worker's database connections: %s",
+                                                 type(e).__name__)
+    try:
         queue.connect_publisher(runtime.celery)
     except Exception as e:
-        logging.getLogger("lantern.api").warning("could not warm this worker's connections: %s", type(e).__name__)
+        logging.getLogger("lantern.api").warning("could not connect this worker to the broker: %s", type(e).__name__)
 
 
 # Header limits above the app's own (service.app.MAX_HEADER_BYTES, 16 KiB in all): an oversized header then gets

@@ -63,8 +63,8 @@ def test_each_api_worker_warms_its_connections_before_it_serves(runtime):
 
 
 def test_a_worker_warm_up_that_fails_does_not_stop_the_worker(tmp_path, caplog):
-    """With PostgreSQL unreachable the warm-up logs why (the error's type, no address or text) and returns; the
-    worker serves, and its requests get their 503s."""
+    """With PostgreSQL and Redis unreachable the warm-up logs why, each apart (the error's type, no address or
+    text), and returns; the worker serves, and its requests get their 503s."""
     from service import gunicorn_conf
     from service.runtime import Runtime
     from tests.helpers import free_port, make_settings
@@ -75,7 +75,8 @@ def test_a_worker_warm_up_that_fails_does_not_stop_the_worker(tmp_path, caplog):
         gunicorn_conf.warm_worker(runtime, 2)
     finally:
         runtime.close()
-    assert "could not warm this worker's connections: OperationalError" in caplog.text
+    assert "could not warm this worker's database connections: OperationalError" in caplog.text
+    assert "could not connect this worker to the broker: OperationalError" in caplog.text
 
 
 def test_in_flight_limit_refuses_at_the_limit(runtime):
@@ -150,14 +151,24 @@ def test_a_limit_of_zero_is_no_limit(api, runtime):
 def test_the_in_flight_count_reads_only_the_tenants_jobs_in_flight(runtime):
     """The limits' count goes through the partial index of jobs in flight (ix_jobs_tenant_in_flight), whatever the
     tenant's history and the other tenants' backlog hold: without it PostgreSQL scanned every queued job of every
-    tenant (ix_jobs_status_lease) or the whole table, and a submit's cost grew with them. 40,000 rows, in a
+    tenant (ix_jobs_status_lease) or the whole table, and a submit's cost grew with them. Checked on the plan
+    PostgreSQL gives the statement as a submit sends it (its values as parameters) and as psycopg prepares it after
+    5 runs (the generic plan, which must prove the index's condition without the values). 40,000 rows, in a
     transaction that is rolled back."""
+    import re
+
+    from psycopg import sql as pgsql
     from sqlalchemy import text
 
     from service import jobs
 
-    statement = jobs._model_and_limits(True, True)
-    params = {**jobs._limits_params("t-busy", runtime.settings), "name": "minilm-rt"}
+    # the statement as psycopg sends it (lists expanded), its %(name)s parameters numbered for PREPARE
+    sent = jobs._model_and_limits(True, True).compile(dialect=runtime.db.engine.dialect).construct_expanded_state(
+        {**jobs._limits_params("t-busy", runtime.settings), "name": "minilm-rt"})
+    values = sent.parameters
+    names = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", sent.statement)))
+    numbered = re.sub(r"%\((\w+)\)s", lambda m: f"${names.index(m.group(1)) + 1}", sent.statement)
+    plans = []
     with runtime.db.engine.connect() as conn, conn.begin() as transaction:
         for tenant in ("t-busy", "t-backlog"):
             conn.execute(text("INSERT INTO tenants (id, name, created_at) VALUES (:t, :t, now())"), {"t": tenant})
@@ -168,10 +179,42 @@ def test_the_in_flight_count_reads_only_the_tenants_jobs_in_flight(runtime):
             " CASE WHEN i % 2 = 0 THEN 'succeeded' ELSE 'queued' END, 'minilm-rt', 'r', '{}', 'h', 'q', 0, 0, false,"
             " now() - interval '1 day', now() FROM generate_series(1, 40000) i"))
         conn.execute(text("ANALYZE jobs"))
-        sql = statement.params(**params).compile(conn, compile_kwargs={"literal_binds": True})
-        plan = "\n".join(row[0] for row in conn.exec_driver_sql(f"EXPLAIN {sql}"))
+        driver = conn.connection.driver_connection
+        arguments = ", ".join(pgsql.Literal(values[name]).as_string(driver) for name in names)
+        conn.exec_driver_sql(f"PREPARE limits_check AS {numbered}")
+        for mode in ("force_custom_plan", "force_generic_plan"):
+            conn.exec_driver_sql(f"SET LOCAL plan_cache_mode = {mode}")
+            plans.append("\n".join(row[0] for row in conn.exec_driver_sql(f"EXPLAIN EXECUTE limits_check({arguments})")))
+        conn.exec_driver_sql("DEALLOCATE limits_check")
         transaction.rollback()
-    assert "ix_jobs_tenant_in_flight" in plan, plan
+    with runtime.db.engine.begin() as conn:  # the row counts ANALYZE wrote outlive the rollback: count them again
+        conn.execute(text("ANALYZE jobs"))
+    for plan in plans:
+        assert "ix_jobs_tenant_in_flight" in plan, plan
+
+
+def test_the_index_and_its_migration_name_the_same_rows():
+    """alembic's comparison of schema and migrations does not compare a partial index's condition: this does."""
+    import importlib
+
+    from service.db import IN_FLIGHT_ROWS
+
+    migration = importlib.import_module("migrations.versions.0006_tenant_in_flight_index")
+    assert migration.IN_FLIGHT_ROWS.text == IN_FLIGHT_ROWS.text
+
+
+def test_gunicorn_runs_the_worker_warm_up():
+    """gunicorn ignores a setting it does not know, so a misnamed hook would be silently skipped: load the config
+    as `lantern serve` does and find the hooks in it."""
+    from gunicorn.config import Config
+
+    from service import gunicorn_conf
+
+    config = Config()
+    for name in ("post_worker_init", "post_fork", "pre_fork", "on_starting"):
+        config.set(name, getattr(gunicorn_conf, name))
+        assert config.settings[name].get() is getattr(gunicorn_conf, name)
+    assert "post_worker_init" in config.settings
 
 
 def test_over_the_limits_a_bad_request_is_still_a_422(runtime, new_key):
