@@ -26,7 +26,7 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.engine import CursorResult, Engine
+from sqlalchemy.engine import CursorResult, Engine, make_url
 from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.sql.expression import Executable
@@ -308,9 +308,16 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    engine = create_engine(url, pool_size=5, max_overflow=5)
+    # libpq waits as long as TCP does (about 2 minutes) for a server that does not answer (a host gone from the
+    # network, a full backlog), and forever for one that took the connection and says nothing: a request would hang
+    # where it should get its 503 with Retry-After. A connect_timeout in the URL still wins.
+    timeout = {} if "connect_timeout" in make_url(url).query else {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+    engine = create_engine(url, pool_size=5, max_overflow=5, connect_args=timeout)
     ping_when_idle(engine)
     return engine
+
+
+CONNECT_TIMEOUT_SECONDS = 5
 
 
 # A pooled connection idle longer than this is pinged before it is handed out. pool_pre_ping pinged on every

@@ -32,6 +32,34 @@ def test_every_call_is_503_with_retry_after(down_api, call):
     assert "database" in resp.get_json()["detail"]
 
 
+def test_a_database_that_never_answers_is_503_within_the_connect_timeout(tmp_path, monkeypatch):
+    """A server that takes the connection and never answers (a host gone from the network looks the same from
+    here): the request gives up after the connect timeout with its 503, not after TCP's ~2 minutes."""
+    import socket
+    import threading
+    import time
+
+    from service import db
+    from service.app import create_app
+    from service.auth import PREFIX
+
+    monkeypatch.setattr(db, "CONNECT_TIMEOUT_SECONDS", 1)
+    silent = socket.create_server(("127.0.0.1", 0), backlog=16)  # the kernel completes handshakes; nobody replies
+    answers = []
+    try:
+        url = f"postgresql+psycopg://postgres@127.0.0.1:{silent.getsockname()[1]}/postgres"
+        api = Api(create_app(make_settings(tmp_path, database_url=url)), f"{PREFIX}0123456789ab_unknownsecret")
+        started = time.monotonic()
+        asking = threading.Thread(target=lambda: answers.append(api.get("/v1/jobs")), daemon=True)
+        asking.start()
+        asking.join(30)  # without a connect timeout it waits for an answer that never comes
+        waited = time.monotonic() - started
+    finally:
+        silent.close()
+    assert answers, f"no answer after {waited:.0f} s"
+    assert answers[0].status_code == 503 and int(answers[0].headers["Retry-After"]) >= 1, answers[0].get_json()
+
+
 def test_liveness_stays_up_readiness_says_why(down_api):
     assert down_api.client.get("/healthz").status_code == 200
     ready = down_api.client.get("/readyz")
