@@ -139,10 +139,12 @@ class Job(Base):
         UniqueConstraint("tenant_id", "idempotency_key"),
         Index("ix_jobs_tenant_created", "tenant_id", "created_at"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
-        # a tenant's jobs in flight, what every submit counts for its limit (service.jobs.Limits): only the rows
-        # that are in flight, so the count reads the tenant's few entries, not its history or the other tenants'
-        # backlog (without it PostgreSQL scanned every queued job of every tenant, or the whole table)
-        Index("ix_jobs_tenant_in_flight", "tenant_id", postgresql_where=IN_FLIGHT_ROWS, sqlite_where=IN_FLIGHT_ROWS),
+        # a tenant's jobs in flight, what every submit counts for its limit (service.jobs.Limits) and what a listing
+        # of its queued or running jobs pages through newest first: only the rows that are in flight, so both read
+        # the tenant's few entries, not its history or the other tenants' backlog (without it PostgreSQL scanned
+        # every queued job of every tenant, or the tenant's whole history)
+        Index("ix_jobs_tenant_in_flight", "tenant_id", "created_at", postgresql_where=IN_FLIGHT_ROWS,
+              sqlite_where=IN_FLIGHT_ROWS),
     )
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))

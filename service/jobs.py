@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 from service.config import Settings
 from service.db import (
     FINISHED,
+    IN_FLIGHT,
     IN_FLIGHT_ROWS,
     Artifact,
     Database,
@@ -191,12 +192,18 @@ def etag(session: Session, tenant_id: str, job_id: str) -> str:
 def listing(session: Session, tenant_id: str, limit: int, cursor: str | None, status: str | None,
             model: str | None) -> tuple[list[Job], str | None]:
     """Newest first; the cursor is the (created_at, id) of the last item seen."""
+    return page(session, listing_statement(tenant_id, status, model), Job, limit, cursor)
+
+
+def listing_statement(tenant_id: str, status: str | None, model: str | None) -> Select:
     q = select(Job).where(Job.tenant_id == tenant_id, Job.audit_id.is_(None))
     if status:
         q = q.where(Job.status == status)
+        if status in IN_FLIGHT:  # "my queued/running jobs" reads the partial index of jobs in flight in any plan
+            q = q.where(IN_FLIGHT_ROWS)  # (with the status alone as a parameter, a generic plan read the history)
     if model:
         q = q.where(Job.model_name == model)
-    return page(session, q, Job, limit, cursor)
+    return q
 
 
 def page(session: Session, q: Any, row: Any, limit: int, cursor: str | None) -> tuple[list[Any], str | None]:

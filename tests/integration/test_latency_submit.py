@@ -151,21 +151,37 @@ def test_a_limit_of_zero_is_no_limit(api, runtime):
 def test_the_in_flight_count_reads_only_the_tenants_jobs_in_flight(runtime):
     """The limits' count goes through the partial index of jobs in flight (ix_jobs_tenant_in_flight), whatever the
     tenant's history and the other tenants' backlog hold: without it PostgreSQL scanned every queued job of every
-    tenant (ix_jobs_status_lease) or the whole table, and a submit's cost grew with them. Checked on the plan
-    PostgreSQL gives the statement as a submit sends it (its values as parameters) and as psycopg prepares it after
-    5 runs (the generic plan, which must prove the index's condition without the values). 40,000 rows, in a
+    tenant (ix_jobs_status_lease) or the whole table, and a submit's cost grew with them."""
+    from service import jobs
+
+    statement = jobs._model_and_limits(True, True)
+    for plan in plans_over_history(runtime, statement, {**jobs._limits_params("t-busy", runtime.settings),
+                                                        "name": "minilm-rt"}):
+        assert "ix_jobs_tenant_in_flight" in plan, plan
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+def test_listing_the_jobs_in_flight_reads_only_them(runtime):
+    """GET /v1/jobs?status=running (a dashboard watching its jobs) reads the tenant's jobs in flight, not its whole
+    history newest first until it has found a page of them."""
+    from service import jobs
+
+    statement = jobs.listing_statement("t-busy", "running", None).order_by(jobs.Job.created_at.desc()).limit(51)
+    for plan in plans_over_history(runtime, statement, {}):
+        assert "ix_jobs_tenant_in_flight" in plan, plan
+
+
+def plans_over_history(runtime, statement, values: dict) -> list[str]:
+    """PostgreSQL's plans for `statement` as psycopg sends it (its values as parameters) over 40,000 jobs, half a
+    tenant's finished history and half another tenant's backlog (queued and running): the plan for these values, and the generic
+    plan PostgreSQL may adopt for a statement psycopg has prepared (after 5 runs), which must do without them. In a
     transaction that is rolled back."""
     import re
 
     from psycopg import sql as pgsql
     from sqlalchemy import text
 
-    from service import jobs
-
-    # the statement as psycopg sends it (lists expanded), its %(name)s parameters numbered for PREPARE
-    sent = jobs._model_and_limits(True, True).compile(dialect=runtime.db.engine.dialect).construct_expanded_state(
-        {**jobs._limits_params("t-busy", runtime.settings), "name": "minilm-rt"})
-    values = sent.parameters
+    sent = statement.compile(dialect=runtime.db.engine.dialect).construct_expanded_state(values)
     names = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", sent.statement)))
     numbered = re.sub(r"%\((\w+)\)s", lambda m: f"${names.index(m.group(1)) + 1}", sent.statement)
     plans = []
@@ -176,21 +192,21 @@ def test_the_in_flight_count_reads_only_the_tenants_jobs_in_flight(runtime):
             "INSERT INTO jobs (id, tenant_id, kind, status, model_name, model_revision, request, request_hash, queue,"
             " progress, attempts, cancel_requested, created_at, updated_at)"
             " SELECT md5(i::text), CASE WHEN i % 2 = 0 THEN 't-busy' ELSE 't-backlog' END, 'explain',"
-            " CASE WHEN i % 2 = 0 THEN 'succeeded' ELSE 'queued' END, 'minilm-rt', 'r', '{}', 'h', 'q', 0, 0, false,"
-            " now() - interval '1 day', now() FROM generate_series(1, 40000) i"))
+            " CASE WHEN i % 2 = 0 THEN 'succeeded' WHEN i % 4 = 1 THEN 'queued' ELSE 'running' END,"
+            " 'minilm-rt', 'r', '{}', 'h', 'q', 0, 0, false,"
+            " now() - interval '1 day' + i * interval '1 ms', now() FROM generate_series(1, 40000) i"))
         conn.execute(text("ANALYZE jobs"))
         driver = conn.connection.driver_connection
-        arguments = ", ".join(pgsql.Literal(values[name]).as_string(driver) for name in names)
-        conn.exec_driver_sql(f"PREPARE limits_check AS {numbered}")
+        arguments = ", ".join(pgsql.Literal(sent.parameters[name]).as_string(driver) for name in names)
+        conn.exec_driver_sql(f"PREPARE plan_check AS {numbered}")
         for mode in ("force_custom_plan", "force_generic_plan"):
             conn.exec_driver_sql(f"SET LOCAL plan_cache_mode = {mode}")
-            plans.append("\n".join(row[0] for row in conn.exec_driver_sql(f"EXPLAIN EXECUTE limits_check({arguments})")))
-        conn.exec_driver_sql("DEALLOCATE limits_check")
+            execute = f"EXECUTE plan_check({arguments})" if arguments else "EXECUTE plan_check"
+            plans.append("\n".join(row[0] for row in conn.exec_driver_sql(f"EXPLAIN {execute}")))
         transaction.rollback()
     with runtime.db.engine.begin() as conn:  # the row counts ANALYZE wrote outlive the rollback: count them again
         conn.execute(text("ANALYZE jobs"))
-    for plan in plans:
-        assert "ix_jobs_tenant_in_flight" in plan, plan
+    return plans
 
 
 def test_the_index_and_its_migration_name_the_same_rows():
