@@ -1,6 +1,7 @@
 """Tables (SQLAlchemy 2.0) and the engine/session factory. The job row is the source of truth (docs/architecture.md)."""
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -129,7 +130,10 @@ class Lease(Base):
     expires_at: Mapped[datetime]
 
 
-# the rows of ix_jobs_tenant_in_flight (a partial index's condition is SQL text: the columns do not exist yet here)
+# A tenant's own jobs, not an audit's batches: what the API reads per tenant (listings, the tenant limits). A partial
+# index's condition is SQL text (the columns do not exist yet here); a query proves it with its own audit_id IS NULL.
+OWN_JOBS = text("audit_id IS NULL")
+# ... and of those, the ones in flight (queued or running)
 IN_FLIGHT_ROWS = text("status IN (" + ", ".join(f"'{status.value}'" for status in IN_FLIGHT) + ") AND audit_id IS NULL")
 
 
@@ -139,12 +143,15 @@ class Job(Base):
         UniqueConstraint("tenant_id", "idempotency_key"),
         Index("ix_jobs_tenant_created", "tenant_id", "created_at"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
-        # a tenant's jobs in flight, what every submit counts for its limit (service.jobs.Limits) and what a listing
-        # of its queued or running jobs pages through newest first: only the rows that are in flight, so both read
-        # the tenant's few entries, not its history or the other tenants' backlog (without it PostgreSQL scanned
-        # every queued job of every tenant, or the tenant's whole history)
+        # The tenant's own jobs in flight, what every submit counts for its limit (service.jobs.Limits, which
+        # filters with this very condition, so that any plan can prove it): the tenant's few entries, not its history
+        # nor the other tenants' backlog (without it PostgreSQL read every queued job of every tenant, or the table)
         Index("ix_jobs_tenant_in_flight", "tenant_id", "created_at", postgresql_where=IN_FLIGHT_ROWS,
               sqlite_where=IN_FLIGHT_ROWS),
+        # The tenant's own jobs of one status, newest first: GET /v1/jobs?status=… reads its page and stops (it read
+        # the tenant's whole history newest first until it had found a page of a rare status)
+        Index("ix_jobs_own_status", "tenant_id", "status", "created_at", "id", postgresql_where=OWN_JOBS,
+              sqlite_where=OWN_JOBS),
     )
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
@@ -310,10 +317,12 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    # libpq waits as long as TCP does (about 2 minutes) for a server that does not answer (a host gone from the
-    # network, a full backlog), and forever for one that took the connection and says nothing: a request would hang
-    # where it should get its 503 with Retry-After. A connect_timeout in the URL still wins.
-    timeout = {} if "connect_timeout" in make_url(url).query else {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+    # Connecting to a server that does not answer (a host gone from the network, a full backlog, one that took the
+    # connection and says nothing) otherwise waits ~130 s (psycopg's default): a request would hang where it should
+    # get its 503 with Retry-After. A connect_timeout in the URL, or PGCONNECT_TIMEOUT, still wins. (Only the
+    # connection: a query on a pooled connection whose host vanished waits for TCP.)
+    chosen = "connect_timeout" in make_url(url).query or "PGCONNECT_TIMEOUT" in os.environ
+    timeout = {} if chosen else {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
     engine = create_engine(url, pool_size=5, max_overflow=5, connect_args=timeout)
     ping_when_idle(engine)
     return engine

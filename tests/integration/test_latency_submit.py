@@ -149,9 +149,9 @@ def test_a_limit_of_zero_is_no_limit(api, runtime):
 
 @pytest.mark.parametrize("backend", ["postgres"])
 def test_the_in_flight_count_reads_only_the_tenants_jobs_in_flight(runtime):
-    """The limits' count goes through the partial index of jobs in flight (ix_jobs_tenant_in_flight), whatever the
-    tenant's history and the other tenants' backlog hold: without it PostgreSQL scanned every queued job of every
-    tenant (ix_jobs_status_lease) or the whole table, and a submit's cost grew with them."""
+    """The limits' count reads the tenant's own jobs in flight from ix_jobs_tenant_in_flight, whatever the tenant's history
+    and the other tenants' backlog hold: without it PostgreSQL scanned every queued job of every tenant
+    (ix_jobs_status_lease) or the whole table, and a submit's cost grew with them."""
     from service import jobs
 
     statement = jobs._model_and_limits(True, True)
@@ -161,21 +161,52 @@ def test_the_in_flight_count_reads_only_the_tenants_jobs_in_flight(runtime):
 
 
 @pytest.mark.parametrize("backend", ["postgres"])
-def test_listing_the_jobs_in_flight_reads_only_them(runtime):
-    """GET /v1/jobs?status=running (a dashboard watching its jobs) reads the tenant's jobs in flight, not its whole
-    history newest first until it has found a page of them."""
+@pytest.mark.parametrize("status", ["running", "failed"])
+def test_a_listing_of_one_status_reads_only_that_status(runtime, status):
+    """GET /v1/jobs?status=running (a dashboard watching its jobs) or a rare status: the page PostgreSQL reads comes
+    from the tenant's own jobs of that status, not from its whole history newest first until it has found a page."""
     from service import jobs
+    from service.db import Job
 
-    statement = jobs.listing_statement("t-busy", "running", None).order_by(jobs.Job.created_at.desc()).limit(51)
+    statement = jobs.page_statement(jobs.listing_statement("t-busy", status, None), Job, 50, None)
     for plan in plans_over_history(runtime, statement, {}):
-        assert "ix_jobs_tenant_in_flight" in plan, plan
+        # ix_jobs_own_status, or ix_jobs_status_lease where that status is rare everywhere: never the history
+        assert "ix_jobs_tenant_created" not in plan and "Seq Scan" not in plan, plan
+
+
+def test_the_rate_limit_counts_submissions_not_an_audits_batches(runtime):
+    """An audit's batch jobs are made by the service, not submitted: an audit of many batches must not spend the
+    tenant's submissions a minute (it made every POST /v1/jobs a 429 for a minute)."""
+    from dataclasses import replace
+
+    from service import jobs
+    from service.auth import ensure_tenant
+    from service.db import Audit, Job
+
+    settings = replace(runtime.settings, max_in_flight=0, rate_per_minute=2)
+    with runtime.db.session() as s:
+        tenant = ensure_tenant(s, f"auditor-{uuid.uuid4().hex[:8]}")
+        s.flush()
+        audit = Audit(tenant_id=tenant.id, request={})
+        s.add(audit)
+        s.flush()
+        for i in range(4):
+            s.add(Job(tenant_id=tenant.id, audit_id=audit.id, kind="audit_batch", model_name="minilm-rt",
+                      model_revision="r", request={}, request_hash=f"b{i}", queue="q"))
+    with runtime.db.session() as s:
+        check_limits(s, tenant.id, settings)  # 4 batches in the last minute, no submission: no refusal
+        jobs.create(s, tenant.id, {"model": "minilm-rt", "seed": 1}, "r", "q", None, "d1")
+        jobs.create(s, tenant.id, {"model": "minilm-rt", "seed": 2}, "r", "q", None, "d2")
+    with runtime.db.session() as s, pytest.raises(Exception) as refused:
+        check_limits(s, tenant.id, settings)
+    assert "more than 2 jobs a minute" in refused.value.detail
 
 
 def plans_over_history(runtime, statement, values: dict) -> list[str]:
     """PostgreSQL's plans for `statement` as psycopg sends it (its values as parameters) over 40,000 jobs, half a
-    tenant's finished history and half another tenant's backlog (queued and running): the plan for these values, and the generic
-    plan PostgreSQL may adopt for a statement psycopg has prepared (after 5 runs), which must do without them. In a
-    transaction that is rolled back."""
+    tenant's history (finished jobs, an audit's batch jobs among them) and half another tenant's backlog (queued and
+    running): the plan for these values, and the generic plan PostgreSQL may adopt for a statement psycopg has
+    prepared (after 5 runs), which must do without them. In a transaction that is rolled back."""
     import re
 
     from psycopg import sql as pgsql
@@ -188,35 +219,43 @@ def plans_over_history(runtime, statement, values: dict) -> list[str]:
     with runtime.db.engine.connect() as conn, conn.begin() as transaction:
         for tenant in ("t-busy", "t-backlog"):
             conn.execute(text("INSERT INTO tenants (id, name, created_at) VALUES (:t, :t, now())"), {"t": tenant})
+        conn.execute(text("INSERT INTO audits (id, tenant_id, status, request, total, done, failed, version,"
+                          " cancel_requested, created_at) VALUES ('a-busy', 't-busy', 'running', '{}', 0, 0, 0, 0,"
+                          " false, now())"))
         conn.execute(text(
-            "INSERT INTO jobs (id, tenant_id, kind, status, model_name, model_revision, request, request_hash, queue,"
-            " progress, attempts, cancel_requested, created_at, updated_at)"
-            " SELECT md5(i::text), CASE WHEN i % 2 = 0 THEN 't-busy' ELSE 't-backlog' END, 'explain',"
+            "INSERT INTO jobs (id, tenant_id, audit_id, kind, status, model_name, model_revision, request,"
+            " request_hash, queue, progress, attempts, cancel_requested, created_at, updated_at)"
+            " SELECT md5(i::text), CASE WHEN i % 2 = 0 THEN 't-busy' ELSE 't-backlog' END,"
+            " CASE WHEN i % 4 = 0 THEN 'a-busy' END, 'explain',"
             " CASE WHEN i % 2 = 0 THEN 'succeeded' WHEN i % 4 = 1 THEN 'queued' ELSE 'running' END,"
             " 'minilm-rt', 'r', '{}', 'h', 'q', 0, 0, false,"
             " now() - interval '1 day' + i * interval '1 ms', now() FROM generate_series(1, 40000) i"))
         conn.execute(text("ANALYZE jobs"))
         driver = conn.connection.driver_connection
-        arguments = ", ".join(pgsql.Literal(sent.parameters[name]).as_string(driver) for name in names)
-        conn.exec_driver_sql(f"PREPARE plan_check AS {numbered}")
-        for mode in ("force_custom_plan", "force_generic_plan"):
-            conn.exec_driver_sql(f"SET LOCAL plan_cache_mode = {mode}")
-            execute = f"EXECUTE plan_check({arguments})" if arguments else "EXECUTE plan_check"
-            plans.append("\n".join(row[0] for row in conn.exec_driver_sql(f"EXPLAIN {execute}")))
+        arguments = ", ".join(pgsql.Literal(sent.parameters[name]).as_string(driver).replace("%", "%%")
+                              for name in names)
+        conn.exec_driver_sql(f"PREPARE plan_check AS {numbered.replace('%', '%%')}")
+        try:
+            for mode in ("force_custom_plan", "force_generic_plan"):
+                conn.exec_driver_sql(f"SET LOCAL plan_cache_mode = {mode}")
+                execute = f"EXECUTE plan_check({arguments})" if arguments else "EXECUTE plan_check"
+                plans.append("\n".join(row[0] for row in conn.exec_driver_sql(f"EXPLAIN {execute}")))
+        finally:
+            conn.exec_driver_sql("DEALLOCATE plan_check")  # a rollback does not undo a PREPARE
         transaction.rollback()
     with runtime.db.engine.begin() as conn:  # the row counts ANALYZE wrote outlive the rollback: count them again
         conn.execute(text("ANALYZE jobs"))
     return plans
 
 
-def test_the_index_and_its_migration_name_the_same_rows():
+def test_the_indexes_and_their_migration_name_the_same_rows():
     """alembic's comparison of schema and migrations does not compare a partial index's condition: this does."""
     import importlib
 
-    from service.db import IN_FLIGHT_ROWS
+    from service.db import IN_FLIGHT_ROWS, OWN_JOBS
 
-    migration = importlib.import_module("migrations.versions.0006_tenant_in_flight_index")
-    assert migration.IN_FLIGHT_ROWS.text == IN_FLIGHT_ROWS.text
+    migration = importlib.import_module("migrations.versions.0006_own_job_indexes")
+    assert (migration.OWN_JOBS.text, migration.IN_FLIGHT_ROWS.text) == (OWN_JOBS.text, IN_FLIGHT_ROWS.text)
 
 
 def test_gunicorn_runs_the_worker_warm_up():
