@@ -151,13 +151,14 @@ def test_a_limit_of_zero_is_no_limit(api, runtime):
 def test_the_in_flight_count_reads_only_the_tenants_jobs_in_flight(runtime):
     """The limits' count reads the tenant's own jobs in flight from ix_jobs_tenant_in_flight, whatever the tenant's history
     and the other tenants' backlog hold: without it PostgreSQL scanned every queued job of every tenant
-    (ix_jobs_status_lease) or the whole table, and a submit's cost grew with them."""
+    (ix_jobs_status_lease) or the whole table, and a submit's cost grew with them; the per-minute window reads the
+    tenant's own submissions (ix_jobs_own_created), not the audit's batch jobs of the last minute."""
     from service import jobs
 
     statement = jobs._model_and_limits(True, True)
     for plan in plans_over_history(runtime, statement, {**jobs._limits_params("t-busy", runtime.settings),
                                                         "name": "minilm-rt"}):
-        assert "ix_jobs_tenant_in_flight" in plan, plan
+        assert "ix_jobs_tenant_in_flight" in plan and "ix_jobs_own_created" in plan, plan
 
 
 @pytest.mark.parametrize("backend", ["postgres"])
@@ -204,8 +205,8 @@ def test_the_rate_limit_counts_submissions_not_an_audits_batches(runtime):
 
 def plans_over_history(runtime, statement, values: dict) -> list[str]:
     """PostgreSQL's plans for `statement` as psycopg sends it (its values as parameters) over 40,000 jobs, half a
-    tenant's history (finished jobs, an audit's batch jobs among them) and half another tenant's backlog (queued and
-    running): the plan for these values, and the generic plan PostgreSQL may adopt for a statement psycopg has
+    tenant's history (finished jobs, and 10,000 batch jobs its audit made in the last minute) and half another
+    tenant's backlog (queued and running): the plan for these values, and the generic plan PostgreSQL may adopt for a statement psycopg has
     prepared (after 5 runs), which must do without them. In a transaction that is rolled back."""
     import re
 
@@ -229,7 +230,8 @@ def plans_over_history(runtime, statement, values: dict) -> list[str]:
             " CASE WHEN i % 4 = 0 THEN 'a-busy' END, 'explain',"
             " CASE WHEN i % 2 = 0 THEN 'succeeded' WHEN i % 4 = 1 THEN 'queued' ELSE 'running' END,"
             " 'minilm-rt', 'r', '{}', 'h', 'q', 0, 0, false,"
-            " now() - interval '1 day' + i * interval '1 ms', now() FROM generate_series(1, 40000) i"))
+            " CASE WHEN i % 4 = 0 THEN now() - interval '30 s' + i * interval '0.1 ms'"  # an audit's batches, lately
+            " ELSE now() - interval '1 day' + i * interval '1 ms' END, now() FROM generate_series(1, 40000) i"))
         conn.execute(text("ANALYZE jobs"))
         driver = conn.connection.driver_connection
         arguments = ", ".join(pgsql.Literal(sent.parameters[name]).as_string(driver).replace("%", "%%")

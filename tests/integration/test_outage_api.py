@@ -44,6 +44,7 @@ def test_a_database_that_never_answers_is_503_within_the_connect_timeout(tmp_pat
     from service.auth import PREFIX
 
     monkeypatch.setattr(db, "CONNECT_TIMEOUT_SECONDS", 1)
+    monkeypatch.delenv("PGCONNECT_TIMEOUT", raising=False)  # (it would win over the default)
     silent = socket.create_server(("127.0.0.1", 0), backlog=16)  # the kernel completes handshakes; nobody replies
     answers = []
     try:
