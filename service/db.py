@@ -134,7 +134,8 @@ class Lease(Base):
 # index's condition is SQL text (the columns do not exist yet here); a query proves it with its own audit_id IS NULL.
 OWN_JOBS = text("audit_id IS NULL")
 # ... and of those, the ones in flight (queued or running)
-IN_FLIGHT_ROWS = text("status IN (" + ", ".join(f"'{status.value}'" for status in IN_FLIGHT) + ") AND audit_id IS NULL")
+IN_FLIGHT_ROWS = text("status IN (" + ", ".join(f"'{status.value}'" for status in IN_FLIGHT) + ")"
+                      " AND audit_id IS NULL")
 
 
 class Job(Base):

@@ -114,8 +114,9 @@ def _limits_statement(count_in_flight: bool = True, rate_window: bool = True) ->
     parameters: building it per submit (and its cache key) cost more CPU than PostgreSQL spends running it. Each
     part reads few index entries whatever the table holds: the tenant's in-flight jobs (ix_jobs_tenant_in_flight:
     about as many as the limit lets in flight, more only after the limit was lowered or concurrent submits overshot
-    it), the last minute's submissions (ix_jobs_own_created) up to the limit. A limit that is off (0) is not read at all: unbounded, counting would
-    cost a submit as much as the tenant has queued (25-35 ms at 6,000 queued jobs, measured)."""
+    it), the last minute's submissions (ix_jobs_own_created) up to the limit. A limit that is off (0) is not read
+    at all: unbounded, counting would cost a submit as much as the tenant has queued (25-35 ms at 6,000 queued
+    jobs, measured)."""
     jobs = Job.__table__.c
     mine = jobs.tenant_id == bindparam("tenant_id")
     # The in-flight index's own condition, as literal SQL (an audit's batch jobs are not the tenant's to limit): with
