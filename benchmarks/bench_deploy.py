@@ -6,8 +6,9 @@ Redis, driven over HTTP on 127.0.0.1 by a small threaded load generator (bounded
   (If-None-Match → 304) that a well-behaved client sends while nothing changed
 
 No worker runs: jobs stay queued (the bench's own database and queues are dropped afterwards). Tenant limits are
-off for the bench (LANTERN_RATE_PER_MINUTE=0, LANTERN_MAX_IN_FLIGHT=0: one tenant sends it all). The load generator shares the machine's 2
-cores with gunicorn and PostgreSQL, so these are floor figures for a 2-core host, not a capacity claim.
+off for the bench (LANTERN_RATE_PER_MINUTE=0, LANTERN_MAX_IN_FLIGHT=0: one tenant sends it all). The load
+generator shares the machine's 2 cores with gunicorn and PostgreSQL, so these are floor figures for a 2-core host,
+not a capacity claim.
 Needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379 (as `make test` does); skipped without them.
 """
 from __future__ import annotations

@@ -104,7 +104,7 @@ def post_worker_init(worker) -> None:  # gunicorn calls it in each worker before
 
 
 def warm_worker(runtime, connections: int) -> None:
-    """What a worker's first submits paid (the first one ~45-65 ms instead of ~5, and the burst behind it, measured
+    """What a worker's first submits paid (the first one ~40-65 ms instead of ~5, and the burst behind it, measured
     in the first second of a fresh API driven at 200 req/s): connecting to PostgreSQL (`connections` at once, one
     for each thread that will take a submit, the first with SQLAlchemy's first-connect queries), compiling the
     submit path's reads (the key with its tenant, an Idempotency-Key's job, the model with the tenant limits: run
